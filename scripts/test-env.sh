@@ -1,0 +1,483 @@
+#!/usr/bin/env bash
+# scripts/test-env.sh — install and start what the reconcile test suite needs.
+#
+#   scripts/test-env.sh [up]   install missing Debian packages, start (when not
+#                              already answering) dockerd #1, a second dockerd
+#                              for multi-host tests, etcd on 127.0.0.1:23790;
+#                              import the test images; write /run/reconcile-test/env
+#   scripts/test-env.sh check  up + smoke tests (host-network httpd on both daemons
+#                              at once, --init, nginx -t / haproxy -c on temp configs)
+#   scripts/test-env.sh stop   stop the second dockerd, etcd, and dockerd #1 if
+#                              this script started it
+#
+# Idempotent: a second `up` changes nothing and takes about a second. Nothing is
+# pulled from any registry (there is none reachable): images are `docker import`s
+# of a rootfs built from Debian's busybox-static. All test traffic stays on
+# 127.0.0.0/8. Needs root on Debian bookworm. Logs: /var/log/reconcile-test/.
+# Then: `. /run/reconcile-test/env` (it exports the RECONCILE_TEST_* variables).
+set -euo pipefail
+
+# --- constants ---------------------------------------------------------------
+RUN_DIR=/run/reconcile-test
+LOG_DIR=/var/log/reconcile-test
+LIB_DIR=/var/lib/reconcile-test
+ENV_FILE=$RUN_DIR/env
+
+DOCKER1=unix:///var/run/docker.sock
+DOCKER1_PIDFILE=/var/run/docker.pid          # dockerd's own pidfile (default path)
+DOCKER1_OURS=$RUN_DIR/docker1.pid            # exists only if *we* started dockerd #1
+DOCKER2_SOCK=$RUN_DIR/docker2.sock
+DOCKER2=unix://$DOCKER2_SOCK
+DOCKER2_PIDFILE=$RUN_DIR/docker2.pid
+DOCKER2_CONFIG=$LIB_DIR/docker2-daemon.json
+DOCKER2_BRIDGE=rt-docker2                    # dockerd #2's own bridge (not docker0)
+DOCKER2_BRIDGE_ADDR=172.31.254.1/24          # no traffic goes there; host networking is used
+ETCD=http://127.0.0.1:23790
+ETCD_PEER=http://127.0.0.1:23800
+ETCD_PIDFILE=$RUN_DIR/etcd.pid
+ETCD_DATADIR_FILE=$RUN_DIR/etcd.datadir
+IMAGE_REPO=reconcile-test/busybox
+IMAGE_VERSIONS=(1 2)
+WAIT_SECS=30
+
+PACKAGES=(
+  protobuf-compiler libprotobuf-dev pkg-config libssl-dev   # etcd-client / git2 builds
+  git curl busybox-static iproute2 procps ca-certificates
+  docker.io                     # dockerd 20.10 + containerd + runc + docker-init (tini)
+  etcd-server etcd-client       # etcd 3.4 + etcdctl
+  nginx-light haproxy           # the load balancers the tests drive
+  docker-registry docker-compose  # installed, not started (later benchmarks)
+)
+
+# /usr/sbin holds dockerd, nginx, haproxy; append so that a newer docker client
+# in /usr/local/bin (if any) keeps precedence over Debian's /usr/bin/docker.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+export DEBIAN_FRONTEND=noninteractive
+
+say() { echo "test-env: $*" >&2; }   # progress on stderr; stdout = summary
+die() { echo "test-env: ERROR: $*" >&2; exit 1; }
+CHANGED=0   # set to 1 whenever this run installs/starts/imports anything
+
+# pid_alive PID COMM: true if PID runs and its command name is COMM (guards
+# against acting on a pid that was recycled for an unrelated process).
+pid_alive() {
+  [[ -n ${1:-} && -r /proc/$1/comm ]] && [[ $(cat "/proc/$1/comm" 2>/dev/null) == "$2" ]]
+}
+pid_from() { [[ -r $1 ]] && tr -dc 0-9 <"$1" || true; }
+
+# --- 1. packages -------------------------------------------------------------
+ensure_packages() {
+  local missing=() p installed
+  # one dpkg-query call for all packages (fast on re-runs); "ii" = installed
+  installed=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null || true)
+  for p in "${PACKAGES[@]}"; do
+    grep -qE "^$p ii" <<<"$installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  say "installing: ${missing[*]}"
+  CHANGED=1
+  # Forbid the packages' postinst from starting services (dockerd on the default
+  # socket, nginx on :80, etcd on :2379, haproxy): we start our own, on our own
+  # ports. Debian's standard mechanism is /usr/sbin/policy-rc.d exiting 101.
+  local own_policy=0
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  local rc=0
+  { apt-get update -qq &&
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$LOG_DIR/apt.log" 2>&1 || rc=$?
+  ((own_policy)) && rm -f /usr/sbin/policy-rc.d
+  ((rc == 0)) || { tail -n 30 "$LOG_DIR/apt.log" >&2; die "apt-get failed (full log: $LOG_DIR/apt.log)"; }
+}
+
+# --- helpers for daemons -----------------------------------------------------
+# docker_api HOST: print the daemon's API version, fail if it does not answer.
+docker_api() {
+  timeout 5 docker -H "$1" version --format '{{.Server.APIVersion}}' 2>/dev/null
+}
+
+# wait_for NAME PID LOG CHECK...: poll CHECK until it succeeds; fail early if
+# PID dies, or after WAIT_SECS, printing the log tail.
+wait_for() {
+  local name=$1 pid=$2 log=$3; shift 3
+  local deadline=$((SECONDS + WAIT_SECS))
+  until "$@" >/dev/null 2>&1; do
+    if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+      echo "--- last lines of $log ---" >&2; tail -n 25 "$log" >&2
+      die "$name exited during startup (log: $log)"
+    fi
+    if ((SECONDS >= deadline)); then
+      echo "--- last lines of $log ---" >&2; tail -n 25 "$log" >&2
+      die "$name did not answer within ${WAIT_SECS}s (log: $log)"
+    fi
+    sleep 0.2
+  done
+}
+
+# spawn LOG CMD...: start CMD detached (own session, no stdin, fd 9 = our lock
+# closed so the daemon does not hold it), print its pid.
+spawn() {
+  local log=$1; shift
+  echo "=== $(date -Is) starting: $*" >>"$log"
+  nohup setsid "$@" </dev/null >>"$log" 2>&1 9>&- &
+  echo $!
+}
+
+# start_dockerd NAME HOST LOG ARGS...: start a dockerd and wait until it answers.
+# overlay2 works on this kind of machine (ext4 root, overlay in the kernel); if
+# the daemon dies with "error initializing graphdriver" (e.g. a filesystem or
+# kernel without overlay support), retry once with --storage-driver=vfs (slow,
+# copies every layer, but works everywhere).
+start_dockerd() {
+  local name=$1 host=$2 log=$3; shift 3
+  local pid
+  pid=$(spawn "$log" dockerd "$@")
+  local deadline=$((SECONDS + WAIT_SECS))
+  while ! docker_api "$host" >/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      if tail -n 25 "$log" | grep -q 'error initializing graphdriver'; then
+        say "$name: overlay2 failed, retrying with --storage-driver=vfs (see $log)"
+        pid=$(spawn "$log" dockerd --storage-driver=vfs "$@")
+        wait_for "$name" "$pid" "$log" docker_api "$host"
+        echo "$pid"; return 0
+      fi
+      echo "--- last lines of $log ---" >&2; tail -n 25 "$log" >&2
+      die "$name exited during startup (log: $log)"
+    fi
+    if ((SECONDS >= deadline)); then
+      echo "--- last lines of $log ---" >&2; tail -n 25 "$log" >&2
+      die "$name did not answer within ${WAIT_SECS}s (log: $log)"
+    fi
+    sleep 0.2
+  done
+  echo "$pid"
+}
+
+# --- 2. dockerd #1 (default socket) ------------------------------------------
+ensure_docker1() {
+  docker_api "$DOCKER1" >/dev/null && return 0
+  # No systemd here (PID 1 is not systemd on these machines); if it is, use it.
+  if [[ -d /run/systemd/system ]] && systemctl start docker >/dev/null 2>&1; then
+    wait_for "dockerd #1 (systemd)" "" "$LOG_DIR/dockerd.log" docker_api "$DOCKER1"
+    CHANGED=1; return 0
+  fi
+  # A dockerd that exists but does not answer yet (still starting): wait for it
+  # rather than starting a second one on the same socket.
+  local pid; pid=$(pid_from "$DOCKER1_PIDFILE")
+  if pid_alive "$pid" dockerd; then
+    say "dockerd #1 (pid $pid) is running but not answering yet; waiting"
+    wait_for "dockerd #1" "$pid" "$LOG_DIR/dockerd.log" docker_api "$DOCKER1"
+    return 0
+  fi
+  say "starting dockerd #1 on $DOCKER1"
+  CHANGED=1
+  # Default everything (overlay2, docker0 bridge, iptables via Debian's default
+  # iptables-nft, which works on this kernel). Only the socket is spelled out.
+  pid=$(start_dockerd "dockerd #1" "$DOCKER1" "$LOG_DIR/dockerd.log" \
+        --host "$DOCKER1" --pidfile "$DOCKER1_PIDFILE")
+  echo "$pid" >"$DOCKER1_OURS"
+}
+
+# --- 3. dockerd #2 (second "host" for multi-host tests) ----------------------
+ensure_docker2_bridge() {
+  ip link show "$DOCKER2_BRIDGE" >/dev/null 2>&1 && return 0
+  ip link add "$DOCKER2_BRIDGE" type bridge
+  ip addr add "$DOCKER2_BRIDGE_ADDR" dev "$DOCKER2_BRIDGE"
+  ip link set "$DOCKER2_BRIDGE" up
+}
+
+ensure_docker2() {
+  docker_api "$DOCKER2" >/dev/null && return 0
+  local pid; pid=$(pid_from "$DOCKER2_PIDFILE")
+  if pid_alive "$pid" dockerd; then
+    say "dockerd #2 (pid $pid) is running but not answering yet; waiting"
+    wait_for "dockerd #2" "$pid" "$LOG_DIR/docker2.log" docker_api "$DOCKER2"
+    return 0
+  fi
+  say "starting dockerd #2 on $DOCKER2"
+  CHANGED=1
+  mkdir -p "$LIB_DIR/docker2"
+  ensure_docker2_bridge
+  # dockerd 20.10 derives the engine ID (`docker info` .ID) from a trust key it
+  # keeps in /etc/docker/key.json whatever --data-root says, so both daemons
+  # would report the SAME ID. The key path can only be moved through the config
+  # file ("deprecated-key-path"; there is no command-line flag for it).
+  local want="{\"deprecated-key-path\": \"$LIB_DIR/docker2/key.json\"}"
+  [[ -f $DOCKER2_CONFIG && $(cat "$DOCKER2_CONFIG") == "$want" ]] || echo "$want" >"$DOCKER2_CONFIG"
+  # Flags:
+  #  --data-root/--exec-root/--pidfile: own state; with its own exec-root the
+  #      daemon also runs its own managed containerd (socket, state and shims
+  #      under docker2-exec/containerd, content under docker2/containerd), so the
+  #      two daemons share no containerd.
+  #  --bridge=$DOCKER2_BRIDGE: the default bridge network of this daemon sits
+  #      on its own bridge, created above. NOT --bridge=none: dockerd 20.10 with
+  #      bridge=none *deletes the host's docker0 interface* at startup
+  #      (removeDefaultBridgeInterface), which breaks bridge networking on
+  #      dockerd #1 (seen here). Tests use --network host anyway.
+  #  --iptables=false --ip-masq=false: do not create or flush the DOCKER
+  #      chains / NAT rules that dockerd #1 manages.
+  #  --ip-forward=false: leave the host's net.ipv4.ip_forward to dockerd #1.
+  pid=$(start_dockerd "dockerd #2" "$DOCKER2" "$LOG_DIR/docker2.log" \
+        --config-file "$DOCKER2_CONFIG" \
+        --host "$DOCKER2" \
+        --data-root "$LIB_DIR/docker2" \
+        --exec-root "$RUN_DIR/docker2-exec" \
+        --pidfile "$DOCKER2_PIDFILE" \
+        --bridge="$DOCKER2_BRIDGE" --iptables=false --ip-masq=false --ip-forward=false)
+  : "$pid"
+}
+
+# --- 4. test images ----------------------------------------------------------
+# make_rootfs_tar VERSION OUT.tar: a minimal busybox rootfs.
+make_rootfs_tar() {
+  local version=$1 out=$2 root bb applet
+  root=$(mktemp -d "$LIB_DIR/rootfs-XXXX")
+  bb=/bin/busybox   # from busybox-static: statically linked, runs in an empty rootfs
+  mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,root,proc,sys,dev,run,var/www,var/log}
+  install -d -m 1777 "$root/tmp"
+  cp "$bb" "$root/bin/busybox"
+  while read -r applet; do
+    [[ $applet == bin/busybox || -e $root/$applet ]] || ln -s /bin/busybox "$root/$applet"
+  done < <("$bb" --list-full)
+  cat >"$root/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+  cat >"$root/etc/group" <<'EOF'
+root:x:0:
+nogroup:x:65534:
+EOF
+  echo "$version" >"$root/VERSION"
+  echo "reconcile-test busybox $version" >"$root/var/www/index.html"
+  tar --numeric-owner --owner=0 --group=0 -C "$root" -cf "$out" .
+  rm -rf "$root"
+}
+
+image_id() { docker -H "$1" image inspect -f '{{.Id}}' "$2" 2>/dev/null || true; }
+
+ensure_images() {
+  local v tag id1 id2 tmp
+  for v in "${IMAGE_VERSIONS[@]}"; do
+    tag=$IMAGE_REPO:$v
+    id1=$(image_id "$DOCKER1" "$tag")
+    if [[ -z $id1 ]]; then
+      rm -rf "$LIB_DIR"/rootfs-*   # leftovers of an interrupted build
+      say "building $tag on dockerd #1 (docker import of a busybox rootfs)"
+      CHANGED=1
+      tmp=$(mktemp "$LIB_DIR/rootfs-$v-XXXX.tar")
+      make_rootfs_tar "$v" "$tmp"
+      docker -H "$DOCKER1" import \
+        --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'CMD ["/bin/sh"]' \
+        --change "LABEL org.reconcile.test.version=$v" \
+        --message "reconcile test image, version $v" \
+        "$tmp" "$tag" >/dev/null || { rm -f "$tmp"; die "docker import of $tag failed"; }
+      rm -f "$tmp"
+      id1=$(image_id "$DOCKER1" "$tag")
+    fi
+    # copy to dockerd #2 with save|load so both hosts have the same image ID
+    id2=$(image_id "$DOCKER2" "$tag")
+    if [[ $id2 != "$id1" ]]; then
+      say "loading $tag into dockerd #2"
+      CHANGED=1
+      docker -H "$DOCKER1" save "$tag" | docker -H "$DOCKER2" load >/dev/null ||
+        die "copying $tag to dockerd #2 failed"
+    fi
+  done
+  [[ $(image_id "$DOCKER1" "$IMAGE_REPO:1") != "$(image_id "$DOCKER1" "$IMAGE_REPO:2")" ]] ||
+    die "$IMAGE_REPO:1 and :2 have the same image ID"
+}
+
+# --- 5. etcd -----------------------------------------------------------------
+etcd_healthy() { curl -fsS --max-time 2 "$ETCD/health" 2>/dev/null | grep -q '"health":"true"'; }
+
+ensure_etcd() {
+  etcd_healthy && return 0
+  local pid; pid=$(pid_from "$ETCD_PIDFILE")
+  if pid_alive "$pid" etcd; then
+    say "etcd (pid $pid) is running but not healthy yet; waiting"
+    wait_for etcd "$pid" "$LOG_DIR/etcd.log" etcd_healthy
+    return 0
+  fi
+  say "starting etcd on $ETCD"
+  CHANGED=1
+  # throw-away data dirs of etcds that are gone (e.g. after a reboot)
+  rm -rf "$LIB_DIR"/etcd-*
+  local data; data=$(mktemp -d "$LIB_DIR/etcd-XXXX")
+  echo "$data" >"$ETCD_DATADIR_FILE"
+  # Not 2379/2380: a package-started etcd could be there. Metrics stay on the
+  # client port. ETCD_* variables from the caller's environment would be read by
+  # etcd as well, so run it with them removed.
+  local unset=() v
+  for v in $(compgen -e); do [[ $v == ETCD_* ]] && unset+=(-u "$v"); done
+  pid=$(spawn "$LOG_DIR/etcd.log" env "${unset[@]}" \
+        etcd --name reconcile-test --data-dir "$data" \
+        --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
+        --listen-peer-urls "$ETCD_PEER" --initial-advertise-peer-urls "$ETCD_PEER" \
+        --initial-cluster "reconcile-test=$ETCD_PEER" --initial-cluster-state new)
+  echo "$pid" >"$ETCD_PIDFILE"
+  wait_for etcd "$pid" "$LOG_DIR/etcd.log" etcd_healthy
+}
+
+# --- 6. nginx / haproxy: binaries only, no package-started default instance --
+ensure_no_default_nginx() {
+  command -v nginx >/dev/null || die "nginx not on PATH"
+  command -v haproxy >/dev/null || die "haproxy not on PATH"
+  # Only the packaged config uses /run/nginx.pid; test instances use their own.
+  local pid; pid=$(pid_from /run/nginx.pid)
+  if pid_alive "$pid" nginx; then
+    say "stopping the package-started nginx (pid $pid, default config, port 80)"
+    CHANGED=1
+    kill -QUIT "$pid" 2>/dev/null || true
+    local i; for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null || true
+  fi
+}
+
+# --- 8. env file + summary ---------------------------------------------------
+write_env() {
+  local want
+  want=$(cat <<EOF
+# written by scripts/test-env.sh; source it: . $ENV_FILE
+export RECONCILE_TEST_DOCKER1=$DOCKER1
+export RECONCILE_TEST_DOCKER2=$DOCKER2
+export RECONCILE_TEST_ETCD=$ETCD
+export RECONCILE_TEST_IMAGE=$IMAGE_REPO:1
+export RECONCILE_TEST_IMAGE2=$IMAGE_REPO:2
+EOF
+)
+  if [[ ! -f $ENV_FILE || $(cat "$ENV_FILE") != "$want" ]]; then
+    printf '%s\n' "$want" >"$ENV_FILE.tmp" && mv "$ENV_FILE.tmp" "$ENV_FILE"
+  fi
+}
+
+summary() {
+  say "ready$( ((CHANGED)) && echo ' (changed something)' || echo ' (nothing changed)')"
+  echo "  dockerd:  $(dockerd --version)"
+  echo "  docker1:  $DOCKER1  API $(docker_api "$DOCKER1")"
+  echo "  docker2:  $DOCKER2  API $(docker_api "$DOCKER2")"
+  echo "  etcd:     $(etcd --version | head -n1)  at $ETCD"
+  echo "  nginx:    $(nginx -v 2>&1)"
+  echo "  haproxy:  $(haproxy -v | head -n1)"
+  echo "  images:   $IMAGE_REPO:1 $IMAGE_REPO:2 (on both daemons)"
+  echo "  env:      . $ENV_FILE"
+}
+
+# --- smoke tests (`check`, and automatically after a run that changed things) -
+smoke() {
+  local tmp port1=18471 port2=18472 c1 c2 ok=1
+  tmp=$(mktemp -d)
+  # both daemons serve HTTP with host networking at the same time, under --init
+  c1=$(docker -H "$DOCKER1" run -d --init --network host "$IMAGE_REPO:1" \
+        httpd -f -p 127.0.0.1:$port1 -h /var/www)
+  c2=$(docker -H "$DOCKER2" run -d --init --network host "$IMAGE_REPO:2" \
+        httpd -f -p 127.0.0.1:$port2 -h /var/www)
+  local i; for i in $(seq 50); do
+    curl -fs "http://127.0.0.1:$port1/" >/dev/null && curl -fs "http://127.0.0.1:$port2/" >/dev/null && break
+    sleep 0.1
+  done
+  [[ $(curl -fsS "http://127.0.0.1:$port1/") == "reconcile-test busybox 1" ]] || { ok=0; echo "smoke: docker1 httpd failed" >&2; }
+  [[ $(curl -fsS "http://127.0.0.1:$port2/") == "reconcile-test busybox 2" ]] || { ok=0; echo "smoke: docker2 httpd failed" >&2; }
+  [[ $(docker -H "$DOCKER1" exec "$c1" ps -o comm | sed -n 2p) == docker-init ]] || { ok=0; echo "smoke: --init: pid 1 is not docker-init" >&2; }
+  docker -H "$DOCKER1" rm -f "$c1" >/dev/null; docker -H "$DOCKER2" rm -f "$c2" >/dev/null
+  # nginx and haproxy with configs outside their default paths
+  cat >"$tmp/nginx.conf" <<EOF
+pid $tmp/nginx.pid;
+error_log stderr;
+events {}
+http { access_log off; server { listen 127.0.0.1:18473; return 200 "ok\n"; } }
+EOF
+  nginx -t -q -e stderr -c "$tmp/nginx.conf" || { ok=0; echo "smoke: nginx -t failed" >&2; }
+  cat >"$tmp/haproxy.cfg" <<EOF
+global
+  pidfile $tmp/haproxy.pid
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 5s
+  timeout server 5s
+frontend fe
+  bind 127.0.0.1:18474
+  default_backend be
+backend be
+  server s1 127.0.0.1:18471
+EOF
+  haproxy -c -q -f "$tmp/haproxy.cfg" || { ok=0; echo "smoke: haproxy -c failed" >&2; }
+  # etcd read/write
+  local got=
+  if ETCDCTL_API=3 etcdctl --endpoints="$ETCD" put /reconcile-test/smoke ok >/dev/null; then
+    got=$(ETCDCTL_API=3 etcdctl --endpoints="$ETCD" get --print-value-only /reconcile-test/smoke)
+    ETCDCTL_API=3 etcdctl --endpoints="$ETCD" del /reconcile-test/smoke >/dev/null
+  fi
+  [[ $got == ok ]] || { ok=0; echo "smoke: etcdctl put/get failed" >&2; }
+  rm -rf "$tmp"
+  ((ok)) || die "smoke tests failed"
+  say "smoke tests passed (host-network httpd on both daemons, --init, nginx -t, haproxy -c, etcd)"
+}
+
+# --- stop --------------------------------------------------------------------
+# stop_pid NAME PID COMM: SIGTERM and wait (dockerd stops its containers and
+# its managed containerd first, hence the generous wait).
+stop_pid() {
+  local name=$1 pid=$2 comm=$3 i
+  pid_alive "$pid" "$comm" || return 0
+  say "stopping $name (pid $pid)"
+  kill -TERM "$pid"
+  for ((i = 0; i < 300; i++)); do pid_alive "$pid" "$comm" || return 0; sleep 0.1; done
+  die "$name (pid $pid) did not stop within 30 s"
+}
+
+# unmount_leftovers DIR...: dockerd bind-mounts its data-root onto itself and
+# mounts <exec-root>/netns/default, and leaves both behind when it exits; undo
+# that for daemons we stopped, so their directories can be removed.
+unmount_leftovers() {
+  local d
+  for d in "$@"; do
+    if grep -q " $d " /proc/mounts; then umount "$d" 2>/dev/null || umount -l "$d" || true; fi
+  done
+}
+
+do_stop() {
+  stop_pid "dockerd #2" "$(pid_from "$DOCKER2_PIDFILE")" dockerd
+  unmount_leftovers "$RUN_DIR/docker2-exec/netns/default" "$LIB_DIR/docker2"
+  ip link del "$DOCKER2_BRIDGE" 2>/dev/null || true
+  stop_pid etcd "$(pid_from "$ETCD_PIDFILE")" etcd
+  if [[ -f $ETCD_DATADIR_FILE ]]; then
+    rm -rf "$(cat "$ETCD_DATADIR_FILE")"; rm -f "$ETCD_DATADIR_FILE"
+  fi
+  rm -f "$ETCD_PIDFILE"
+  if [[ -f $DOCKER1_OURS ]]; then
+    stop_pid "dockerd #1" "$(pid_from "$DOCKER1_OURS")" dockerd
+    unmount_leftovers /run/docker/netns/default /var/lib/docker
+    rm -f "$DOCKER1_OURS"
+  else
+    say "dockerd #1 was not started by this script; leaving it alone"
+  fi
+  rm -f "$ENV_FILE"
+  say "stopped"
+}
+
+# --- main --------------------------------------------------------------------
+[[ $(id -u) == 0 ]] || die "must run as root"
+mkdir -p "$RUN_DIR" "$LOG_DIR" "$LIB_DIR"
+# serialise concurrent runs (e.g. several test binaries calling this at once)
+exec 9>>"$RUN_DIR/.lock"
+flock -w 120 9 || die "another test-env.sh run holds $RUN_DIR/.lock"
+
+case ${1:-up} in
+  up|check)
+    ensure_packages
+    ensure_no_default_nginx
+    ensure_docker1
+    ensure_docker2
+    ensure_etcd
+    ensure_images
+    write_env
+    if [[ ${1:-up} == check ]] || ((CHANGED)); then smoke; fi
+    summary
+    ;;
+  stop) do_stop ;;
+  *) die "usage: $0 [up|check|stop]" ;;
+esac

@@ -1,0 +1,6 @@
+//! The effectful edges. Only modules under `backend/` touch Git, the
+//! filesystem of the machine running reconcile, process environment, and (later)
+//! Docker, etcd and the load balancer.
+
+pub mod git;
+pub mod secrets;

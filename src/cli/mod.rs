@@ -1,0 +1,78 @@
+//! The command line: parse flags, call one function per command, report.
+//! Commands return an [`ExitCode`]; only `main` turns errors into exit code 1.
+
+pub mod schema;
+pub mod validate;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// A declarative GitOps reconciler for fleets of plain Docker hosts.
+#[derive(Debug, Parser)]
+#[command(name = "reconcile", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the config repo is read from (common to every command that reads it).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RepoArgs {
+    /// Config repo: a local directory, or a Git URL (file://, https://, ssh://, user@host:path).
+    #[arg(long, default_value = ".", env = "RECONCILE_REPO")]
+    pub repo: String,
+    /// Branch, tag or commit to read. Default: the working tree of a local checkout (flagged
+    /// dirty when it has uncommitted changes), or the remote's default branch.
+    #[arg(long = "ref", env = "RECONCILE_REF")]
+    pub reference: Option<String>,
+    /// Where remote repos are cached. Default: $XDG_CACHE_HOME/reconcile/repos.
+    #[arg(long, env = "RECONCILE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the config repo: schemas, references, placement, templates. All errors at once, each with file:line.
+    Validate(validate::Args),
+    /// Print the JSON Schemas of the spec files (for editors and CI).
+    Schema(schema::Args),
+}
+
+/// Exit codes of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Ok = 0,
+    Error = 1,
+    Changes = 2,
+}
+
+/// Run the parsed command.
+///
+/// # Errors
+/// Anything that stops the command from producing its report (unreadable repo,
+/// unknown environment); reported by `main` with exit code 1.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate(args) => validate::exec(&args),
+        Command::Schema(args) => schema::exec(&args),
+    }
+}
+
+/// True when stdout is a terminal (colour and progress only then).
+pub fn stdout_is_tty() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}

@@ -1,0 +1,581 @@
+//! Semantic checks of a loaded environment: what a schema cannot say.
+//!
+//! Hosts (duplicates, endpoints, addresses, port pools), apps (image references,
+//! quantities, health checks, volumes, what needs etcd or an LB), dependencies
+//! (unknown, cycles), placement (unknown hosts and labels, spread, pool sizes),
+//! and templates (missing, escaping the chain, failing to render with a
+//! representative context as in the contract's "Template context").
+//!
+//! Invariant: pure; secrets are never resolved here (templates see a placeholder).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::load::{Env, Merged};
+use super::model::{AppSpec, Strategy};
+use super::template::{PathProblem, TemplateError, Templates};
+use super::units::{self, Invalid};
+use super::yaml::escape;
+use crate::diag::Diagnostic;
+use crate::placement::{self, Assignment, Demand, HostSlot};
+
+/// The value templates see in place of a secret when no value is resolved.
+pub const SECRET_PLACEHOLDER: &str = "(sensitive)";
+
+/// Check one loaded, non-abstract environment. `files` is the snapshot's file map
+/// (templates are read from it); `display` turns repo paths into shown paths.
+pub fn check(env: &Env, files: &Arc<BTreeMap<String, Vec<u8>>>, display: &dyn Fn(&str) -> String) -> Vec<Diagnostic> {
+    let mut c = Checker { env, out: Vec::new(), display, files };
+    let templates = Templates::new(env.dirs.clone(), Arc::clone(files));
+    let hosts = c.hosts();
+    c.apps(&hosts);
+    c.dependencies();
+    let assignments = c.placement(&hosts);
+    c.templates(&templates, &hosts, &assignments);
+    c.out
+}
+
+struct Checker<'a> {
+    env: &'a Env,
+    out: Vec<Diagnostic>,
+    display: &'a dyn Fn(&str) -> String,
+    files: &'a BTreeMap<String, Vec<u8>>,
+}
+
+impl Checker<'_> {
+    fn at(&mut self, doc: &Merged, ptr: &str, d: Diagnostic) {
+        let (file, pos) = doc.locate(ptr);
+        self.out.push(d.at((self.display)(&file), pos));
+    }
+
+    fn invalid(&mut self, doc: &Merged, ptr: &str, e: Invalid) {
+        self.at(doc, ptr, Diagnostic::error("value", e.message).hint(e.hint));
+    }
+
+    /// Host checks; returns the hosts usable by placement.
+    fn hosts(&mut self) -> Vec<HostSlot> {
+        let env = self.env;
+        let doc = &env.doc;
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut slots = Vec::new();
+        for (i, h) in env.spec.hosts.iter().enumerate() {
+            let p = format!("/hosts/{i}");
+            if let Some(first) = seen.insert(&h.name, i) {
+                self.at(
+                    doc,
+                    &format!("{p}/name"),
+                    Diagnostic::error(
+                        "duplicate-host",
+                        format!("host `{}` is declared twice (also hosts[{first}])", h.name),
+                    )
+                    .hint("host names must be unique within an environment"),
+                );
+            }
+            match units::docker_endpoint(&h.docker) {
+                Ok(units::Endpoint::Tcp { .. }) if h.tls.is_none() => self.at(
+                    doc,
+                    &format!("{p}/docker"),
+                    Diagnostic::warning(
+                        "endpoint",
+                        format!("host `{}` uses tcp without TLS: anyone on the network controls this daemon", h.name),
+                    )
+                    .hint("add tls: {ca, cert, key}, or use ssh://"),
+                ),
+                Ok(units::Endpoint::Tcp { .. }) | Err(_) => {}
+                Ok(_) if h.tls.is_some() => self.at(
+                    doc,
+                    &format!("{p}/tls"),
+                    Diagnostic::error("endpoint", format!("host `{}` has tls files but a non-tcp endpoint", h.name))
+                        .hint("tls applies to tcp:// endpoints only; remove it"),
+                ),
+                Ok(_) => {}
+            }
+            if let Err(e) = units::docker_endpoint(&h.docker) {
+                self.invalid(doc, &format!("{p}/docker"), e);
+            }
+            if h.address.parse::<IpAddr>().is_err() {
+                self.at(
+                    doc,
+                    &format!("{p}/address"),
+                    Diagnostic::error(
+                        "value",
+                        format!("address {:?} of host `{}` is not an IP address", h.address, h.name),
+                    )
+                    .hint("write the IP at which the LB reaches the host, e.g. 10.0.0.11"),
+                );
+            }
+            match units::port_range(&h.ports) {
+                Ok(pool) => slots.push(HostSlot {
+                    name: h.name.clone(),
+                    address: h.address.clone(),
+                    labels: h.labels.clone(),
+                    pool,
+                }),
+                Err(e) => self.invalid(doc, &format!("{p}/ports"), e),
+            }
+        }
+        // Hosts with one address share one network namespace (host networking): their pools must not overlap.
+        for (i, a) in slots.iter().enumerate() {
+            for b in &slots[i + 1..] {
+                if a.address == b.address && a.pool.overlaps(&b.pool) {
+                    let j = env.spec.hosts.iter().position(|h| h.name == b.name).unwrap_or(0);
+                    self.at(
+                        doc,
+                        &format!("/hosts/{j}/ports"),
+                        Diagnostic::error(
+                            "port-pool",
+                            format!(
+                                "port pools of hosts `{}` and `{}` overlap, and both have address {}",
+                                a.name, b.name, a.address
+                            ),
+                        )
+                        .hint("hosts on one address share its ports; give each a separate range"),
+                    );
+                }
+            }
+        }
+        // Placement keeps going with unique names only.
+        let mut names = BTreeSet::new();
+        slots.retain(|s| names.insert(s.name.clone()));
+        slots
+    }
+
+    fn apps(&mut self, hosts: &[HostSlot]) {
+        let env = self.env;
+        let mut routes: BTreeMap<(String, String), String> = BTreeMap::new();
+        for (name, app) in &env.apps {
+            let s = &app.spec;
+            let d = &app.doc;
+            match units::image(&s.image) {
+                Ok(img) if img.tag.is_none() && img.digest.is_none() => self.at(
+                    d,
+                    "/image",
+                    Diagnostic::warning(
+                        "image",
+                        format!(
+                            "image {:?} has no tag, so Docker uses :latest and plans are not reproducible",
+                            s.image
+                        ),
+                    )
+                    .hint("pin a version, e.g. api:1.4.2"),
+                ),
+                Ok(img) if img.tag.as_deref() == Some("latest") => self.at(
+                    d,
+                    "/image",
+                    Diagnostic::warning("image", format!("image {:?} uses the moving tag latest", s.image))
+                        .hint("pin a version, e.g. api:1.4.2"),
+                ),
+                Ok(_) => {}
+                Err(e) => self.invalid(d, "/image", e),
+            }
+            if let Some(t) = &s.stop_timeout
+                && let Err(e) = units::duration(t)
+            {
+                self.invalid(d, "/stop_timeout", e);
+            }
+            if let Some(r) = &s.resources {
+                if let Some(c) = &r.cpus
+                    && let Err(e) = units::cpus(c)
+                {
+                    self.invalid(d, "/resources/cpus", e);
+                }
+                if let Some(m) = &r.memory
+                    && let Err(e) = units::memory(m)
+                {
+                    self.invalid(d, "/resources/memory", e);
+                }
+            }
+            for (i, v) in s.volumes.iter().enumerate() {
+                if let Err(e) = units::volume(v) {
+                    self.invalid(d, &format!("/volumes/{i}"), e);
+                }
+            }
+            if let Some(h) = &s.health {
+                let kinds = [h.http.is_some(), h.tcp == Some(true), h.cmd.is_some()].iter().filter(|x| **x).count();
+                if kinds != 1 {
+                    self.at(d, "/health", Diagnostic::error("health", format!("health check of app `{name}` must have exactly one of http, tcp: true or cmd (found {kinds})")).hint("e.g. health: {http: /healthz}"));
+                }
+                if (h.http.is_some() || h.tcp == Some(true)) && s.port.is_none() {
+                    self.at(
+                        d,
+                        "/health",
+                        Diagnostic::error("health", format!("app `{name}` has an http/tcp health check but no `port`"))
+                            .hint("add `port:` (the port the app listens on), or use a cmd check"),
+                    );
+                }
+                for f in ["interval", "timeout", "start_period"] {
+                    let v = match f {
+                        "interval" => &h.interval,
+                        "timeout" => &h.timeout,
+                        _ => &h.start_period,
+                    };
+                    if let Some(v) = v
+                        && let Err(e) = units::duration(v)
+                    {
+                        self.invalid(d, &format!("/health/{f}"), e);
+                    }
+                }
+            }
+            if let Some(lb) = &s.lb {
+                if s.port.is_none() {
+                    self.at(
+                        d,
+                        "/lb",
+                        Diagnostic::error("lb", format!("app `{name}` is routed by the LB but has no `port`"))
+                            .hint("add `port:` so the LB knows where instances listen"),
+                    );
+                }
+                if env.spec.lb.is_none() {
+                    self.at(
+                        d,
+                        "/lb",
+                        Diagnostic::error(
+                            "lb",
+                            format!("app `{name}` asks for the LB, but environment `{}` has no `lb`", env.name),
+                        )
+                        .hint("add an lb section to environment.yaml, or remove `lb` from the app"),
+                    );
+                }
+                if let Some(other) = routes.insert((lb.host.clone(), lb.path.clone()), name.clone()) {
+                    self.at(
+                        d,
+                        "/lb",
+                        Diagnostic::error(
+                            "lb",
+                            format!("apps `{other}` and `{name}` both route {}{}", lb.host, lb.path),
+                        )
+                        .hint("give each app its own lb host or path"),
+                    );
+                }
+            }
+            if s.registry {
+                if s.port.is_none() {
+                    self.at(
+                        d,
+                        "/registry",
+                        Diagnostic::error("registry", format!("app `{name}` registers in etcd but has no `port`"))
+                            .hint("add `port:`; registry entries are <ip>:<port>"),
+                    );
+                }
+                if env.spec.etcd.is_none() {
+                    self.at(
+                        d,
+                        "/registry",
+                        Diagnostic::error(
+                            "registry",
+                            format!(
+                                "app `{name}` asks for registry entries, but environment `{}` has no `etcd`",
+                                env.name
+                            ),
+                        )
+                        .hint("add an etcd section to environment.yaml, or set registry: false"),
+                    );
+                }
+            }
+            if !s.config.is_empty() && env.spec.etcd.is_none() {
+                self.at(
+                    d,
+                    "/config",
+                    Diagnostic::error(
+                        "config",
+                        format!("app `{name}` publishes config, but environment `{}` has no `etcd`", env.name),
+                    )
+                    .hint("add an etcd section to environment.yaml, or remove `config`"),
+                );
+            }
+            match (s.update.strategy, s.update.canary) {
+                (Strategy::Canary, None) => self.at(
+                    d,
+                    "/update",
+                    Diagnostic::error("update", format!("app `{name}` uses the canary strategy without `canary`"))
+                        .hint("add `canary: N`, the number of instances that get the new version first"),
+                ),
+                (Strategy::Canary, Some(n)) if n > s.replicas => self.at(
+                    d,
+                    "/update/canary",
+                    Diagnostic::error(
+                        "update",
+                        format!("canary of {n} is more than app `{name}`'s {} replicas", s.replicas),
+                    )
+                    .hint("use a canary count no larger than replicas"),
+                ),
+                (Strategy::Rolling | Strategy::Recreate, Some(_)) => self.at(
+                    d,
+                    "/update/canary",
+                    Diagnostic::error("update", "`canary` applies only to strategy: canary")
+                        .hint("set strategy: canary, or remove canary"),
+                ),
+                _ => {}
+            }
+            let mut paths = BTreeSet::new();
+            for (i, f) in s.files.iter().enumerate() {
+                if !paths.insert(f.path.as_str()) {
+                    self.at(
+                        d,
+                        &format!("/files/{i}/path"),
+                        Diagnostic::error("files", format!("app `{name}` renders two files to {}", f.path))
+                            .hint("each file needs its own path"),
+                    );
+                }
+            }
+            // Placement: named hosts and labels must exist.
+            if let Some(list) = &s.placement.hosts {
+                for (i, h) in list.iter().enumerate() {
+                    if !env.spec.hosts.iter().any(|x| &x.name == h) {
+                        let known: Vec<String> = env.spec.hosts.iter().map(|x| x.name.clone()).collect();
+                        let hint = match super::schema::closest(h, &known) {
+                            Some(k) => format!("did you mean `{k}`? hosts of `{}`: {}", env.name, known.join(", ")),
+                            None => format!("hosts of `{}`: {}", env.name, known.join(", ")),
+                        };
+                        self.at(
+                            d,
+                            &format!("/placement/hosts/{i}"),
+                            Diagnostic::error("placement", format!("app `{name}` is placed on unknown host `{h}`"))
+                                .hint(hint),
+                        );
+                    }
+                }
+            }
+            for (k, v) in &s.placement.labels {
+                if !hosts.iter().any(|h| h.labels.get(k) == Some(v)) {
+                    let values: BTreeSet<&String> = hosts.iter().filter_map(|h| h.labels.get(k)).collect();
+                    let hint = if values.is_empty() {
+                        format!("no host of `{}` has a label `{k}`", env.name)
+                    } else {
+                        format!("hosts have {k}: {}", values.into_iter().cloned().collect::<Vec<_>>().join(", "))
+                    };
+                    self.at(
+                        d,
+                        &format!("/placement/labels/{}", escape(k)),
+                        Diagnostic::error(
+                            "placement",
+                            format!("no host has label {k}={v}, which app `{name}` requires"),
+                        )
+                        .hint(hint),
+                    );
+                }
+            }
+        }
+    }
+
+    fn dependencies(&mut self) {
+        let env = self.env;
+        let known: BTreeSet<&String> = env.apps.keys().chain(env.broken_apps.iter()).collect();
+        for (name, app) in &env.apps {
+            for (i, dep) in app.spec.depends_on.iter().enumerate() {
+                if dep == name {
+                    self.at(
+                        &app.doc,
+                        &format!("/depends_on/{i}"),
+                        Diagnostic::error("depends-on", format!("app `{name}` depends on itself"))
+                            .hint("remove it from depends_on"),
+                    );
+                } else if !known.contains(dep) {
+                    let names: Vec<String> = known.iter().map(|s| s.to_string()).collect();
+                    let hint = match super::schema::closest(dep, &names) {
+                        Some(k) => format!("did you mean `{k}`?"),
+                        None => format!("apps of `{}`: {}", env.name, names.join(", ")),
+                    };
+                    self.at(
+                        &app.doc,
+                        &format!("/depends_on/{i}"),
+                        Diagnostic::error("depends-on", format!("app `{name}` depends on unknown app `{dep}`"))
+                            .hint(hint),
+                    );
+                }
+            }
+        }
+        // Cycles: depth-first search, each cycle reported once at its smallest member.
+        let mut reported: BTreeSet<Vec<String>> = BTreeSet::new();
+        for start in env.apps.keys() {
+            let mut stack = vec![(start.clone(), vec![start.clone()])];
+            while let Some((node, path)) = stack.pop() {
+                let Some(app) = env.apps.get(&node) else { continue };
+                for dep in &app.spec.depends_on {
+                    if dep == start && path.len() > 1 {
+                        let mut key = path.clone();
+                        key.sort();
+                        if reported.insert(key) {
+                            let mut cyc = path.clone();
+                            cyc.push(start.clone());
+                            let i = env.apps[start].spec.depends_on.iter().position(|d| d == &path[1]).unwrap_or(0);
+                            self.at(&env.apps[start].doc, &format!("/depends_on/{i}"), Diagnostic::error("depends-on", format!("dependency cycle: {}", cyc.join(" -> "))).hint("apps start after their dependencies, so a cycle can never start; remove one of these depends_on entries"));
+                        }
+                    } else if !path.contains(dep) && path.len() < 64 {
+                        let mut p = path.clone();
+                        p.push(dep.clone());
+                        stack.push((dep.clone(), p));
+                    }
+                }
+            }
+        }
+    }
+
+    fn placement(&mut self, hosts: &[HostSlot]) -> Vec<Assignment> {
+        let env = self.env;
+        let demands: Vec<Demand> = env.apps.values().map(|a| demand(&a.spec)).collect();
+        let (assignments, errors) = placement::place(&demands, hosts, &[]);
+        for e in errors {
+            let (app, ptr, hint) = match &e {
+                placement::PlacementError::NoEligibleHost { app } => {
+                    (app, "/placement", "loosen placement, or add a host that matches it".to_string())
+                }
+                placement::PlacementError::SpreadInfeasible { app, .. } => {
+                    (app, "/replicas", "lower replicas, set spread: false, or allow more hosts".to_string())
+                }
+                placement::PlacementError::PoolsExhausted { app, .. } => {
+                    (app, "/replicas", "widen the hosts' port pools (ports: START-END) or lower replicas".to_string())
+                }
+            };
+            if let Some(a) = env.apps.get(app) {
+                // Unknown hosts/labels are already reported precisely; don't add a vaguer error.
+                if matches!(e, placement::PlacementError::NoEligibleHost { .. })
+                    && self.out.iter().any(|d| d.code == "placement" && d.message.contains(&format!("`{app}`")))
+                {
+                    continue;
+                }
+                self.at(&a.doc, ptr, Diagnostic::error("placement", e.to_string()).hint(hint));
+            }
+        }
+        assignments
+    }
+
+    fn templates(&mut self, t: &Templates, hosts: &[HostSlot], assignments: &[Assignment]) {
+        let env = self.env;
+        let base = base_context(env);
+        let addr = |h: &str| hosts.iter().find(|x| x.name == h).map(|x| x.address.clone()).unwrap_or_default();
+        for (name, app) in &env.apps {
+            let a = assignments.iter().find(|x| &x.app == name);
+            let instance = json!({
+                "name": format!("{name}-0"),
+                "ordinal": 0,
+                "host": a.map(|x| x.host.clone()).unwrap_or_default(),
+                "address": a.map(|x| addr(&x.host)).unwrap_or_default(),
+                "port": a.and_then(|x| x.port).or(app.spec.port),
+            });
+            let mut ctx = base.clone();
+            ctx["app"] = app.doc.value.clone();
+            ctx["instance"] = instance;
+            for (k, v) in &app.spec.env {
+                if let Value::String(s) = v
+                    && let Err(e) = t.render_str(s, &ctx)
+                {
+                    self.template_error(&app.doc, &format!("/env/{}", escape(k)), e);
+                }
+            }
+            for (i, arg) in app.spec.command.iter().flatten().enumerate() {
+                if let Err(e) = t.render_str(arg, &ctx) {
+                    self.template_error(&app.doc, &format!("/command/{i}"), e);
+                }
+            }
+            for (i, f) in app.spec.files.iter().enumerate() {
+                let ptr = format!("/files/{i}/template");
+                if self.template_path(&app.doc, &ptr, t, &f.template)
+                    && let Err(e) = t.render_file(&f.template, &ctx)
+                {
+                    self.template_error(&app.doc, &ptr, e);
+                }
+            }
+        }
+        if let Some(lb) = &env.spec.lb
+            && self.template_path(&env.doc, "/lb/template", t, &lb.template)
+        {
+            let mut ctx = base.clone();
+            ctx["apps"] = lb_apps(env, hosts, assignments);
+            if let Err(e) = t.render_file(&lb.template, &ctx) {
+                self.template_error(&env.doc, "/lb/template", e);
+            }
+        }
+    }
+
+    /// Check a template name; true when it resolves.
+    fn template_path(&mut self, doc: &Merged, ptr: &str, t: &Templates, name: &str) -> bool {
+        match t.resolve(name) {
+            Ok(_) => true,
+            Err(PathProblem::Escapes) => {
+                self.at(doc, ptr, Diagnostic::error("template-path", format!("template path {name:?} escapes the environment's directory")).hint("template paths are relative to the environment directory and may not use `..` or start with `/`"));
+                false
+            }
+            Err(PathProblem::NotFound) => {
+                let dirs = self.env.dirs.join(", ");
+                self.at(
+                    doc,
+                    ptr,
+                    Diagnostic::error("template-path", format!("template {name:?} not found"))
+                        .hint(format!("looked in {dirs}; paths are relative to the environment directory")),
+                );
+                false
+            }
+        }
+    }
+
+    fn template_error(&mut self, doc: &Merged, ptr: &str, e: TemplateError) {
+        let d = Diagnostic::error("template", e.message).hint(e.hint);
+        match (&e.file, e.line) {
+            (Some(file), Some(line)) => {
+                let text = self.files.get(file).map(|b| String::from_utf8_lossy(b)).unwrap_or_default();
+                let pos = position_in(&text, line, e.range.clone());
+                self.out.push(d.at((self.display)(file), Some(pos)));
+            }
+            _ => self.at(doc, ptr, d),
+        }
+    }
+}
+
+/// Placement demand of an app.
+pub fn demand(s: &AppSpec) -> Demand {
+    Demand {
+        app: s.name.clone(),
+        replicas: s.replicas,
+        labels: s.placement.labels.clone(),
+        hosts: s.placement.hosts.clone(),
+        spread: s.placement.spread,
+        needs_port: s.port.is_some(),
+    }
+}
+
+/// `env`, `vars`, and `secrets` (placeholders) for template rendering.
+pub fn base_context(env: &Env) -> Value {
+    let secrets: serde_json::Map<String, Value> =
+        env.spec.secrets.keys().map(|k| (k.clone(), Value::from(SECRET_PLACEHOLDER))).collect();
+    json!({
+        "env": {"name": env.name},
+        "vars": env.spec.vars,
+        "secrets": secrets,
+    })
+}
+
+/// The LB template's `apps`: apps with `lb`, sorted by name, with their instances.
+pub fn lb_apps(env: &Env, hosts: &[HostSlot], assignments: &[Assignment]) -> Value {
+    let apps: Vec<Value> = env
+        .apps
+        .values()
+        .filter_map(|a| {
+            let lb = a.spec.lb.as_ref()?;
+            let instances: Vec<Value> = assignments
+                .iter()
+                .filter(|x| x.app == a.spec.name)
+                .map(|x| {
+                    let address = hosts.iter().find(|h| h.name == x.host).map(|h| h.address.clone()).unwrap_or_default();
+                    json!({"name": format!("{}-{}", x.app, x.ordinal), "host": x.host, "address": address, "port": x.port})
+                })
+                .collect();
+            Some(json!({"name": a.spec.name, "lb": {"host": lb.host, "path": lb.path}, "instances": instances}))
+        })
+        .collect();
+    Value::Array(apps)
+}
+
+/// A position in a template from minijinja's 1-based line and byte range.
+fn position_in(text: &str, line: usize, range: Option<std::ops::Range<usize>>) -> super::yaml::Pos {
+    let line_start = if line <= 1 { 0 } else { text.match_indices('\n').nth(line - 2).map_or(0, |(i, _)| i + 1) };
+    let (offset, len) = match range {
+        Some(r) if r.start <= text.len() => (r.start, r.end.min(text.len()).saturating_sub(r.start)),
+        _ => (line_start.min(text.len()), 0),
+    };
+    let col = text.get(line_start..offset).map_or(1, |s| s.chars().count() + 1);
+    super::yaml::Pos { line, col, offset, len }
+}

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Generate the malformed-repo corpus under tests/corpus/.
+
+Each case is a complete config repo: the valid base below with one mutation.
+`EXPECT` holds what the test asserts: first line `file:line` (relative to the
+case directory) that the diagnostics must name, further lines substrings of the
+message. Re-run after changing the base: `python3 tests/corpus/generate.py`.
+"""
+import os
+import shutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+BASE = {
+    "environments/base/environment.yaml": """apiVersion: reconcile/v1
+kind: Environment
+name: base
+abstract: true
+vars:
+  log_level: info
+secrets:
+  db_password: {from_env: DB_PASSWORD}
+etcd:
+  endpoints: [http://127.0.0.1:23790]
+lb:
+  template: templates/nginx.conf.j2
+  path: /etc/nginx/conf.d/reconcile.conf
+  check: [nginx, -t]
+  reload: [nginx, -s, reload]
+""",
+    "environments/base/apps/api.yaml": """apiVersion: reconcile/v1
+kind: App
+name: api
+image: registry.example/api:1.4.2
+command: [/app/api, --log-level, "{{ vars.log_level }}"]
+env:
+  DB_PASSWORD: "{{ secrets.db_password }}"
+replicas: 2
+port: 8080
+health: {http: /healthz, interval: 1s, timeout: 2s, retries: 10}
+resources: {cpus: 0.5, memory: 256Mi}
+lb: {host: api.internal, path: /}
+registry: true
+""",
+    "environments/base/apps/worker.yaml": """apiVersion: reconcile/v1
+kind: App
+name: worker
+image: registry.example/worker:1.4.2
+depends_on: [api]
+files:
+  - template: templates/worker.ini.j2
+    path: /etc/worker.ini
+""",
+    "environments/base/templates/nginx.conf.j2": """{% for app in apps %}
+upstream {{ app.name }} {
+{% for i in app.instances %}  server {{ i.address }}:{{ i.port }};
+{% endfor %}}
+{% endfor %}
+""",
+    "environments/base/templates/worker.ini.j2": """[worker]
+env = {{ env.name }}
+host = {{ instance.host }}
+""",
+    "environments/staging/environment.yaml": """apiVersion: reconcile/v1
+kind: Environment
+name: staging
+extends: base
+vars:
+  log_level: debug
+hosts:
+  - name: node-1
+    docker: unix:///var/run/docker.sock
+    address: 127.0.0.1
+    labels: {zone: a}
+    ports: 20000-20099
+  - name: node-2
+    docker: unix:///run/reconcile-test/docker2.sock
+    address: 127.0.0.2
+    labels: {zone: b}
+    ports: 20000-20099
+""",
+    "environments/staging/apps/api.yaml": """apiVersion: reconcile/v1
+kind: App
+name: api
+image: registry.example/api:1.5.0
+replicas: 3
+""",
+}
+
+ENV = "environments/staging/environment.yaml"
+API = "environments/staging/apps/api.yaml"
+BAPI = "environments/base/apps/api.yaml"
+WORKER = "environments/base/apps/worker.yaml"
+NGINX = "environments/base/templates/nginx.conf.j2"
+
+
+def sub(path, old, new):
+    def f(files):
+        assert old in files[path], (path, old)
+        files[path] = files[path].replace(old, new, 1)
+    return f
+
+
+def put(path, text):
+    def f(files):
+        files[path] = text
+    return f
+
+
+def drop(path):
+    def f(files):
+        del files[path]
+    return f
+
+
+def both(*fs):
+    def f(files):
+        for g in fs:
+            g(files)
+    return f
+
+
+# name: (mutation, expected file:line, message substrings...)
+CASES = {
+    "yaml-syntax": (sub(API, "replicas: 3", "replicas: [3"), f"{API}:6", "invalid YAML"),
+    "yaml-tab-indent": (sub(API, "replicas: 3", "env:\n\tA: b"), f"{API}:6", "invalid YAML"),
+    "unknown-field": (sub(API, "replicas: 3", "replica: 3"), f"{API}:5", "unknown field `replica`", "did you mean `replicas`?"),
+    "unknown-nested-field": (sub(BAPI, "health: {http: /healthz,", "health: {htp: /healthz,"), f"{BAPI}:10", "unknown field `htp`"),
+    "wrong-type": (sub(API, "replicas: 3", 'replicas: "3"'), f"{API}:5", "replicas", "is not of type"),
+    "duplicate-key": (sub(API, "replicas: 3", "replicas: 3\nreplicas: 4"), f"{API}:6", "invalid YAML"),
+    "alias-bomb": (put(API, "apiVersion: reconcile/v1\nkind: App\nname: api\n" + "".join(
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i-1}" if i else "x"] * 10) + "]\n" for i in range(9))), f"{API}:", "alias"),
+    "invalid-utf8": (put(API, "apiVersion: reconcile/v1\nkind: App\nname: api\nimage: \udcff\n"), f"{API}:4", "not valid UTF-8"),
+    "empty-file": (put(API, ""), f"{API}:1", "file is empty"),
+    "list-not-map": (put(API, "- apiVersion: reconcile/v1\n- kind: App\n"), f"{API}:1", "expected a mapping"),
+    "list-where-map-belongs": (sub(API, "replicas: 3", "placement:\n  - node-1"), f"{API}:6", "placement", "is not of type"),
+    "wrong-api-version": (sub(API, "apiVersion: reconcile/v1", "apiVersion: reconcile/v2"), f"{API}:1", "apiVersion"),
+    "wrong-kind": (sub(API, "kind: App", "kind: Environment"), f"{API}:2", "kind"),
+    "name-mismatch": (sub(API, "name: api", "name: apii"), f"{API}:3", "does not match"),
+    "missing-image": (both(sub(BAPI, "image: registry.example/api:1.4.2\n", ""), drop(API)), f"{BAPI}:1", "missing required field `image`"),
+    "multiple-documents": (sub(API, "replicas: 3", "replicas: 3\n---\nname: x"), f"{API}:7", "more than one YAML document"),
+    "merge-key": (sub(API, "replicas: 3", "x: &x {replicas: 3}\n<<: *x"), f"{API}:6", "merge keys"),
+    "duplicate-host": (sub(ENV, "  - name: node-2", "  - name: node-1"), f"{ENV}:13", "declared twice"),
+    "unknown-host-in-placement": (sub(API, "replicas: 3", "replicas: 3\nplacement: {hosts: [node-3]}"), f"{API}:6", "unknown host `node-3`"),
+    "unknown-label-in-placement": (sub(API, "replicas: 3", "replicas: 3\nplacement: {labels: {zone: c}}"), f"{API}:6", "no host has label zone=c"),
+    "spread-infeasible": (sub(API, "replicas: 3", "replicas: 3\nplacement: {spread: true}"), f"{API}:5", "spread one per host"),
+    "dependency-cycle": (sub(BAPI, "registry: true", "registry: true\ndepends_on: [worker]"), f"{BAPI}:14", "dependency cycle"),
+    "unknown-dependency": (sub(WORKER, "depends_on: [api]", "depends_on: [apy]"), f"{WORKER}:5", "unknown app `apy`", "did you mean `api`?"),
+    "port-pool-inverted": (sub(ENV, "ports: 20000-20099\n  - name: node-2", "ports: 20099-20000\n  - name: node-2"), f"{ENV}:12", "inverted"),
+    "port-pool-overlap": (sub(ENV, "address: 127.0.0.2", "address: 127.0.0.1"), f"{ENV}:17", "overlap"),
+    "port-pool-too-small": (both(
+        sub(ENV, "ports: 20000-20099\n  - name: node-2", "ports: 20000-20000\n  - name: node-2"),
+        sub(ENV, "ports: 20000-20099\n", "ports: 20000-20000\n")), f"{API}:5", "too small"),
+    "invalid-image": (sub(API, "image: registry.example/api:1.5.0", "image: Registry.example/API:1.5.0"), f"{API}:4", "invalid image reference"),
+    "invalid-duration": (sub(BAPI, "interval: 1s", "interval: 1 sec"), f"{BAPI}:10", "invalid duration"),
+    "invalid-cpus": (sub(BAPI, "cpus: 0.5", "cpus: lots"), f"{BAPI}:11", "invalid CPU quantity"),
+    "invalid-memory": (sub(BAPI, "memory: 256Mi", "memory: 256MB"), f"{BAPI}:11", "invalid memory quantity"),
+    "invalid-docker-endpoint": (sub(ENV, "docker: unix:///var/run/docker.sock", "docker: unix://var/run/docker.sock"), f"{ENV}:9", "invalid Docker endpoint"),
+    "template-syntax": (sub(NGINX, "{% endfor %}}", "{% endfor }}"), f"{NGINX}:", "syntax"),
+    "template-undefined": (sub("environments/base/templates/worker.ini.j2", "{{ env.name }}", "{{ env.nmae }}"), "environments/base/templates/worker.ini.j2:2", "undefined"),
+    "inline-template-undefined": (sub(BAPI, "{{ vars.log_level }}", "{{ vars.loglevel }}"), f"{BAPI}:5", "undefined"),
+    "template-path-escapes": (sub(WORKER, "template: templates/worker.ini.j2", "template: ../../../etc/passwd"), f"{WORKER}:7", "escapes"),
+    "template-missing": (sub(WORKER, "template: templates/worker.ini.j2", "template: templates/nope.j2"), f"{WORKER}:7", "not found"),
+    "template-include-escapes": (sub(NGINX, "{% for app in apps %}", "{% include '../../../../etc/passwd' %}{% for app in apps %}"), f"{NGINX}:1", "escapes"),
+    "extends-unknown": (sub(ENV, "extends: base", "extends: bsae"), f"{ENV}:4", "unknown environment `bsae`", "did you mean `base`?"),
+    "extends-cycle": (sub("environments/base/environment.yaml", "abstract: true", "abstract: true\nextends: staging"), f"{ENV}:4", "cycle"),
+    "lb-without-port": (sub(BAPI, "port: 8080\n", ""), f"{BAPI}:", "no `port`"),
+    "registry-without-etcd": (sub("environments/base/environment.yaml", "etcd:\n  endpoints: [http://127.0.0.1:23790]\n", ""), f"{BAPI}:13", "no `etcd`"),
+    "health-two-kinds": (sub(BAPI, "health: {http: /healthz,", "health: {tcp: true, http: /healthz,"), f"{BAPI}:10", "exactly one of"),
+    "secret-bad-source": (sub("environments/base/environment.yaml", "{from_env: DB_PASSWORD}", "{from_env: DB_PASSWORD, from_file: /x}"), "environments/base/environment.yaml:8", "secrets"),
+    "invalid-volume": (sub(API, "replicas: 3", "replicas: 3\nvolumes: [relative/path:/data]"), f"{API}:6", "invalid volume"),
+    "null-deletes-required": (both(sub(API, "image: registry.example/api:1.5.0", "image: null"), drop(BAPI), sub(WORKER, "depends_on: [api]\n", "")), f"{API}:1", "missing required field `image`"),
+    "address-not-ip": (sub(ENV, "address: 127.0.0.2", "address: node-2.local"), f"{ENV}:15", "not an IP address"),
+}
+
+
+def write(root, files):
+    for rel, text in files.items():
+        p = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(text.encode("utf-8", "surrogateescape"))
+
+
+def main():
+    for entry in os.listdir(HERE):
+        p = os.path.join(HERE, entry)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+    write(os.path.join(HERE, "valid"), BASE)
+    for name, (mutate, where, *msgs) in sorted(CASES.items()):
+        files = dict(BASE)
+        mutate(files)
+        root = os.path.join(HERE, name)
+        write(root, files)
+        with open(os.path.join(root, "EXPECT"), "w") as f:
+            f.write("\n".join([where, *msgs]) + "\n")
+    print(f"{len(CASES)} malformed cases + valid")
+
+
+if __name__ == "__main__":
+    main()
