@@ -7,6 +7,9 @@
 pub mod backend;
 pub mod cli;
 pub mod diag;
+pub mod model;
+pub mod observe;
 pub mod placement;
+pub mod plan;
 pub mod secret;
 pub mod spec;

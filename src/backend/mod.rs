@@ -2,5 +2,9 @@
 //! filesystem of the machine running reconcile, process environment, and (later)
 //! Docker, etcd and the load balancer.
 
+pub mod docker;
+pub mod etcd;
 pub mod git;
+pub mod lb;
+pub mod runtime;
 pub mod secrets;

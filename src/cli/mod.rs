@@ -1,7 +1,11 @@
 //! The command line: parse flags, call one function per command, report.
 //! Commands return an [`ExitCode`]; only `main` turns errors into exit code 1.
 
+pub mod common;
+pub mod diff;
+pub mod plan;
 pub mod schema;
+pub mod status;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -47,6 +51,12 @@ pub struct RepoArgs {
 pub enum Command {
     /// Check the config repo: schemas, references, placement, templates. All errors at once, each with file:line.
     Validate(validate::Args),
+    /// Observe the environment and show what apply would change.
+    Plan(plan::Args),
+    /// Desired-state difference between two revisions, without contacting any host.
+    Diff(diff::Args),
+    /// What runs where: instances, hosts, ports, state, uptime, restarts, drift.
+    Status(status::Args),
     /// Print the JSON Schemas of the spec files (for editors and CI).
     Schema(schema::Args),
 }
@@ -67,6 +77,9 @@ pub enum ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(args) => validate::exec(&args),
+        Command::Plan(args) => plan::exec(&args),
+        Command::Diff(args) => diff::exec(&args),
+        Command::Status(args) => status::exec(&args),
         Command::Schema(args) => schema::exec(&args),
     }
 }
@@ -75,4 +88,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 pub fn stdout_is_tty() -> bool {
     use std::io::IsTerminal;
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// True when stderr is a terminal.
+pub fn stderr_is_tty() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }

@@ -15,6 +15,7 @@ pub struct Args {
 pub enum Which {
     Environment,
     App,
+    Plan,
 }
 
 /// # Errors
@@ -23,10 +24,12 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     let text = match args.kind {
         Some(Which::Environment) => schema::ENVIRONMENT.to_string(),
         Some(Which::App) => schema::APP.to_string(),
+        Some(Which::Plan) => schema::PLAN.to_string(),
         None => {
             let env: serde_json::Value = serde_json::from_str(schema::ENVIRONMENT)?;
             let app: serde_json::Value = serde_json::from_str(schema::APP)?;
-            serde_json::to_string_pretty(&serde_json::json!({"environment": env, "app": app}))? + "\n"
+            let plan: serde_json::Value = serde_json::from_str(schema::PLAN)?;
+            serde_json::to_string_pretty(&serde_json::json!({"environment": env, "app": app, "plan": plan}))? + "\n"
         }
     };
     print!("{text}");

@@ -15,6 +15,8 @@ use serde_json::Value;
 
 pub const ENVIRONMENT: &str = include_str!("../../schema/environment.schema.json");
 pub const APP: &str = include_str!("../../schema/app.schema.json");
+/// The JSON form of a plan (`plan --format json`, `plan --out`).
+pub const PLAN: &str = include_str!("../../schema/plan.schema.json");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

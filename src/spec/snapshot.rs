@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where a snapshot came from; printed in every output so a plan or a report
 /// always says which commit (and whether uncommitted changes) it was made from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     /// The repo as the user gave it (`--repo`).
     pub repo: String,

@@ -7,7 +7,10 @@
 
 mod cli;
 mod corpus;
+mod docker;
 mod environment;
+mod etcd;
+mod plan;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

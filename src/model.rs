@@ -1,0 +1,176 @@
+//! The observed state model and the ownership labels: what the backends report
+//! and what the planner compares the desired state against.
+//!
+//! Invariant: pure data. Only containers carrying `reconcile.env=<env>` are ever
+//! represented here (the Docker backend filters on that label in its one list
+//! call per host), so nothing else can reach a plan.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Labels on every managed container.
+pub mod labels {
+    /// The environment that owns the container. Containers without it are never touched.
+    pub const ENV: &str = "reconcile.env";
+    pub const APP: &str = "reconcile.app";
+    /// `<app>-<ordinal>`: the instance's identity, stable across replacements.
+    pub const INSTANCE: &str = "reconcile.instance";
+    /// Hash of everything that defines the instance (rendered files and secret values included).
+    pub const SPEC_HASH: &str = "reconcile.spec-hash";
+    /// The commit the container was created from (empty when not from Git).
+    pub const COMMIT: &str = "reconcile.commit";
+    /// The pool port given to the instance (absent when the app has no port).
+    pub const PORT: &str = "reconcile.port";
+    /// The instance's spec as JSON, secrets masked: lets `plan` show field-level
+    /// diffs from one list call, without inspecting each container.
+    pub const SPEC: &str = "reconcile.spec";
+}
+
+/// Container state as Docker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    Unknown,
+}
+
+impl ContainerState {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "created" => Self::Created,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "restarting" => Self::Restarting,
+            "removing" => Self::Removing,
+            "exited" => Self::Exited,
+            "dead" => Self::Dead,
+            _ => Self::Unknown,
+        }
+    }
+    pub fn is_running(self) -> bool {
+        matches!(self, Self::Running | Self::Restarting)
+    }
+}
+
+/// One managed container seen on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedInstance {
+    pub container_id: String,
+    /// Container name without the leading `/`.
+    pub name: String,
+    pub host: String,
+    pub app: String,
+    /// `<app>-<ordinal>` from the instance label.
+    pub instance: String,
+    pub ordinal: Option<u32>,
+    pub spec_hash: String,
+    pub commit: String,
+    pub image: String,
+    pub state: ContainerState,
+    /// Docker's human status, e.g. `Up 5 minutes (healthy)`. Not part of the fingerprint.
+    pub status: String,
+    /// Creation time, seconds since the epoch.
+    pub created: i64,
+    pub port: Option<u16>,
+    /// The masked spec from the `reconcile.spec` label, if present and valid JSON.
+    pub spec: Option<serde_json::Value>,
+}
+
+impl ObservedInstance {
+    /// Parse `<app>-<ordinal>` into the ordinal.
+    pub fn ordinal_of(app: &str, instance: &str) -> Option<u32> {
+        instance.strip_prefix(app)?.strip_prefix('-')?.parse().ok()
+    }
+}
+
+/// What one host runs for an environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostObservation {
+    /// Sorted by (app, instance, created, container id).
+    pub instances: Vec<ObservedInstance>,
+}
+
+/// The keys reconcile manages in etcd for an environment, with their values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdObservation {
+    /// Full key → value (UTF-8), for `<prefix>/<env>/config/…`, `<prefix>/<env>/apps/…` and
+    /// the registry entries `<registry_prefix>/<app>_<env>/…` of every app that is
+    /// desired or has a desired copy in etcd.
+    pub keys: BTreeMap<String, String>,
+}
+
+/// Everything observed for one environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedState {
+    pub env: String,
+    /// By host name; every host of the environment is present (an unreachable host
+    /// is an error, never a missing entry).
+    pub hosts: BTreeMap<String, HostObservation>,
+    /// `None` when the environment has no etcd.
+    pub etcd: Option<EtcdObservation>,
+    /// `None` when the environment has no LB; `Some(None)` when the LB file does not exist.
+    pub lb: Option<Option<String>>,
+}
+
+/// The etcd key layout of the contract.
+pub mod keys {
+    fn base(prefix: &str, env: &str) -> String {
+        format!("{}/{env}", prefix.trim_end_matches('/'))
+    }
+    /// `<prefix>/<env>/config/` — the config center of an environment.
+    pub fn config_dir(prefix: &str, env: &str) -> String {
+        format!("{}/config/", base(prefix, env))
+    }
+    /// `<prefix>/<env>/config/<app>/<key>`.
+    pub fn config(prefix: &str, env: &str, app: &str, key: &str) -> String {
+        format!("{}{app}/{key}", config_dir(prefix, env))
+    }
+    /// `<prefix>/<env>/apps/` — desired copies of the app specs.
+    pub fn apps_dir(prefix: &str, env: &str) -> String {
+        format!("{}/apps/", base(prefix, env))
+    }
+    /// `<prefix>/<env>/apps/<app>`.
+    pub fn app(prefix: &str, env: &str, app: &str) -> String {
+        format!("{}{app}", apps_dir(prefix, env))
+    }
+    /// `<prefix>/<env>/applied`.
+    pub fn applied(prefix: &str, env: &str) -> String {
+        format!("{}/applied", base(prefix, env))
+    }
+    /// `<prefix>/<env>/history/`.
+    pub fn history_dir(prefix: &str, env: &str) -> String {
+        format!("{}/history/", base(prefix, env))
+    }
+    /// `<prefix>/<env>/lock`.
+    pub fn lock(prefix: &str, env: &str) -> String {
+        format!("{}/lock", base(prefix, env))
+    }
+    /// `<registry_prefix>/<app>_<env>/` — an app's service registry directory.
+    pub fn registry_dir(registry_prefix: &str, app: &str, env: &str) -> String {
+        format!("{}/{app}_{env}/", registry_prefix.trim_end_matches('/'))
+    }
+    /// `<registry_prefix>/<app>_<env>/<ip>-<port>` (its value is `<ip>:<port>`).
+    pub fn registry(registry_prefix: &str, app: &str, env: &str, ip: &str, port: u16) -> String {
+        format!("{}{ip}-{port}", registry_dir(registry_prefix, app, env))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn layout() {
+            assert_eq!(config("/reconcile", "staging", "api", "timeout"), "/reconcile/staging/config/api/timeout");
+            assert_eq!(app("/reconcile/", "staging", "api"), "/reconcile/staging/apps/api");
+            assert_eq!(registry("", "api", "staging", "10.0.0.1", 20000), "/api_staging/10.0.0.1-20000");
+            assert_eq!(registry("/services", "api", "prod", "10.0.0.1", 20000), "/services/api_prod/10.0.0.1-20000");
+        }
+    }
+}

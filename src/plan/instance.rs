@@ -1,0 +1,271 @@
+//! Rendering one instance: everything that defines a container, with secrets
+//! both real (for the container and the spec-hash) and masked (for display).
+//!
+//! Each template is rendered twice: with the real secret values and with every
+//! secret replaced by `(sensitive)`. The masked form is what plans, labels and
+//! etcd ever see; the real form only reaches Docker and the hash.
+//!
+//! Invariant: pure.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::secret::{MASK, Secret};
+use crate::spec::load::App;
+use crate::spec::model::{HealthSpec, Network};
+use crate::spec::template::{TemplateError, Templates};
+use crate::spec::units;
+
+/// A rendered string: the real text and what may be shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    real: Secret,
+    pub shown: String,
+}
+
+impl Rendered {
+    pub fn plain(s: impl Into<String>) -> Self {
+        let s = s.into();
+        Self { real: Secret::new(s.clone()), shown: s }
+    }
+    /// The real value (may contain secrets): for Docker only.
+    pub fn expose(&self) -> &str {
+        self.real.expose()
+    }
+    /// True when the value depends on a secret.
+    pub fn is_sensitive(&self) -> bool {
+        self.real.expose() != self.shown
+    }
+}
+
+/// Everything that defines one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSpec {
+    pub image: String,
+    pub command: Option<Vec<Rendered>>,
+    pub env: BTreeMap<String, Rendered>,
+    pub network: Network,
+    /// The pool port (host mode: the app listens on it; bridge: published to `container_port`).
+    pub port: Option<u16>,
+    pub container_port: Option<u16>,
+    pub init: bool,
+    pub nano_cpus: Option<u64>,
+    pub memory: Option<u64>,
+    pub volumes: Vec<String>,
+    /// Container path → content.
+    pub files: BTreeMap<String, Rendered>,
+    pub health: Option<HealthSpec>,
+    pub stop_timeout_secs: u64,
+    /// Secret-bearing field → digest of the secrets it contains (names and values).
+    /// Compared across plans to tell "a secret in this field changed" even when the
+    /// masked text changed too; reveals no more than the spec-hash label does.
+    pub sensitive: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct Canonical<'a> {
+    image: &'a str,
+    command: Option<Vec<&'a str>>,
+    env: BTreeMap<&'a str, &'a str>,
+    network: Network,
+    port: Option<u16>,
+    container_port: Option<u16>,
+    init: bool,
+    nano_cpus: Option<u64>,
+    memory: Option<u64>,
+    volumes: &'a [String],
+    files: BTreeMap<&'a str, &'a str>,
+    health: &'a Option<HealthSpec>,
+    stop_timeout_secs: u64,
+    /// Masked form only: a digest per secret-bearing field, so that a changed secret
+    /// shows as a changed field ("(sensitive value changed)") even when other fields
+    /// change too. It reveals no more than the spec-hash label already does.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    sensitive: BTreeMap<String, String>,
+}
+
+impl InstanceSpec {
+    fn canonical(&self, real: bool) -> Canonical<'_> {
+        fn pick(r: &Rendered, real: bool) -> &str {
+            if real { r.expose() } else { r.shown.as_str() }
+        }
+        Canonical {
+            image: &self.image,
+            command: self.command.as_ref().map(|c| c.iter().map(|r| pick(r, real)).collect()),
+            env: self.env.iter().map(|(k, v)| (k.as_str(), pick(v, real))).collect(),
+            network: self.network,
+            port: self.port,
+            container_port: self.container_port,
+            init: self.init,
+            nano_cpus: self.nano_cpus,
+            memory: self.memory,
+            volumes: &self.volumes,
+            files: self.files.iter().map(|(k, v)| (k.as_str(), pick(v, real))).collect(),
+            health: &self.health,
+            stop_timeout_secs: self.stop_timeout_secs,
+            sensitive: if real { BTreeMap::new() } else { self.sensitive.clone() },
+        }
+    }
+
+    /// The spec as shown: secrets masked. This is what goes into plans and labels.
+    pub fn masked(&self) -> Value {
+        serde_json::to_value(self.canonical(false)).unwrap_or(Value::Null)
+    }
+
+    /// sha256 over the canonical form with real values: a changed secret changes the
+    /// hash, and the hash is all that is stored.
+    pub fn hash(&self) -> String {
+        let bytes = serde_json::to_vec(&self.canonical(true)).unwrap_or_default();
+        hex(&Sha256::digest(&bytes))
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where an instance runs, as templates see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot<'a> {
+    pub ordinal: u32,
+    pub host: &'a str,
+    pub address: &'a str,
+    pub port: Option<u16>,
+}
+
+/// Template contexts: one with real secrets, one masked.
+pub struct Contexts {
+    pub real: Value,
+    pub masked: Value,
+    /// (name, value) of the resolved secrets, sorted by name.
+    secrets: Vec<(String, Secret)>,
+}
+
+impl Contexts {
+    /// Digest of the secrets whose values occur in `r` (for a sensitive field).
+    fn digest(&self, field: &str, r: &Rendered) -> Option<String> {
+        if !r.is_sensitive() {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update(b"reconcile/v1 sensitive\0");
+        h.update(field.as_bytes());
+        for (name, value) in
+            self.secrets.iter().filter(|(_, v)| !v.expose().is_empty() && r.expose().contains(v.expose()))
+        {
+            h.update(b"\0");
+            h.update(name.as_bytes());
+            h.update(b"=");
+            h.update(value.expose().as_bytes());
+        }
+        Some(hex(&h.finalize()[..8]))
+    }
+}
+
+/// `env`, `vars`, `secrets` for an environment, real and masked.
+pub fn contexts(
+    env_name: &str,
+    vars: &serde_json::Map<String, Value>,
+    secrets: &BTreeMap<String, Secret>,
+    names: &[String],
+) -> Contexts {
+    let real: serde_json::Map<String, Value> =
+        names.iter().map(|n| (n.clone(), Value::from(secrets.get(n).map_or(MASK, |s| s.expose())))).collect();
+    let masked: serde_json::Map<String, Value> = names.iter().map(|n| (n.clone(), Value::from(MASK))).collect();
+    Contexts {
+        real: json!({"env": {"name": env_name}, "vars": vars, "secrets": real}),
+        masked: json!({"env": {"name": env_name}, "vars": vars, "secrets": masked}),
+        secrets: names.iter().filter_map(|n| secrets.get(n).map(|s| (n.clone(), s.clone()))).collect(),
+    }
+}
+
+/// Render one instance of `app` at `slot`.
+///
+/// # Errors
+/// A template fails to render (validate reports these with positions first).
+pub fn render(
+    app: &App,
+    slot: &Slot<'_>,
+    ctx: &Contexts,
+    t: &Templates,
+    env_name: &str,
+) -> Result<InstanceSpec, TemplateError> {
+    let s = &app.spec;
+    let instance = json!({
+        "name": format!("{}-{}", s.name, slot.ordinal),
+        "ordinal": slot.ordinal,
+        "host": slot.host,
+        "address": slot.address,
+        "port": slot.port,
+    });
+    let with = |base: &Value| {
+        let mut c = base.clone();
+        c["app"] = app.doc.value.clone();
+        c["instance"] = instance.clone();
+        c
+    };
+    let (real, masked) = (with(&ctx.real), with(&ctx.masked));
+    let both_str = |src: &str| -> Result<Rendered, TemplateError> {
+        Ok(Rendered { real: Secret::new(t.render_str(src, &real)?), shown: t.render_str(src, &masked)? })
+    };
+    let mut env = BTreeMap::new();
+    for (k, v) in &s.env {
+        let r = match v {
+            Value::String(text) => both_str(text)?,
+            other => Rendered::plain(other.to_string()),
+        };
+        env.insert(k.clone(), r);
+    }
+    if let Some(p) = slot.port.filter(|_| s.network == Network::Host) {
+        env.insert("PORT".into(), Rendered::plain(p.to_string()));
+    } else if let Some(p) = s.port {
+        env.insert("PORT".into(), Rendered::plain(p.to_string()));
+    }
+    env.insert("RECONCILE_ENV".into(), Rendered::plain(env_name));
+    env.insert("RECONCILE_APP".into(), Rendered::plain(s.name.clone()));
+    env.insert("RECONCILE_INSTANCE".into(), Rendered::plain(format!("{}-{}", s.name, slot.ordinal)));
+    let command = match &s.command {
+        Some(c) => Some(c.iter().map(|a| both_str(a)).collect::<Result<Vec<_>, _>>()?),
+        None => None,
+    };
+    let mut files = BTreeMap::new();
+    for f in &s.files {
+        let content = Rendered {
+            real: Secret::new(t.render_file(&f.template, &real)?),
+            shown: t.render_file(&f.template, &masked)?,
+        };
+        files.insert(f.path.clone(), content);
+    }
+    let mut sensitive = BTreeMap::new();
+    let fields = command.iter().flatten().enumerate().map(|(i, r)| (format!("command.{i}"), r));
+    let fields = fields.chain(env.iter().map(|(k, r)| (format!("env.{k}"), r)));
+    for (f, r) in fields.chain(files.iter().map(|(k, r)| (format!("files.{k}"), r))) {
+        if let Some(d) = ctx.digest(&f, r) {
+            sensitive.insert(f, d);
+        }
+    }
+    let resources = s.resources.as_ref();
+    Ok(InstanceSpec {
+        image: s.image.clone(),
+        command,
+        env,
+        network: s.network,
+        port: slot.port,
+        container_port: if s.network == Network::Bridge { s.port } else { None },
+        init: s.init,
+        nano_cpus: resources.and_then(|r| r.cpus.as_ref()).and_then(|c| units::cpus(c).ok()),
+        memory: resources.and_then(|r| r.memory.as_ref()).and_then(|m| units::memory(m).ok()),
+        volumes: s.volumes.clone(),
+        files,
+        health: s.health.clone(),
+        stop_timeout_secs: s
+            .stop_timeout
+            .as_deref()
+            .and_then(|d| units::duration(d).ok())
+            .map_or(10, |d| d.as_secs().max(1)),
+        sensitive,
+    })
+}

@@ -1,0 +1,79 @@
+//! Applying a plan to an observed state in memory: what the world looks like
+//! after a successful apply. Used by property tests (`plan(d, simulate(plan(d, o), o))`
+//! is empty) and as the model the real executor must match.
+//!
+//! Invariant: pure. `created` times come from a counter, not the clock.
+
+use crate::model::{ContainerState, ObservedInstance, ObservedState};
+
+use super::{Action, NewInstance, Plan};
+
+/// The state after `plan` has been applied to `observed`.
+pub fn simulate(plan: &Plan, observed: &ObservedState, commit: &str) -> ObservedState {
+    let mut out = observed.clone();
+    let mut clock = observed.hosts.values().flat_map(|h| h.instances.iter().map(|i| i.created)).max().unwrap_or(0);
+    let mut next_id = 0u64;
+    let mut create = |out: &mut ObservedState, app: &str, instance: &str, new: &NewInstance| {
+        clock += 1;
+        next_id += 1;
+        let host = out.hosts.entry(new.host.clone()).or_default();
+        host.instances.push(ObservedInstance {
+            container_id: format!("sim{next_id:06}-{}", &new.spec_hash[..8.min(new.spec_hash.len())]),
+            name: new.container_name.clone(),
+            host: new.host.clone(),
+            app: app.to_string(),
+            instance: instance.to_string(),
+            ordinal: ObservedInstance::ordinal_of(app, instance),
+            spec_hash: new.spec_hash.clone(),
+            commit: commit.to_string(),
+            image: new.spec.get("image").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
+            state: ContainerState::Running,
+            status: "Up".into(),
+            created: clock,
+            port: new.port,
+            spec: Some(new.spec.clone()),
+        });
+    };
+    let remove = |out: &mut ObservedState, host: &str, id: &str| {
+        if let Some(h) = out.hosts.get_mut(host) {
+            h.instances.retain(|i| i.container_id != id);
+        }
+    };
+    for a in &plan.actions {
+        match a {
+            Action::Create { app, instance, new, .. } => create(&mut out, app, instance, new),
+            Action::Replace { app, instance, old, new, .. } => {
+                create(&mut out, app, instance, new);
+                remove(&mut out, &old.host, &old.container_id);
+            }
+            Action::Remove { old, .. } => remove(&mut out, &old.host, &old.container_id),
+            Action::Start { old, .. } => {
+                if let Some(i) = out
+                    .hosts
+                    .get_mut(&old.host)
+                    .and_then(|h| h.instances.iter_mut().find(|i| i.container_id == old.container_id))
+                {
+                    i.state = ContainerState::Running;
+                }
+            }
+            Action::PutKey { key, value, .. } => {
+                if let Some(e) = out.etcd.as_mut() {
+                    e.keys.insert(key.clone(), value.clone());
+                }
+            }
+            Action::DeleteKey { key, .. } => {
+                if let Some(e) = out.etcd.as_mut() {
+                    e.keys.remove(key);
+                }
+            }
+            Action::WriteLb { content, .. } => out.lb = Some(Some(content.clone())),
+            Action::ReloadLb => {}
+        }
+    }
+    for h in out.hosts.values_mut() {
+        h.instances.sort_by(|a, b| {
+            (&a.app, &a.instance, a.created, &a.container_id).cmp(&(&b.app, &b.instance, b.created, &b.container_id))
+        });
+    }
+    out
+}
