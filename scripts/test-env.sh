@@ -42,7 +42,7 @@ WAIT_SECS=30
 
 PACKAGES=(
   protobuf-compiler libprotobuf-dev pkg-config libssl-dev   # etcd-client / git2 builds
-  git curl busybox-static iproute2 procps ca-certificates
+  git curl busybox-static iproute2 procps ca-certificates openssl
   docker.io                     # dockerd 20.10 + containerd + runc + docker-init (tini)
   etcd-server etcd-client       # etcd 3.4 + etcdctl
   nginx-light haproxy           # the load balancers the tests drive

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use bollard::errors::Error as BollardError;
 use bollard::models::ContainerSummary;
-use bollard::query_parameters::ListContainersOptionsBuilder;
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
 use bollard::{API_DEFAULT_VERSION, Docker};
 use futures::stream::{self, StreamExt};
 
@@ -305,6 +305,86 @@ async fn observe_one(host: &HostSpec, env: &str, timeout: Duration) -> Result<Ho
     tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| Err(timed_out(host, timeout)))
 }
 
+// --- runtime facts for `status` -------------------------------------------------
+// Restart count, start time and health exist only in a container's inspect data,
+// so `status` (never `plan`) inspects each managed container once.
+
+/// What `status` shows beyond the list call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeInfo {
+    pub restart_count: i64,
+    /// Seconds since the epoch of the last start.
+    pub started_at: Option<i64>,
+    /// Docker's health status, when the image or container defines a health check.
+    pub health: Option<String>,
+}
+
+/// Inspect the given containers (by host), at most 8 at a time per host.
+///
+/// # Errors
+/// A host cannot be reached. A container that vanished meanwhile is skipped.
+pub async fn runtime_info(
+    hosts: &[HostSpec],
+    ids: &BTreeMap<String, Vec<String>>,
+    timeout: Duration,
+) -> Result<BTreeMap<String, RuntimeInfo>, DockerError> {
+    let mut out = BTreeMap::new();
+    for h in hosts {
+        let Some(list) = ids.get(&h.name).filter(|l| !l.is_empty()) else { continue };
+        let client = connect(h, timeout).await?;
+        let results: Vec<(String, Option<RuntimeInfo>)> = stream::iter(list.iter().cloned())
+            .map(|id| {
+                let c = client.clone();
+                async move {
+                    let info = tokio::time::timeout(timeout, c.inspect_container(&id, None::<InspectContainerOptions>))
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                    let info = info.map(|i| {
+                        let state = i.state.unwrap_or_default();
+                        RuntimeInfo {
+                            restart_count: i.restart_count.unwrap_or(0),
+                            started_at: state.started_at.as_deref().and_then(parse_rfc3339),
+                            health: state.health.and_then(|h| h.status).map(|s| s.to_string()),
+                        }
+                    });
+                    (id, info)
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for (id, info) in results {
+            if let Some(i) = info {
+                out.insert(id, i);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `2026-11-25T12:00:00.123456789Z` → seconds since the epoch (UTC only, as Docker writes it).
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let date = s.get(0..10)?;
+    let time = s.get(11..19)?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if y < 1971 {
+        return None; // Docker's zero time "0001-01-01T00:00:00Z": never started
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
 #[cfg(test)]
 mod tests {
     use bollard::models::ContainerSummaryStateEnum;
@@ -363,6 +443,24 @@ mod tests {
         assert!(observed_instance("n", "staging", c).is_none());
     }
 
+    #[tokio::test]
+    async fn ssh_with_a_port_is_refused_with_a_hint() {
+        let host = HostSpec {
+            name: "node-9".into(),
+            docker: "ssh://deploy@10.0.0.9:2222".into(),
+            tls: None,
+            address: "10.0.0.9".into(),
+            labels: BTreeMap::new(),
+            ports: "20000-20100".into(),
+        };
+        let e = connect(&host, Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(e, DockerError::Connect { .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with("host `node-9` (ssh://deploy@10.0.0.9:2222): cannot connect: ssh on port 2222")
+        );
+        assert!(e.to_string().contains("~/.ssh/config"), "{e}");
+    }
+
     #[test]
     fn messages_name_host_endpoint_and_cause() {
         let e = DockerError::Connect {
@@ -376,5 +474,15 @@ mod tests {
         assert_eq!(e.with_endpoint("tcp://h:1").to_string(), "host `n` (tcp://h:1): cannot list containers: boom");
         let e = DockerError::Timeout { host: "n".into(), endpoint: "e".into(), after: Duration::from_millis(500) };
         assert_eq!(e.to_string(), "host `n` (e): no answer within 500ms");
+    }
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    #[test]
+    fn rfc3339() {
+        assert_eq!(super::parse_rfc3339("1970-01-02T00:00:00Z"), None);
+        assert_eq!(super::parse_rfc3339("2026-11-25T12:00:00.5Z"), Some(1_795_608_000));
+        assert_eq!(super::parse_rfc3339("0001-01-01T00:00:00Z"), None);
     }
 }

@@ -6,5 +6,4 @@ pub mod docker;
 pub mod etcd;
 pub mod git;
 pub mod lb;
-pub mod runtime;
 pub mod secrets;

@@ -68,7 +68,7 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
         .map(|(h, o)| (h.clone(), o.instances.iter().map(|i| i.container_id.clone()).collect()))
         .collect();
     let runtime_info =
-        rt.block_on(crate::backend::runtime::runtime_info(&env.spec.hosts, &ids, args.observe.timeout))?;
+        rt.block_on(crate::backend::docker::runtime_info(&env.spec.hosts, &ids, args.observe.timeout))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
 
     let drift_of = |id: &str| -> String {

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::model::{ObservedInstance, ObservedState, keys};
+use crate::model::{ObservedInstance, ObservedState, keys, labels as keys_labels};
 use crate::placement::{self, Assignment, Existing, HostSlot};
 use crate::secret::Secret;
 use crate::spec::check::{demand, lb_apps};
@@ -626,4 +626,27 @@ fn flatten(v: &Value, at: String, out: &mut BTreeMap<String, Value>) {
             out.insert(at, other.clone());
         }
     }
+}
+
+/// The labels of a container created for `new`: ownership, identity, spec-hash,
+/// commit, port, and the masked spec (so plans can show field-level diffs from
+/// the list call alone).
+pub fn container_labels(
+    env: &str,
+    app: &str,
+    instance: &str,
+    new: &NewInstance,
+    commit: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert(keys_labels::ENV.to_string(), env.to_string());
+    l.insert(keys_labels::APP.to_string(), app.to_string());
+    l.insert(keys_labels::INSTANCE.to_string(), instance.to_string());
+    l.insert(keys_labels::SPEC_HASH.to_string(), new.spec_hash.clone());
+    l.insert(keys_labels::COMMIT.to_string(), commit.unwrap_or_default().to_string());
+    if let Some(p) = new.port {
+        l.insert(keys_labels::PORT.to_string(), p.to_string());
+    }
+    l.insert(keys_labels::SPEC.to_string(), serde_json::to_string(&new.spec).unwrap_or_default());
+    l
 }

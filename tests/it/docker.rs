@@ -503,35 +503,3 @@ async fn tcp_with_tls_presents_the_client_certificate() {
     );
     drop(server);
 }
-
-#[tokio::test]
-#[ignore]
-async fn tmp_manual_ssh() {
-    let d1 = var("RECONCILE_TEST_DOCKER1");
-    let image = var("RECONCILE_TEST_IMAGE");
-    let env = unique("ssh");
-    let containers = Containers::default();
-    let id = containers.make(&d1, &format!("{env}-api-0"), &image, &managed(&env, "api", "api-0"), true);
-    let h = host("node-ssh", "ssh://root@127.0.0.1");
-    let started = Instant::now();
-    let docker = connect(&h, TIMEOUT).await.unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("ssh connect+negotiate: {:?}, version {}", started.elapsed(), docker.client_version());
-    let started = Instant::now();
-    let observed = ok(observe_all(&[h], &env, 1, TIMEOUT).await);
-    eprintln!("ssh observe_all: {:?}", started.elapsed());
-    assert_eq!(observed["node-ssh"].instances[0].container_id, id);
-    let alias = ok(observe_all(&[host("node-alias", "ssh://it-ssh-alias")], &env, 1, TIMEOUT).await);
-    assert_eq!(alias["node-alias"].instances[0].container_id, id);
-    let bad = host("node-ssh-bad", "ssh://nobody@127.0.0.1");
-    let errs = observe_all(
-        &[bad, host("node-ssh-closed", "ssh://root@127.0.0.1:2"), host("node-ssh-noport", "ssh://root@127.0.0.2")],
-        &env,
-        3,
-        TIMEOUT,
-    )
-    .await
-    .unwrap_err();
-    for e in errs {
-        eprintln!("{e}");
-    }
-}

@@ -11,6 +11,7 @@ mod docker;
 mod environment;
 mod etcd;
 mod plan;
+mod plan_live;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
