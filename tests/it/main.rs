@@ -12,6 +12,7 @@ mod environment;
 mod etcd;
 mod plan;
 mod plan_live;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
