@@ -4,6 +4,7 @@
 //! the edges (Git, secrets, and later Docker, etcd, the LB); `cli` is thin.
 //! See ARCHITECTURE.md for the map.
 
+pub mod apply;
 pub mod backend;
 pub mod cli;
 pub mod diag;

@@ -108,10 +108,29 @@ pub fn place(demands: &[Demand], hosts: &[HostSlot], existing: &[Existing]) -> (
     let mut existing: Vec<&Existing> = existing.iter().collect();
     existing.sort();
     let mut kept: BTreeMap<&str, BTreeMap<u32, &str>> = BTreeMap::new();
+    let mut sorted_hosts: Vec<&HostSlot> = hosts.iter().collect();
+    sorted_hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    let eligible_of: BTreeMap<&str, Vec<&HostSlot>> = demands
+        .iter()
+        .map(|d| {
+            let e = sorted_hosts
+                .iter()
+                .copied()
+                .filter(|h| d.hosts.as_ref().is_none_or(|names| names.contains(&h.name)))
+                .filter(|h| d.labels.iter().all(|(k, v)| h.labels.get(k) == Some(v)))
+                .collect();
+            (d.app.as_str(), e)
+        })
+        .collect();
+    let mut by_app: BTreeMap<&str, Vec<&Existing>> = BTreeMap::new();
+    for e in &existing {
+        by_app.entry(e.app.as_str()).or_default().push(e);
+    }
     for d in &demands {
-        let allowed: BTreeSet<&str> = eligible(d, hosts).iter().map(|h| h.name.as_str()).collect();
+        let allowed: BTreeSet<&str> = eligible_of[d.app.as_str()].iter().map(|h| h.name.as_str()).collect();
         let mut on_host: BTreeSet<&str> = BTreeSet::new();
-        for e in existing.iter().filter(|e| e.app == d.app && e.ordinal < d.replicas) {
+        let mine = by_app.get(d.app.as_str()).map(Vec::as_slice).unwrap_or_default();
+        for e in mine.iter().filter(|e| e.ordinal < d.replicas) {
             let Some(h) = by_name.get(e.host.as_str()) else { continue };
             if !allowed.contains(h.name.as_str())
                 || kept.get(d.app.as_str()).is_some_and(|k| k.contains_key(&e.ordinal))
@@ -146,7 +165,7 @@ pub fn place(demands: &[Demand], hosts: &[HostSlot], existing: &[Existing]) -> (
 
     // Pass 2: place the rest.
     for d in &demands {
-        let elig = eligible(d, hosts);
+        let elig = &eligible_of[d.app.as_str()];
         if d.replicas == 0 {
             continue;
         }

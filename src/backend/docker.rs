@@ -1,10 +1,24 @@
 //! Talks to the Docker daemons of an environment's hosts: connects (unix, tcp with or
-//! without TLS, ssh), negotiates the API version, and observes the containers an
-//! environment owns as [`HostObservation`]s.
+//! without TLS, ssh), negotiates the API version, observes the containers an
+//! environment owns as [`HostObservation`]s, and carries out the apply side: pull
+//! ([`ensure_image`]), create with files ([`create_instance`]), [`start`],
+//! [`stop_and_remove`], [`exec`] / [`exec_ok`], and the Docker halves of health
+//! checks ([`cmd_runner`], [`still_running`]; the probes are in `backend::probe`).
 //!
-//! This is the only module that imports `bollard`.
+//! This is the only module that imports `bollard`; others name a daemon connection as
+//! [`Client`].
 //!
 //! **Invariants.**
+//! - *Secrets reach Docker only.* [`create_instance`] sends the real values of env,
+//!   command and files (`Rendered::expose`) to the daemon; logs name env keys and file
+//!   paths, never values, and error messages carry the daemon's reason, never the spec.
+//! - *Idempotent where it can be.* [`stop_and_remove`] of a gone container is `Ok`;
+//!   [`start`] of a running one is `Ok`; [`ensure_image`] pulls only a missing image; a
+//!   [`create_instance`] whose file upload fails removes the container again. Creating a
+//!   name that exists is an error ([`DockerError::NameConflict`]), not a reuse: names
+//!   are unique per spec hash, so an existing one is a leftover to look at.
+//! - *Every apply error names* the host, the container (or image) and the daemon's
+//!   reason.
 //! - *One list call per host.* An observation is `GET /version` (negotiation, once per
 //!   connection) plus exactly one `GET /containers/json?all=true&filters={"label":["reconcile.env=<env>"]}`,
 //!   whatever the number of containers. There is no per-container inspect: everything the
@@ -39,20 +53,44 @@
 //!   (`Host ALIAS` / `Port N`), which this transport reads.
 //! - Each returned client keeps bollard's per-request timeout ([`REQUEST_TIMEOUT`]);
 //!   the `timeout` arguments bound connecting and observing as a whole.
+//! - *Files* go in as one tar archive uploaded through the API into the created,
+//!   not yet started container (`PUT /containers/{id}/archive?path=/`): nothing to
+//!   clean up on the host, no bind mount of a host directory that would have to exist on
+//!   every (possibly remote, ssh/tcp) host, and the files are there before the process
+//!   starts. Regular files only, 0644, owner root; missing parent directories are made by
+//!   the daemon (0755) and existing ones keep their mode (no directory entries).
+//! - *Restart policy* `unless-stopped`: instances come back after a crash or a daemon
+//!   restart; a container stopped on purpose stays stopped.
+//! - *Bridge networking* publishes `container_port/tcp` on the pool port on all of the
+//!   host's addresses (`HostIp ""`): the host's reachable address is not known here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::errors::Error as BollardError;
-use bollard::models::ContainerSummary;
-use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
-use bollard::{API_DEFAULT_VERSION, Docker};
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, CreateImageInfo, HostConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bollard::{API_DEFAULT_VERSION, Docker, body_full};
 use futures::stream::{self, StreamExt};
 
+use super::probe::CmdRunner;
 use crate::model::{ContainerState, HostObservation, ObservedInstance, labels};
-use crate::spec::model::{HostSpec, TlsSpec};
+use crate::plan::instance::{InstanceSpec, Rendered};
+use crate::spec::model::{HostSpec, Network, TlsSpec};
 use crate::spec::units::{Endpoint, docker_endpoint};
+
+/// A connection to one daemon, for callers outside this module (which do not import
+/// bollard). Cheap to clone.
+pub type Client = Docker;
 
 /// Per-request timeout of the clients [`connect`] returns (bollard's default). Long
 /// operations (pulls, stops with a grace period) stay under it or set their own.
@@ -75,6 +113,40 @@ pub enum DockerError {
     /// has the client; [`observe_all`] fills it in.
     #[error("host `{host}`{}: cannot list containers: {cause}", at(endpoint.as_deref()))]
     List { host: String, endpoint: Option<String>, cause: String },
+    /// [`ensure_image`]: the image is missing and could not be pulled.
+    #[error("host `{host}`: cannot pull image `{image}`: {cause}")]
+    Pull { host: String, image: String, cause: String },
+    /// [`create_instance`]: another container already has the name.
+    #[error(
+        "host `{host}`: cannot create container `{name}`: the name is taken by another container \
+         (a leftover without this environment's labels, or a concurrent apply); check what it is, \
+         remove it (`docker rm -f {name}`) and run again: {cause}"
+    )]
+    NameConflict { host: String, name: String, cause: String },
+    /// [`create_instance`]: the daemon refused the container.
+    #[error("host `{host}`: cannot create container `{name}` from image `{image}`: {cause}")]
+    Create { host: String, name: String, image: String, cause: String },
+    /// [`create_instance`]: the files could not be archived or uploaded.
+    #[error("host `{host}`: cannot put files into container `{container}`: {cause}")]
+    Files { host: String, container: String, cause: String },
+    /// [`start`] failed.
+    #[error("host `{host}`: cannot start container `{container}`: {cause}")]
+    Start { host: String, container: String, cause: String },
+    /// [`stop_and_remove`]: the stop failed.
+    #[error("host `{host}`: cannot stop container `{container}`: {cause}")]
+    Stop { host: String, container: String, cause: String },
+    /// [`stop_and_remove`]: the removal failed.
+    #[error("host `{host}`: cannot remove container `{container}`: {cause}")]
+    Remove { host: String, container: String, cause: String },
+    /// [`exec`] could not run the command.
+    #[error("host `{host}`: cannot exec in container `{container}`: {cause}")]
+    Exec { host: String, container: String, cause: String },
+    /// [`check_running`]: the inspect failed.
+    #[error("host `{host}`: cannot inspect container `{container}`: {cause}")]
+    Inspect { host: String, container: String, cause: String },
+    /// [`check_running`]: the container is not (or no longer) running as started.
+    #[error("host `{host}`: container `{container}` is not running: {state}")]
+    NotRunning { host: String, container: String, state: String },
 }
 
 fn at(endpoint: Option<&str>) -> String {
@@ -88,7 +160,17 @@ impl DockerError {
             Self::Endpoint { host, .. }
             | Self::Connect { host, .. }
             | Self::Timeout { host, .. }
-            | Self::List { host, .. } => host,
+            | Self::List { host, .. }
+            | Self::Pull { host, .. }
+            | Self::NameConflict { host, .. }
+            | Self::Create { host, .. }
+            | Self::Files { host, .. }
+            | Self::Start { host, .. }
+            | Self::Stop { host, .. }
+            | Self::Remove { host, .. }
+            | Self::Exec { host, .. }
+            | Self::Inspect { host, .. }
+            | Self::NotRunning { host, .. } => host,
         }
     }
 
@@ -172,7 +254,12 @@ fn check_tls_files(tls: &TlsSpec) -> Result<(), String> {
 
 /// The most specific message of an error chain: for a refused connection that is the
 /// OS error, not hyper's "client error (Connect)".
+/// A daemon's error answer is its message ("No such container: …"), without bollard's
+/// "Docker responded with status code 404: " prefix.
 fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(BollardError::DockerResponseServerError { status_code, message }) = e.downcast_ref::<BollardError>() {
+        return if message.trim().is_empty() { format!("HTTP {status_code}") } else { message.trim().to_string() };
+    }
     let mut last: &(dyn std::error::Error + 'static) = e;
     while let Some(next) = last.source() {
         last = next;
@@ -385,6 +472,467 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
+// --- apply: images, containers, exec -------------------------------------------
+
+/// Pull `image` if the daemon lacks it, reporting progress through `progress`, one line
+/// at a time, e.g. `node-1: pulling reconcile-test/busybox:1: 3f4d90098f5b: Downloading
+/// 3.2MB/5.0MB`. Byte-count updates of a layer are reported at most once a second;
+/// every change of a layer's status is reported. Returns `true` when it pulled,
+/// `false` when the image was already there (one inspect, no pull).
+///
+/// A reference without a tag or digest pulls `:latest` (the API would otherwise pull
+/// every tag). Registry credentials are not supported yet: the daemon's anonymous pull.
+/// Only the connection of each request is bounded (the client's timeout); bound the
+/// whole pull with `tokio::time::timeout` if needed.
+///
+/// # Errors
+/// [`DockerError::Pull`] naming the host, the image and the daemon's reason (unknown
+/// image or tag, registry unreachable, invalid reference, …).
+pub async fn ensure_image(
+    docker: &Docker,
+    host: &str,
+    image: &str,
+    progress: &mut (dyn FnMut(String) + Send),
+) -> Result<bool, DockerError> {
+    let pull_error = |cause: String| DockerError::Pull { host: host.to_string(), image: image.to_string(), cause };
+    match docker.inspect_image(image).await {
+        Ok(_) => return Ok(false),
+        Err(e) if status_of(&e) == Some(404) => {}
+        Err(e) => return Err(pull_error(format!("cannot inspect the image: {}", cause(&e)))),
+    }
+    let started = Instant::now();
+    tracing::info!(host, image, "pulling image");
+    progress(format!("{host}: pulling {image}"));
+    let mut options = CreateImageOptionsBuilder::default().from_image(image);
+    if !has_tag_or_digest(image) {
+        options = options.tag("latest");
+    }
+    let mut stream = docker.create_image(Some(options.build()), None, None);
+    let mut last: HashMap<String, (String, Instant)> = HashMap::new();
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| pull_error(cause(&e)))?;
+        if let Some(line) = progress_line(&info, &mut last) {
+            progress(format!("{host}: pulling {image}: {line}"));
+        }
+    }
+    // The stream reports failures as error items; check anyway rather than trust it.
+    docker.inspect_image(image).await.map_err(|e| pull_error(format!("pulled, but not there: {}", cause(&e))))?;
+    tracing::info!(host, image, elapsed = ?started.elapsed(), "pulled image");
+    Ok(true)
+}
+
+/// `name:tag`, `name@sha256:…`: the last path component has a `:` or there is an `@`
+/// (a registry port `host:5000/name` is not a tag).
+fn has_tag_or_digest(image: &str) -> bool {
+    image.contains('@') || image.rsplit('/').next().is_some_and(|last| last.contains(':'))
+}
+
+/// One progress line, or `None` for a byte-count update of a layer reported less than
+/// a second ago under the same status.
+fn progress_line(info: &CreateImageInfo, last: &mut HashMap<String, (String, Instant)>) -> Option<String> {
+    let status = info.status.as_deref().unwrap_or("").trim();
+    if status.is_empty() {
+        return None;
+    }
+    let sizes = info.progress_detail.as_ref().and_then(|d| match (d.current, d.total) {
+        (Some(c), Some(t)) if t > 0 => Some(format!(" {}/{}", human_bytes(c), human_bytes(t))),
+        _ => None,
+    });
+    let id = info.id.as_deref().unwrap_or("");
+    if !id.is_empty() {
+        let now = Instant::now();
+        match last.get(id) {
+            Some((s, at)) if s == status && sizes.is_some() && now.duration_since(*at) < Duration::from_secs(1) => {
+                return None;
+            }
+            _ => {
+                last.insert(id.to_string(), (status.to_string(), now));
+            }
+        }
+    }
+    // The first line names the tag as its id ("1: Pulling from reconcile-test/busybox").
+    let prefix = if id.is_empty() || status.starts_with("Pulling from") { String::new() } else { format!("{id}: ") };
+    Some(format!("{prefix}{status}{}", sizes.unwrap_or_default()))
+}
+
+/// Decimal units, as the docker CLI shows sizes: `512B`, `3.2MB`.
+fn human_bytes(n: i64) -> String {
+    #[allow(clippy::cast_precision_loss)] // display only
+    let f = n as f64;
+    if n < 1_000 {
+        format!("{n}B")
+    } else if n < 1_000_000 {
+        format!("{:.1}kB", f / 1e3)
+    } else if n < 1_000_000_000 {
+        format!("{:.1}MB", f / 1e6)
+    } else {
+        format!("{:.1}GB", f / 1e9)
+    }
+}
+
+/// The HTTP status of a daemon's error answer.
+fn status_of(e: &BollardError) -> Option<u16> {
+    match e {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// Create (not start) container `name` from `spec`, with `labels`, and put the spec's
+/// files into it. Returns the container id.
+///
+/// - `Env` = `K=V` from `spec.env`, `Cmd` = `spec.command` (the image's when `None`),
+///   both with real values: secrets reach Docker, never a log line.
+/// - `HostConfig`: `NetworkMode` host or bridge; `Init`; `NanoCpus`; `Memory`; `Binds` =
+///   `spec.volumes` as written (`SRC:DST[:ro|rw]`, named volumes too); `RestartPolicy`
+///   `unless-stopped` (survives daemon restarts and crashes; a `stop` by reconcile or
+///   an operator stays stopped). `StopTimeout` = `spec.stop_timeout_secs`.
+/// - Bridge: `container_port/tcp` is exposed and published on `HostPort = port` with
+///   `HostIp ""` (every address of the host: this layer does not know which address the
+///   host is reached at). Nothing is published unless both ports are set.
+/// - Files: one tar archive uploaded (`PUT /containers/{id}/archive?path=/`) before
+///   the container starts: regular files, mode 0644, owner 0:0. No directory entries:
+///   the daemon creates missing parents (0755, root), and existing directories keep
+///   their mode and owner (an entry for `/tmp` would reset its 1777).
+///
+/// If the upload fails the container is removed again, so a failed create leaves
+/// nothing behind.
+///
+/// # Errors
+/// [`DockerError::NameConflict`] when a container named `name` exists (the planner's
+/// names are unique per spec hash, so it is a leftover to remove);
+/// [`DockerError::Create`] (e.g. the image is missing: [`ensure_image`] first);
+/// [`DockerError::Files`] (a path that is not absolute or contains `..`, or the upload).
+pub async fn create_instance(
+    docker: &Docker,
+    host: &str,
+    name: &str,
+    spec: &InstanceSpec,
+    labels: &BTreeMap<String, String>,
+) -> Result<String, DockerError> {
+    let files_error = |cause: String| DockerError::Files { host: host.to_string(), container: name.to_string(), cause };
+    // Build the archive first: a bad path must not leave a container behind.
+    let archive = if spec.files.is_empty() { None } else { Some(files_archive(&spec.files).map_err(files_error)?) };
+    let body = create_body(spec, labels);
+    let options = CreateContainerOptionsBuilder::default().name(name).build();
+    let created = docker.create_container(Some(options), body).await.map_err(|e| match status_of(&e) {
+        Some(409) => DockerError::NameConflict { host: host.to_string(), name: name.to_string(), cause: cause(&e) },
+        _ => DockerError::Create {
+            host: host.to_string(),
+            name: name.to_string(),
+            image: spec.image.clone(),
+            cause: cause(&e),
+        },
+    })?;
+    let id = created.id;
+    for warning in created.warnings.iter().filter(|w| !w.is_empty()) {
+        tracing::warn!(host, container = name, %warning, "docker warned on create");
+    }
+    if let Some(archive) = archive {
+        let options = UploadToContainerOptionsBuilder::default().path("/").build();
+        if let Err(e) = docker.upload_to_container(&id, Some(options), body_full(archive.into())).await {
+            let err = files_error(format!("upload: {}", cause(&e)));
+            let _ = docker
+                .remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).v(true).build()))
+                .await;
+            return Err(err);
+        }
+    }
+    tracing::info!(
+        host,
+        container = name,
+        id = short(&id),
+        image = %spec.image,
+        env = ?spec.env.keys().collect::<Vec<_>>(),
+        files = ?spec.files.keys().collect::<Vec<_>>(),
+        "created container"
+    );
+    Ok(id)
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn create_body(spec: &InstanceSpec, labels: &BTreeMap<String, String>) -> ContainerCreateBody {
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut host_config = HostConfig {
+        network_mode: Some(
+            match spec.network {
+                Network::Host => "host",
+                Network::Bridge => "bridge",
+            }
+            .into(),
+        ),
+        init: Some(spec.init),
+        nano_cpus: spec.nano_cpus.map(clamp),
+        memory: spec.memory.map(clamp),
+        binds: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        }),
+        ..Default::default()
+    };
+    let mut exposed_ports = None;
+    if let (Network::Bridge, Some(port), Some(container_port)) = (spec.network, spec.port, spec.container_port) {
+        let key = format!("{container_port}/tcp");
+        exposed_ports = Some(vec![key.clone()]);
+        let binding = PortBinding { host_ip: Some(String::new()), host_port: Some(port.to_string()) };
+        host_config.port_bindings = Some(HashMap::from([(key, Some(vec![binding]))]));
+    }
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: spec.command.as_ref().map(|c| c.iter().map(|a| a.expose().to_string()).collect()),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={}", v.expose())).collect()),
+        labels: Some(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        stop_timeout: Some(clamp(spec.stop_timeout_secs)),
+        exposed_ports,
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// A tar archive (to extract at `/`) with one regular file per entry: mode 0644, owner
+/// 0:0, no directory entries.
+fn files_archive(files: &BTreeMap<String, Rendered>) -> Result<Vec<u8>, String> {
+    let mtime = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, content) in files {
+        let relative = archive_path(path)?;
+        let data = content.expose().as_bytes();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(mtime);
+        header.set_size(data.len() as u64);
+        tar.append_data(&mut header, &relative, data).map_err(|e| format!("file `{path}`: {}", io_cause(&e)))?;
+    }
+    tar.into_inner().map_err(|e| format!("archive: {}", io_cause(&e)))
+}
+
+/// `/etc/app/x.conf` → `etc/app/x.conf`; refuses relative paths, `..`, and directories.
+fn archive_path(path: &str) -> Result<std::path::PathBuf, String> {
+    use std::path::Component;
+    let p = Path::new(path);
+    if !p.is_absolute() || path.ends_with('/') {
+        return Err(format!("file `{path}`: not an absolute file path"));
+    }
+    let mut out = std::path::PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!("file `{path}`: `..` is not allowed in a container path"));
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(format!("file `{path}`: not an absolute file path"));
+    }
+    Ok(out)
+}
+
+/// Start a created container. Starting a running one is `Ok` (the daemon answers 304).
+///
+/// # Errors
+/// [`DockerError::Start`] naming host, container and the daemon's reason (no such
+/// container, the command does not exist in the image, the port is taken, …).
+pub async fn start(docker: &Docker, host: &str, id: &str) -> Result<(), DockerError> {
+    docker.start_container(id, None::<StartContainerOptions>).await.map_err(|e| DockerError::Start {
+        host: host.to_string(),
+        container: id.to_string(),
+        cause: cause(&e),
+    })?;
+    tracing::info!(host, container = short(id), "started container");
+    Ok(())
+}
+
+/// Stop `id` (SIGTERM, then SIGKILL after `grace`, rounded up to whole seconds), then
+/// remove it with its anonymous volumes (`force`, so a container that would not stop
+/// goes too). A container that is already gone — before the stop, or removed by
+/// someone else meanwhile — is `Ok`: safe to re-run after a crash.
+///
+/// The stop request waits for the daemon, so this client's timeout is raised to
+/// `grace` + [`REQUEST_TIMEOUT`] for it.
+///
+/// # Errors
+/// [`DockerError::Stop`] / [`DockerError::Remove`] naming host, container and cause.
+pub async fn stop_and_remove(docker: &Docker, host: &str, id: &str, grace: Duration) -> Result<(), DockerError> {
+    let secs = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)).unwrap_or(i32::MAX);
+    let slow = docker.clone().with_timeout(grace.saturating_add(REQUEST_TIMEOUT));
+    let started = Instant::now();
+    match slow.stop_container(id, Some(StopContainerOptionsBuilder::default().t(secs).build())).await {
+        Ok(()) => {}
+        Err(e) if status_of(&e) == Some(404) => {
+            tracing::debug!(host, container = short(id), "already gone");
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(DockerError::Stop { host: host.to_string(), container: id.to_string(), cause: cause(&e) });
+        }
+    }
+    let stopped = started.elapsed();
+    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) => {}
+        Err(e) if status_of(&e) == Some(404) => {}
+        // Someone else's removal of it is under way: it is going, which is what we want.
+        Err(e) if status_of(&e) == Some(409) && cause(&e).contains("already in progress") => {}
+        Err(e) => {
+            return Err(DockerError::Remove { host: host.to_string(), container: id.to_string(), cause: cause(&e) });
+        }
+    }
+    tracing::info!(host, container = short(id), ?stopped, "stopped and removed container");
+    Ok(())
+}
+
+/// How a `docker exec` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecOutcome {
+    /// The command exited with this code.
+    Exited(i64),
+    /// It did not finish in time. Docker cannot kill an exec: the process may still run.
+    TimedOut,
+}
+
+/// Run `cmd` in running container `id` (`docker exec`, output read and discarded, not
+/// logged), waiting up to `timeout`.
+///
+/// # Errors
+/// [`DockerError::Exec`]: empty `cmd`, no such container, container not running, or the
+/// command cannot be started (a missing binary is exit code 126/127, not an error).
+pub async fn exec(
+    docker: &Docker,
+    host: &str,
+    id: &str,
+    cmd: &[String],
+    timeout: Duration,
+) -> Result<ExecOutcome, DockerError> {
+    let exec_error = |cause: String| DockerError::Exec { host: host.to_string(), container: id.to_string(), cause };
+    if cmd.is_empty() {
+        return Err(exec_error("empty command".into()));
+    }
+    let work = async {
+        let options = CreateExecOptions::<String> {
+            cmd: Some(cmd.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = docker.create_exec(id, options).await.map_err(|e| exec_error(cause(&e)))?;
+        match docker.start_exec(&created.id, None::<StartExecOptions>).await.map_err(|e| exec_error(cause(&e)))? {
+            StartExecResults::Attached { mut output, .. } => {
+                // Drain until the command closes its output; a read error ends it too.
+                while let Some(Ok(_)) = output.next().await {}
+            }
+            StartExecResults::Detached => {}
+        }
+        // The stream ends when the process exits; its exit code may lag a moment.
+        loop {
+            let info = docker.inspect_exec(&created.id).await.map_err(|e| exec_error(cause(&e)))?;
+            match (info.running, info.exit_code) {
+                (Some(false), Some(code)) => return Ok(ExecOutcome::Exited(code)),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Ok(ExecOutcome::TimedOut),
+    }
+}
+
+/// [`exec`], `Ok(true)` when it exited 0 within `timeout`.
+///
+/// # Errors
+/// As [`exec`].
+pub async fn exec_ok(
+    docker: &Docker,
+    host: &str,
+    id: &str,
+    cmd: &[String],
+    timeout: Duration,
+) -> Result<bool, DockerError> {
+    Ok(exec(docker, host, id, cmd, timeout).await? == ExecOutcome::Exited(0))
+}
+
+/// The runner of a `cmd` health check in container `id`, for
+/// [`Probe::Cmd`](super::probe::Probe::Cmd) /
+/// [`Probe::from_spec`](super::probe::Probe::from_spec): `exec` of `argv`; exit 0 is
+/// healthy, anything else a reason (`exit code 1`, the exec error).
+pub fn cmd_runner(docker: Docker, host: String, id: String, argv: Vec<String>) -> CmdRunner {
+    let argv = Arc::new(argv);
+    Arc::new(move |timeout| {
+        let (docker, host, id, argv) = (docker.clone(), host.clone(), id.clone(), argv.clone());
+        Box::pin(async move {
+            let what = format!("cmd `{}`", argv.join(" "));
+            match exec(&docker, &host, &id, &argv, timeout).await {
+                Ok(ExecOutcome::Exited(0)) => Ok(()),
+                Ok(ExecOutcome::Exited(code)) => Err(format!("{what}: exit code {code}")),
+                Ok(ExecOutcome::TimedOut) => Err(format!("{what}: did not finish within {timeout:?}")),
+                Err(e) => Err(format!("{what}: {e}")),
+            }
+        })
+    })
+}
+
+/// [`check_running`] with the error as text: the `still_running` check of
+/// [`wait_healthy`](super::probe::wait_healthy), e.g.
+/// `wait_healthy(&probe, &schedule, || still_running(&client, host, id))`.
+///
+/// # Errors
+/// As [`check_running`], as its message.
+pub async fn still_running(docker: &Docker, host: &str, id: &str) -> Result<(), String> {
+    check_running(docker, host, id).await.map_err(|e| e.to_string())
+}
+
+/// `Ok` while container `id` runs as started: running, not restarting, never
+/// restarted. For a fresh container (the restart policy brings a crashing one back)
+/// a restart means it crashed. Pass it as [`wait_healthy`](super::probe::wait_healthy)'s
+/// `still_running` (mapping the error to a string) so a dead instance fails at once.
+///
+/// # Errors
+/// [`DockerError::NotRunning`] describing the state (`exited with code 1`, `restarting
+/// (exited with code 1, restarted 2 times)`, `gone`); [`DockerError::Inspect`] if the
+/// daemon cannot say.
+pub async fn check_running(docker: &Docker, host: &str, id: &str) -> Result<(), DockerError> {
+    let not_running =
+        |state: String| DockerError::NotRunning { host: host.to_string(), container: id.to_string(), state };
+    let info = match docker.inspect_container(id, None::<InspectContainerOptions>).await {
+        Ok(info) => info,
+        Err(e) if status_of(&e) == Some(404) => return Err(not_running("gone".into())),
+        Err(e) => {
+            return Err(DockerError::Inspect { host: host.to_string(), container: id.to_string(), cause: cause(&e) });
+        }
+    };
+    let state = info.state.unwrap_or_default();
+    let restarts = info.restart_count.unwrap_or(0);
+    let running = state.running == Some(true) && state.restarting != Some(true);
+    if running && restarts == 0 {
+        return Ok(());
+    }
+    let mut exit = match state.exit_code {
+        Some(code) => format!("exited with code {code}"),
+        None => "exited".to_string(),
+    };
+    if state.oom_killed == Some(true) {
+        exit.push_str(", out of memory");
+    }
+    if let Some(error) = state.error.filter(|e| !e.is_empty()) {
+        exit.push_str(&format!(": {error}"));
+    }
+    let text = match (running, state.restarting == Some(true)) {
+        (true, _) => format!("restarted {restarts} time(s) (last {exit})"),
+        (false, true) => format!("restarting ({exit}, restarted {restarts} time(s))"),
+        (false, false) => exit,
+    };
+    Err(not_running(text))
+}
+
 #[cfg(test)]
 mod tests {
     use bollard::models::ContainerSummaryStateEnum;
@@ -474,6 +1022,136 @@ mod tests {
         assert_eq!(e.with_endpoint("tcp://h:1").to_string(), "host `n` (tcp://h:1): cannot list containers: boom");
         let e = DockerError::Timeout { host: "n".into(), endpoint: "e".into(), after: Duration::from_millis(500) };
         assert_eq!(e.to_string(), "host `n` (e): no answer within 500ms");
+    }
+}
+
+#[cfg(test)]
+mod apply_tests {
+    use super::*;
+
+    #[test]
+    fn references_with_and_without_tags() {
+        assert!(has_tag_or_digest("busybox:1"));
+        assert!(has_tag_or_digest("127.0.0.1:5000/x/busybox:1"));
+        assert!(has_tag_or_digest("busybox@sha256:0123"));
+        assert!(!has_tag_or_digest("busybox"));
+        assert!(!has_tag_or_digest("127.0.0.1:5000/x/busybox"));
+    }
+
+    #[test]
+    fn archive_paths() {
+        assert_eq!(archive_path("/etc/app/x.conf").unwrap(), Path::new("etc/app/x.conf"));
+        assert_eq!(archive_path("/etc//./x").unwrap(), Path::new("etc/x"));
+        for bad in ["etc/x", "/", "/etc/", "/etc/../x", ""] {
+            assert!(archive_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn archive_has_regular_files_only() {
+        let files = BTreeMap::from([
+            ("/www/index.html".to_string(), Rendered::plain("hi\n")),
+            (format!("/deep/{}/f", "d".repeat(150)), Rendered::plain("long")),
+        ]);
+        let bytes = files_archive(&files).unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let h = entry.header();
+            assert_eq!(h.entry_type(), tar::EntryType::Regular);
+            assert_eq!((h.mode().unwrap(), h.uid().unwrap(), h.gid().unwrap()), (0o644, 0, 0));
+            let path = entry.path().unwrap().display().to_string();
+            let mut content = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut content).unwrap();
+            seen.push((path, content));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (format!("deep/{}/f", "d".repeat(150)), "long".to_string()),
+                ("www/index.html".to_string(), "hi\n".to_string())
+            ]
+        );
+    }
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            image: "busybox:1".into(),
+            command: None,
+            env: BTreeMap::from([("A".to_string(), Rendered::plain("1"))]),
+            network: Network::Bridge,
+            port: Some(20001),
+            container_port: Some(8080),
+            init: true,
+            nano_cpus: Some(500_000_000),
+            memory: Some(1 << 26),
+            volumes: vec!["/srv:/data:ro".into()],
+            files: BTreeMap::new(),
+            health: None,
+            stop_timeout_secs: 5,
+            sensitive: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn create_body_maps_the_spec() {
+        let b = create_body(&spec(), &BTreeMap::from([("k".to_string(), "v".to_string())]));
+        let hc = b.host_config.clone().unwrap();
+        assert_eq!(hc.network_mode.as_deref(), Some("bridge"));
+        assert_eq!((hc.init, hc.nano_cpus, hc.memory), (Some(true), Some(500_000_000), Some(1 << 26)));
+        assert_eq!(hc.binds, Some(vec!["/srv:/data:ro".to_string()]));
+        assert_eq!(hc.restart_policy.and_then(|r| r.name), Some(RestartPolicyNameEnum::UNLESS_STOPPED));
+        let bindings = hc.port_bindings.unwrap();
+        let b8080 = bindings["8080/tcp"].clone().unwrap();
+        assert_eq!((b8080[0].host_ip.as_deref(), b8080[0].host_port.as_deref()), (Some(""), Some("20001")));
+        assert_eq!(b.exposed_ports, Some(vec!["8080/tcp".to_string()]));
+        assert_eq!((b.cmd, b.env, b.stop_timeout), (None, Some(vec!["A=1".to_string()]), Some(5)));
+        // Host networking publishes nothing.
+        let host = create_body(&InstanceSpec { network: Network::Host, ..spec() }, &BTreeMap::new());
+        assert_eq!(host.host_config.unwrap().port_bindings, None);
+        assert_eq!(host.exposed_ports, None);
+    }
+
+    #[test]
+    fn progress_lines_are_throttled_per_layer() {
+        let info = |id: &str, status: &str, current: Option<i64>| CreateImageInfo {
+            id: Some(id.into()),
+            status: Some(status.into()),
+            progress_detail: current
+                .map(|c| bollard::models::ProgressDetail { current: Some(c), total: Some(5_000_000) }),
+            ..Default::default()
+        };
+        let mut last = HashMap::new();
+        assert_eq!(
+            progress_line(&info("1", "Pulling from x/busybox", None), &mut last).as_deref(),
+            Some("Pulling from x/busybox")
+        );
+        assert_eq!(
+            progress_line(&info("abc", "Downloading", Some(3_200_000)), &mut last).as_deref(),
+            Some("abc: Downloading 3.2MB/5.0MB")
+        );
+        assert_eq!(progress_line(&info("abc", "Downloading", Some(3_300_000)), &mut last), None);
+        assert_eq!(
+            progress_line(&info("def", "Downloading", Some(10)), &mut last).as_deref(),
+            Some("def: Downloading 10B/5.0MB")
+        );
+        assert_eq!(
+            progress_line(&info("abc", "Download complete", None), &mut last).as_deref(),
+            Some("abc: Download complete")
+        );
+        assert_eq!(human_bytes(999), "999B");
+        assert_eq!(human_bytes(1_500), "1.5kB");
+        assert_eq!(human_bytes(2_500_000_000), "2.5GB");
+    }
+
+    #[test]
+    fn apply_errors_name_host_and_object() {
+        let e = DockerError::Pull { host: "node-1".into(), image: "x:1".into(), cause: "manifest unknown".into() };
+        assert_eq!(e.to_string(), "host `node-1`: cannot pull image `x:1`: manifest unknown");
+        assert_eq!(e.host(), "node-1");
+        let e = DockerError::NotRunning { host: "n".into(), container: "c".into(), state: "exited with code 1".into() };
+        assert_eq!(e.to_string(), "host `n`: container `c` is not running: exited with code 1");
     }
 }
 

@@ -21,15 +21,41 @@
 //! every later request by the same duration (etcd-client's per-request timeout), so no
 //! call made through this module can hang on a silent etcd.
 //!
+//! **The apply lock.** [`acquire_lock`] takes `<prefix>/<env>/lock` with a create-if-absent
+//! transaction (`create_revision == 0` → put on our own lease, else read the holder)
+//! rather than etcd's lock API: the key's value is the [`Holder`] as JSON, so a waiting
+//! apply can say who holds the lock, and there is exactly one key to look at
+//! (`etcdctl get <prefix>/<env>/lock`). The lease is ours from the start (never the
+//! server's 60 s session lease that `lock()` makes without one), kept alive by a
+//! background task every TTL/3 while waiting and while held. [`LockGuard::release`]
+//! revokes it, deleting the key at once; dropping the guard, a crash or `kill -9` only
+//! stop the keep-alive, so the key disappears when the lease expires (within its TTL).
+//! A waiting apply polls every 500 ms (one transaction per attempt, each bounded by the
+//! client's request timeout; no request is held open for the whole wait).
+//! [`LockGuard::lost`] turns true, and stays true, once the lease can no longer be
+//! proven alive with a TTL/3 margin: the caller must then stop writing.
+//!
+//! **The audit log.** [`record_apply`] writes `applied` and `history/<unix nanos, 20
+//! digits>` with the same JSON in one transaction, so a key-ordered range is
+//! chronological (by the wall clock of the writing host); [`history`] reads it newest
+//! first.
+//!
 //! Decisions and pitfalls of etcd-client 0.21 against etcd 3.4 are in the project's
 //! DEPENDENCIES notes (§5): `get_stream` needs etcd ≥ 3.7, so ranges use plain `get`
 //! (inside transactions); the client is cheap to clone, one clone per concurrent task.
+//! The per-request timeout of [`connect`]'s client bounds a call until etcd's response
+//! headers arrive, not the life of a stream, so the lease keep-alive stream may share it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use etcd_client::Client;
-use etcd_client::{ConnectOptions, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Compare, CompareOp, ConnectOptions, GetOptions, KvClient, LeaseKeepAliveStream, LeaseKeeper, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse,
+};
 
 use crate::model::{EtcdObservation, keys};
 use crate::spec::model::EtcdSpec;
@@ -75,6 +101,12 @@ pub enum EtcdError {
          fix or delete the key (`etcdctl del {key}`)"
     )]
     NotUtf8 { key: String },
+    #[error(
+        "the apply lock {key} is held by {holder}; gave up after waiting {waited:?}. Wait for that \
+         apply to finish (or raise --lock-timeout); the lock of an apply that died expires with its \
+         lease within seconds"
+    )]
+    LockTimeout { key: String, holder: Box<Holder>, waited: Duration },
 }
 
 /// One write of an atomic [`batch`].
@@ -276,6 +308,485 @@ pub async fn batch(client: &mut Client, writes: &[Write]) -> Result<(), EtcdErro
     Ok(())
 }
 
+/// How often a waiting [`acquire_lock`] tries again.
+const LOCK_POLL: Duration = Duration::from_millis(500);
+
+/// How long the lease keep-alive waits before retrying after a failed renewal.
+const RENEW_RETRY: Duration = Duration::from_millis(200);
+
+/// The environment variables naming who applies, first set one wins.
+const ACTOR_VARS: [&str; 5] =
+    ["RECONCILE_ACTOR", "GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILDKITE_BUILD_CREATOR", "USER"];
+
+/// Who holds / wants the lock: shown to a waiting apply. Serialised as the lock key's
+/// value (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Holder {
+    pub who: String,
+    pub host: String,
+    pub pid: u32,
+    /// RFC 3339 UTC, to the second. [`acquire_lock`] sets it to the moment it takes the lock.
+    pub since: String,
+    pub command: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on {} (pid {}, `{}`, since {})", self.who, self.host, self.pid, self.command, self.since)
+    }
+}
+
+impl Holder {
+    /// A lock value that is not a [`Holder`] (written by something else): shown as is.
+    fn unreadable(raw: &[u8]) -> Holder {
+        let unknown = || "unknown".to_owned();
+        Holder {
+            who: unknown(),
+            host: unknown(),
+            pid: 0,
+            since: unknown(),
+            command: format!("unreadable lock value {:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+}
+
+/// Who is applying, from the environment: `$RECONCILE_ACTOR`, else the CI's variables
+/// (`$GITHUB_ACTOR`, `$GITLAB_USER_LOGIN`, `$BUILDKITE_BUILD_CREATOR`), else `$USER`,
+/// else `unknown`; plus this host's name, this process's id, now, and `command`.
+pub fn current_holder(command: &str) -> Holder {
+    Holder {
+        who: actor(|name| std::env::var(name).ok()),
+        host: hostname(),
+        pid: std::process::id(),
+        since: now_rfc3339(),
+        command: command.to_owned(),
+    }
+}
+
+fn actor(var: impl Fn(&str) -> Option<String>) -> String {
+    ACTOR_VARS
+        .iter()
+        .filter_map(|name| var(name))
+        .map(|v| v.trim().to_owned())
+        .find(|v| !v.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The kernel's host name (Linux), else `$HOSTNAME`, else `hostname`'s output, else `unknown`.
+fn hostname() -> String {
+    let non_empty = |s: String| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok().and_then(non_empty))
+        .or_else(|| std::env::var("HOSTNAME").ok().and_then(non_empty))
+        .or_else(|| {
+            let out = std::process::Command::new("hostname").output().ok()?;
+            non_empty(String::from_utf8_lossy(&out.stdout).into_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Now, as RFC 3339 UTC to the second (`2026-11-25T12:00:00Z`): the form of
+/// [`Holder::since`], for the `time` of a [`record_apply`] entry too.
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// `2026-11-25T12:00:00Z` (UTC, whole seconds).
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm), for days since 1970-01-01 ≥ 0.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// An acquired apply lock.
+///
+/// Keeps its lease alive in a background task. [`release`](LockGuard::release) revokes
+/// the lease, deleting the key at once. Dropping the guard without releasing stops the
+/// keep-alive, so the lease (and the key) expires within its TTL; so does process death.
+pub struct LockGuard {
+    lease: Lease,
+    client: Client,
+    key: String,
+    holder: Holder,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key)
+            .field("lease", &self.lease)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockGuard {
+    /// Release the lock: stop the keep-alive and revoke the lease, which deletes the key.
+    /// A lease that already expired is not an error (the lock is free either way).
+    ///
+    /// # Errors
+    /// [`EtcdError::Write`] naming the lock key when etcd cannot be reached or refuses;
+    /// the lock then expires with its lease within its TTL.
+    pub async fn release(mut self) -> Result<(), EtcdError> {
+        self.lease.task.abort();
+        match self.client.lease_revoke(self.lease.id).await {
+            Ok(_) => {
+                tracing::debug!(key = self.key, lease = self.lease.id, "released the apply lock");
+                Ok(())
+            }
+            Err(e) if is_not_found(&e) => {
+                tracing::warn!(key = self.key, "the apply lock's lease had already expired");
+                Ok(())
+            }
+            Err(e) => Err(EtcdError::Write {
+                key: self.key.clone(),
+                cause: format!("cannot revoke the lock's lease {:x}: {}", self.lease.id, describe(&e)),
+            }),
+        }
+    }
+
+    /// Whether the lease can no longer be proven alive: the keep-alive failed long enough
+    /// that the lease has (or is within a third of its TTL of having) expired, or etcd said
+    /// it is gone. Once true, always true. The caller must stop writing: another apply may
+    /// take the lock.
+    pub fn lost(&self) -> bool {
+        self.lease.state.lost()
+    }
+
+    /// The lock key, `<prefix>/<env>/lock`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The lease the key is on.
+    pub fn lease_id(&self) -> i64 {
+        self.lease.id
+    }
+
+    /// The TTL etcd granted the lease (at least the one asked for).
+    pub fn ttl(&self) -> Duration {
+        self.lease.ttl
+    }
+
+    /// What the lock key holds (`since` is when the lock was taken).
+    pub fn holder(&self) -> &Holder {
+        &self.holder
+    }
+}
+
+/// Acquire the apply lock `<prefix>/<env>/lock` for `holder` (its `since` is set to the
+/// moment the lock is taken).
+///
+/// Grants a lease of `ttl` (whole seconds, rounded up; etcd may grant more) and keeps it
+/// alive every TTL/3 from then on, then tries a create-if-absent transaction putting the
+/// [`Holder`] JSON on that lease. If someone else holds the lock, calls `waiting` with
+/// their [`Holder`] (once, and again whenever the holder changes) and tries again every
+/// 500 ms until the lock is free or `wait` has elapsed (a zero `wait` tries once).
+/// Every request is bounded by `client`'s own request timeout. On failure the lease is
+/// revoked (best effort); if the returned future is dropped while waiting, the keep-alive
+/// stops and the unused lease expires within its TTL.
+///
+/// # Errors
+/// [`EtcdError::LockTimeout`] naming the key, the holder and `wait` when the lock stayed
+/// held; [`EtcdError::Write`] naming the key when etcd cannot be reached, refuses, or our
+/// lease expired while waiting.
+pub async fn acquire_lock(
+    client: &Client,
+    prefix: &str,
+    env: &str,
+    holder: &Holder,
+    ttl: Duration,
+    wait: Duration,
+    waiting: &mut (dyn FnMut(&Holder) + Send),
+) -> Result<LockGuard, EtcdError> {
+    let key = keys::lock(prefix, env);
+    let started = Instant::now();
+    let deadline = started + wait;
+    let mut client = client.clone();
+    let write_error = |cause: String| EtcdError::Write { key: key.clone(), cause };
+    let lease = Lease::grant(&mut client, ttl)
+        .await
+        .map_err(|e| write_error(format!("cannot grant the lock's lease: {}", describe(&e))))?;
+    let mut shown: Option<Holder> = None;
+    let outcome = loop {
+        if lease.state.lost() {
+            break Err(write_error("the lock's lease expired while waiting (its keep-alive failed)".into()));
+        }
+        let mine = Holder { since: now_rfc3339(), ..holder.clone() };
+        let value = match serde_json::to_string(&mine) {
+            Ok(v) => v,
+            Err(e) => break Err(write_error(format!("cannot serialise the holder: {e}"))),
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease.id)))])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let response = match client.txn(txn).await {
+            Ok(r) => r,
+            Err(e) => break Err(write_error(describe(&e))),
+        };
+        if response.succeeded() {
+            tracing::debug!(key, lease = lease.id, waited = ?started.elapsed(), "took the apply lock");
+            break Ok(mine);
+        }
+        let current = response.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(range) => range.kvs().first().map(|kv| {
+                serde_json::from_slice::<Holder>(kv.value()).unwrap_or_else(|_| Holder::unreadable(kv.value()))
+            }),
+            _ => None,
+        });
+        // No value: the key went away between the compare and the read (cannot happen in
+        // one transaction, but costs nothing to handle): try again at once.
+        let Some(current) = current else {
+            if Instant::now() >= deadline {
+                break Err(write_error("etcd refused the lock but did not say who holds it".into()));
+            }
+            continue;
+        };
+        if shown.as_ref() != Some(&current) {
+            tracing::debug!(key, holder = %current, "the apply lock is held; waiting");
+            waiting(&current);
+            shown = Some(current.clone());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break Err(EtcdError::LockTimeout { key: key.clone(), holder: Box::new(current), waited: wait });
+        }
+        tokio::time::sleep(LOCK_POLL.min(deadline - now)).await;
+    };
+    match outcome {
+        Ok(holder) => Ok(LockGuard { lease, client, key, holder }),
+        Err(e) => {
+            lease.task.abort();
+            if let Err(revoke) = client.lease_revoke(lease.id).await {
+                tracing::debug!(lease = lease.id, error = %describe(&revoke), "cannot revoke an unused lock lease");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A lease of ours and the task keeping it alive (aborted when dropped).
+#[derive(Debug)]
+struct Lease {
+    id: i64,
+    ttl: Duration,
+    state: Arc<LeaseState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the keep-alive task proved about the lease, shared with [`LockGuard::lost`].
+#[derive(Debug)]
+struct LeaseState {
+    /// Sticky: once set, never cleared.
+    lost: AtomicBool,
+    /// `valid_until_ms` counts from here.
+    start: Instant,
+    /// The lease is alive at least until `start` + this (the last renewal's send time plus
+    /// the TTL etcd answered).
+    valid_until_ms: AtomicU64,
+    /// Lost this long before `valid_until`, leaving the caller time to stop.
+    margin: Duration,
+}
+
+impl LeaseState {
+    fn lost(&self) -> bool {
+        if self.lost.load(Ordering::SeqCst) {
+            return true;
+        }
+        let until = self.start + Duration::from_millis(self.valid_until_ms.load(Ordering::SeqCst));
+        if Instant::now() + self.margin >= until {
+            self.lost.store(true, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    /// A renewal sent at `sent` was answered with `ttl`; too late counts as lost.
+    fn renewed(&self, sent: Instant, ttl: Duration) {
+        if !self.lost() {
+            let until = (sent + ttl).saturating_duration_since(self.start);
+            self.valid_until_ms.store(u64::try_from(until.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+        }
+    }
+}
+
+impl Lease {
+    /// Grant a lease of `ttl` (rounded up to whole seconds, at least one) and start keeping
+    /// it alive every TTL/3.
+    async fn grant(client: &mut Client, ttl: Duration) -> Result<Lease, etcd_client::Error> {
+        let asked = i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).unwrap_or(i64::MAX).max(1);
+        let sent = Instant::now();
+        let granted = client.lease_grant(asked, None).await?;
+        let ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0).max(1));
+        let state = Arc::new(LeaseState {
+            lost: AtomicBool::new(false),
+            start: sent,
+            valid_until_ms: AtomicU64::new(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            margin: ttl / 3,
+        });
+        let task = tokio::spawn(keep_alive(client.clone(), granted.id(), ttl, Arc::clone(&state)));
+        tracing::debug!(lease = granted.id(), ?ttl, "granted a lock lease");
+        Ok(Lease { id: granted.id(), ttl, state, task })
+    }
+}
+
+/// Renew lease `id` every `ttl`/3 until it is lost (then stop: a lost lease stays lost).
+/// Each renewal is bounded by half that interval; a failed one drops the stream and is
+/// retried shortly on a new one.
+async fn keep_alive(mut client: Client, id: i64, ttl: Duration, state: Arc<LeaseState>) {
+    let interval = ttl / 3;
+    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    loop {
+        let sent = Instant::now();
+        let failure = match tokio::time::timeout(interval / 2, renew(&mut client, id, ttl, &mut stream)).await {
+            Ok(Ok(Some(answered))) => {
+                state.renewed(sent, answered);
+                None
+            }
+            Ok(Ok(None)) => {
+                state.lost.store(true, Ordering::SeqCst);
+                tracing::warn!(lease = id, "etcd says the lock's lease is gone");
+                return;
+            }
+            Ok(Err(e)) => Some(describe(&e)),
+            Err(_) => Some(format!("no answer within {:?}", interval / 2)),
+        };
+        if state.lost() {
+            tracing::warn!(lease = id, failure, "lost the lock's lease: its keep-alive failed");
+            return;
+        }
+        match failure {
+            None => tokio::time::sleep_until((sent + interval).into()).await,
+            Some(cause) => {
+                tracing::debug!(lease = id, cause, "lease keep-alive failed; retrying");
+                stream = None;
+                tokio::time::sleep(RENEW_RETRY).await;
+            }
+        }
+    }
+}
+
+/// One renewal: `Some(ttl)` as etcd answered, `None` when etcd says the lease is gone.
+async fn renew(
+    client: &mut Client,
+    id: i64,
+    granted: Duration,
+    stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+) -> Result<Option<Duration>, etcd_client::Error> {
+    let Some((keeper, responses)) = stream else {
+        // A new stream: etcd-client sends the first renewal itself and checks its answer.
+        return match client.lease_keep_alive(id).await {
+            Ok(pair) => {
+                *stream = Some(pair);
+                Ok(Some(granted))
+            }
+            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => Ok(None),
+            Err(e) => Err(e),
+        };
+    };
+    keeper.keep_alive().await?;
+    match responses.message().await? {
+        Some(r) if r.ttl() > 0 => Ok(Some(Duration::from_secs(u64::try_from(r.ttl()).unwrap_or(0)))),
+        Some(_) => Ok(None),
+        None => Err(etcd_client::Error::LeaseKeepAliveError("the keep-alive stream closed".into())),
+    }
+}
+
+/// Record an apply: `applied` = `entry` (JSON) and a new `history/<unix nanos, 20 digits>`
+/// = the same, in one transaction (which also refuses to overwrite an existing history
+/// entry; on that unlikely clash the next nanosecond is tried).
+///
+/// # Errors
+/// [`EtcdError::Write`] naming the `applied` key when etcd cannot be reached or refuses;
+/// then nothing was written.
+pub async fn record_apply(
+    client: &mut Client,
+    prefix: &str,
+    env: &str,
+    entry: &serde_json::Value,
+) -> Result<(), EtcdError> {
+    let applied = keys::applied(prefix, env);
+    let dir = keys::history_dir(prefix, env);
+    let value = entry.to_string();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    for nanos in now..now + 16 {
+        let entry_key = format!("{dir}{nanos:020}");
+        let txn = Txn::new().when([Compare::create_revision(entry_key.as_str(), CompareOp::Equal, 0)]).and_then([
+            TxnOp::put(applied.as_str(), value.as_str(), None),
+            TxnOp::put(entry_key.as_str(), value.as_str(), None),
+        ]);
+        let response =
+            client.txn(txn).await.map_err(|e| EtcdError::Write { key: applied.clone(), cause: describe(&e) })?;
+        if response.succeeded() {
+            tracing::debug!(key = applied, history = entry_key, "recorded the apply");
+            return Ok(());
+        }
+    }
+    Err(EtcdError::Write { key: applied, cause: format!("every history key tried under {dir} already exists") })
+}
+
+/// The audit log of `env`, newest first, at most `limit` entries (none for 0).
+///
+/// # Errors
+/// [`EtcdError::Read`] naming `history/` when etcd cannot be reached, or naming an entry
+/// that is not JSON; [`EtcdError::NotUtf8`] naming an entry that is not UTF-8.
+pub async fn history(
+    client: &mut Client,
+    prefix: &str,
+    env: &str,
+    limit: usize,
+) -> Result<Vec<serde_json::Value>, EtcdError> {
+    if limit == 0 {
+        return Ok(Vec::new()); // etcd reads a limit of 0 as "no limit"
+    }
+    let dir = keys::history_dir(prefix, env);
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Key, SortOrder::Descend)
+        .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+    let response = kv
+        .get(dir.as_str(), Some(options))
+        .await
+        .map_err(|e| EtcdError::Read { key: dir.clone(), cause: describe(&e) })?;
+    response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let text = std::str::from_utf8(kv.value()).map_err(|_| EtcdError::NotUtf8 { key: key.clone() })?;
+            serde_json::from_str(text).map_err(|e| EtcdError::Read {
+                cause: format!("the history entry is not JSON ({e}); fix or delete it (`etcdctl del {key}`)"),
+                key,
+            })
+        })
+        .collect()
+}
+
+/// Whether etcd answered NOT_FOUND (e.g. revoking a lease that expired).
+fn is_not_found(e: &etcd_client::Error) -> bool {
+    const NOT_FOUND: i32 = 5;
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() as i32 == NOT_FOUND)
+}
+
 /// Whether the error is a client-side timeout: tonic reports its own per-request timeout
 /// as a status with gRPC code CANCELLED ("Timeout expired"), the server a
 /// DEADLINE_EXCEEDED. (tonic's `Code` is not re-exported, hence the numeric gRPC codes.)
@@ -306,4 +817,39 @@ fn describe(e: &etcd_client::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rfc3339_formats_utc_seconds() {
+        assert_eq!(super::rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_608_000)), "2026-11-25T12:00:00Z");
+        assert_eq!(super::rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(UNIX_EPOCH + Duration::from_millis(1_709_251_199_999)), "2024-02-29T23:59:59Z");
+    }
+
+    #[test]
+    fn actor_prefers_reconcile_then_ci_then_user() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        };
+        assert_eq!(super::actor(env(&[("USER", "u"), ("GITHUB_ACTOR", "gh"), ("RECONCILE_ACTOR", "r")])), "r");
+        assert_eq!(super::actor(env(&[("USER", "u"), ("GITLAB_USER_LOGIN", "gl")])), "gl");
+        assert_eq!(super::actor(env(&[("USER", "u"), ("RECONCILE_ACTOR", "  ")])), "u");
+        assert_eq!(super::actor(env(&[])), "unknown");
+    }
+
+    #[test]
+    fn holder_json_round_trips_and_displays() {
+        let h = super::current_holder("reconcile apply --env staging");
+        assert_eq!(h.pid, std::process::id());
+        assert!(!h.host.is_empty());
+        assert_eq!(h.since.len(), "2026-11-25T12:00:00Z".len());
+        let json = serde_json::to_string(&h).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<super::Holder>(&json).ok(), Some(h.clone()));
+        assert!(h.to_string().contains("`reconcile apply --env staging`"));
+    }
 }

@@ -6,4 +6,5 @@ pub mod docker;
 pub mod etcd;
 pub mod git;
 pub mod lb;
+pub mod probe;
 pub mod secrets;

@@ -1,6 +1,7 @@
 //! The command line: parse flags, call one function per command, report.
 //! Commands return an [`ExitCode`]; only `main` turns errors into exit code 1.
 
+pub mod apply;
 pub mod common;
 pub mod diff;
 pub mod plan;
@@ -53,6 +54,8 @@ pub enum Command {
     Validate(validate::Args),
     /// Observe the environment and show what apply would change.
     Plan(plan::Args),
+    /// Apply the changes (asks unless --yes), or a saved plan as it is.
+    Apply(apply::Args),
     /// Desired-state difference between two revisions, without contacting any host.
     Diff(diff::Args),
     /// What runs where: instances, hosts, ports, state, uptime, restarts, drift.
@@ -78,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(args) => validate::exec(&args),
         Command::Plan(args) => plan::exec(&args),
+        Command::Apply(args) => apply::exec(&args),
         Command::Diff(args) => diff::exec(&args),
         Command::Status(args) => status::exec(&args),
         Command::Schema(args) => schema::exec(&args),

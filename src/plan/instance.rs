@@ -7,7 +7,7 @@
 //!
 //! Invariant: pure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -124,7 +124,13 @@ impl InstanceSpec {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
 }
 
 /// Where an instance runs, as templates see it.
@@ -136,10 +142,11 @@ pub struct Slot<'a> {
     pub port: Option<u16>,
 }
 
-/// Template contexts: one with real secrets, one masked.
+/// Template contexts: one with real secrets, one masked (converted to MiniJinja
+/// values once, then extended per app and per instance without copying).
 pub struct Contexts {
-    pub real: Value,
-    pub masked: Value,
+    pub real: minijinja::Value,
+    pub masked: minijinja::Value,
     /// (name, value) of the resolved secrets, sorted by name.
     secrets: Vec<(String, Secret)>,
 }
@@ -175,41 +182,86 @@ pub fn contexts(
     let real: serde_json::Map<String, Value> =
         names.iter().map(|n| (n.clone(), Value::from(secrets.get(n).map_or(MASK, |s| s.expose())))).collect();
     let masked: serde_json::Map<String, Value> = names.iter().map(|n| (n.clone(), Value::from(MASK))).collect();
+    let mj = |v: Value| minijinja::Value::from(minijinja::value::Serde(v));
     Contexts {
-        real: json!({"env": {"name": env_name}, "vars": vars, "secrets": real}),
-        masked: json!({"env": {"name": env_name}, "vars": vars, "secrets": masked}),
+        real: mj(json!({"env": {"name": env_name}, "vars": vars, "secrets": real})),
+        masked: mj(json!({"env": {"name": env_name}, "vars": vars, "secrets": masked})),
         secrets: names.iter().filter_map(|n| secrets.get(n).map(|s| (n.clone(), s.clone()))).collect(),
     }
 }
 
-/// Render one instance of `app` at `slot`.
+/// An app's templates, compiled, and its contexts (the environment's plus `app`).
+pub struct AppTemplates {
+    real: minijinja::Value,
+    masked: minijinja::Value,
+    /// Inline template source → (compiled name, mentions secrets), for env values and command arguments.
+    inline: BTreeMap<String, (String, bool)>,
+    /// File template name → may use secrets (it mentions them, or includes other templates).
+    files_with_secrets: BTreeSet<String>,
+}
+
+/// Prepare an app for rendering many instances: compile its inline templates and
+/// convert its spec to a template value once.
+///
+/// # Errors
+/// An inline template does not parse.
+pub fn prepare(app: &App, ctx: &Contexts, t: &mut Templates) -> Result<AppTemplates, TemplateError> {
+    let a = minijinja::Value::from(minijinja::value::Serde(&app.doc.value));
+    let mut inline = BTreeMap::new();
+    let sources =
+        app.spec.env.values().filter_map(Value::as_str).chain(app.spec.command.iter().flatten().map(String::as_str));
+    for src in sources.filter(|s| crate::spec::template::is_template(s)) {
+        inline.insert(src.to_string(), (t.add_inline(src)?, src.contains("secrets")));
+    }
+    let files_with_secrets = app
+        .spec
+        .files
+        .iter()
+        .filter(|f| {
+            t.source(&f.template)
+                .is_none_or(|src| ["secrets", "include", "import", "extends"].iter().any(|w| src.contains(w)))
+        })
+        .map(|f| f.template.clone())
+        .collect();
+    Ok(AppTemplates {
+        real: minijinja::context! { app => a.clone(), ..ctx.real.clone() },
+        masked: minijinja::context! { app => a, ..ctx.masked.clone() },
+        inline,
+        files_with_secrets,
+    })
+}
+
+/// Render one instance of `app` at `slot` (after [`prepare`]).
 ///
 /// # Errors
 /// A template fails to render (validate reports these with positions first).
 pub fn render(
     app: &App,
     slot: &Slot<'_>,
+    at: &AppTemplates,
     ctx: &Contexts,
     t: &Templates,
     env_name: &str,
 ) -> Result<InstanceSpec, TemplateError> {
     let s = &app.spec;
-    let instance = json!({
-        "name": format!("{}-{}", s.name, slot.ordinal),
-        "ordinal": slot.ordinal,
-        "host": slot.host,
-        "address": slot.address,
-        "port": slot.port,
-    });
-    let with = |base: &Value| {
-        let mut c = base.clone();
-        c["app"] = app.doc.value.clone();
-        c["instance"] = instance.clone();
-        c
+    let instance = minijinja::context! {
+        name => format!("{}-{}", s.name, slot.ordinal),
+        ordinal => slot.ordinal,
+        host => slot.host,
+        address => slot.address,
+        port => slot.port,
     };
-    let (real, masked) = (with(&ctx.real), with(&ctx.masked));
+    let real = minijinja::context! { instance => instance.clone(), ..at.real.clone() };
+    let masked = minijinja::context! { instance => instance, ..at.masked.clone() };
     let both_str = |src: &str| -> Result<Rendered, TemplateError> {
-        Ok(Rendered { real: Secret::new(t.render_str(src, &real)?), shown: t.render_str(src, &masked)? })
+        match at.inline.get(src) {
+            None => Ok(Rendered::plain(src)),
+            // A template that cannot see a secret renders the same masked: render once.
+            Some((name, false)) => Ok(Rendered::plain(t.render_value(name, &real)?)),
+            Some((name, true)) => {
+                Ok(Rendered { real: Secret::new(t.render_value(name, &real)?), shown: t.render_value(name, &masked)? })
+            }
+        }
     };
     let mut env = BTreeMap::new();
     for (k, v) in &s.env {
@@ -233,9 +285,13 @@ pub fn render(
     };
     let mut files = BTreeMap::new();
     for f in &s.files {
-        let content = Rendered {
-            real: Secret::new(t.render_file(&f.template, &real)?),
-            shown: t.render_file(&f.template, &masked)?,
+        let content = if at.files_with_secrets.contains(&f.template) {
+            Rendered {
+                real: Secret::new(t.render_value(&f.template, &real)?),
+                shown: t.render_value(&f.template, &masked)?,
+            }
+        } else {
+            Rendered::plain(t.render_value(&f.template, &real)?)
         };
         files.insert(f.path.clone(), content);
     }

@@ -286,9 +286,22 @@ pub fn fingerprint(o: &ObservedState) -> String {
 /// # Errors
 /// A template fails or placement is impossible (both are caught by `validate` first).
 pub fn plan(d: &Desired<'_>, observed: &ObservedState) -> Result<Plan, PlanError> {
+    plan_with_specs(d, observed).map(|(p, _)| p)
+}
+
+/// The plan and, for apply, the real (unmasked) spec of every container it creates,
+/// keyed by spec-hash. The specs never leave the process.
+///
+/// # Errors
+/// As [`plan`].
+pub fn plan_with_specs(
+    d: &Desired<'_>,
+    observed: &ObservedState,
+) -> Result<(Plan, BTreeMap<String, InstanceSpec>), PlanError> {
+    let mut specs: BTreeMap<String, InstanceSpec> = BTreeMap::new();
     let env = d.env;
     let name = env.name.as_str();
-    let t = Templates::new(env.dirs.clone(), Arc::clone(&d.files));
+    let mut t = Templates::new(env.dirs.clone(), Arc::clone(&d.files));
     let secret_names: Vec<String> = env.spec.secrets.keys().cloned().collect();
     let ctx = contexts(name, &env.spec.vars, d.secrets, &secret_names);
 
@@ -298,7 +311,13 @@ pub fn plan(d: &Desired<'_>, observed: &ObservedState) -> Result<Plan, PlanError
             units::port_range(&h.ports).map_err(|e| PlanError::Pool { host: h.name.clone(), message: e.message })?;
         slots.push(HostSlot { name: h.name.clone(), address: h.address.clone(), labels: h.labels.clone(), pool });
     }
-    let address_of = |host: &str| slots.iter().find(|s| s.name == host).map(|s| s.address.clone()).unwrap_or_default();
+    let addresses: BTreeMap<&str, &str> = slots.iter().map(|s| (s.name.as_str(), s.address.as_str())).collect();
+    let address_of = |host: &str| addresses.get(host).map_or_else(String::new, |a| a.to_string());
+    let mut prepared = BTreeMap::new();
+    for (n, app) in &env.apps {
+        prepared.insert(n.as_str(), instance::prepare(app, &ctx, &mut t).map_err(|e| template_error(n, e))?);
+    }
+    let t = t;
 
     // 1. Group observed containers by instance; pick one per instance, the rest are duplicates.
     let mut all: Vec<&ObservedInstance> = observed.hosts.values().flat_map(|h| h.instances.iter()).collect();
@@ -321,9 +340,11 @@ pub fn plan(d: &Desired<'_>, observed: &ObservedState) -> Result<Plan, PlanError
     let mut primary: BTreeMap<(String, u32), &ObservedInstance> = BTreeMap::new();
     for (k, list) in &groups {
         let mut list = list.clone();
-        // Running first, then the newest, then by id: deterministic whatever the observation order.
+        // Running first, then the OLDEST, then by id: after an interrupted rolling replace the
+        // old, proven instance stays and the half-made new one goes; deterministic whatever
+        // the observation order.
         list.sort_by(|a, b| {
-            (b.state.is_running(), b.created, &b.container_id).cmp(&(a.state.is_running(), a.created, &a.container_id))
+            (b.state.is_running(), a.created, &a.container_id).cmp(&(a.state.is_running(), b.created, &b.container_id))
         });
         primary.insert(k.clone(), list[0]);
         for dup in &list[1..] {
@@ -368,10 +389,12 @@ pub fn plan(d: &Desired<'_>, observed: &ObservedState) -> Result<Plan, PlanError
         let key = (a.app.clone(), a.ordinal);
         let instance_name = format!("{}-{}", a.app, a.ordinal);
         let address = address_of(&a.host);
-        let render_at = |port: Option<u16>| -> Result<(InstanceSpec, String), PlanError> {
+        let mut render_at = |port: Option<u16>| -> Result<(InstanceSpec, String), PlanError> {
             let slot = Slot { ordinal: a.ordinal, host: &a.host, address: &address, port };
-            let spec = instance::render(app, &slot, &ctx, &t, name).map_err(|e| template_error(&a.app, e))?;
+            let at = &prepared[a.app.as_str()];
+            let spec = instance::render(app, &slot, at, &ctx, &t, name).map_err(|e| template_error(&a.app, e))?;
             let hash = spec.hash();
+            specs.insert(hash.clone(), spec.clone());
             Ok((spec, hash))
         };
         let new_of = |spec: &InstanceSpec, hash: &str, port: Option<u16>| NewInstance {
@@ -491,9 +514,7 @@ pub fn plan(d: &Desired<'_>, observed: &ObservedState) -> Result<Plan, PlanError
 
     // 5. The LB file, rendered over the final instances (after replacements).
     if let (Some(lb), Some(current)) = (&env.spec.lb, &observed.lb) {
-        let mut c = ctx.masked.clone();
-        c["apps"] = lb_apps(env, &slots, &finals);
-        let content = t.render_file(&lb.template, &c).map_err(|e| PlanError::LbTemplate { message: e.message })?;
+        let content = lb_content(env, Arc::clone(&d.files), &finals)?;
         if current.as_deref() != Some(content.as_str()) {
             actions.push(Action::WriteLb { path: lb.path.clone(), content, old: current.clone() });
             actions.push(Action::ReloadLb);
@@ -501,14 +522,24 @@ pub fn plan(d: &Desired<'_>, observed: &ObservedState) -> Result<Plan, PlanError
     }
 
     let summary = Summary::of(&actions);
-    Ok(Plan {
+    // Keep only the specs of containers the plan creates.
+    let wanted: BTreeSet<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Create { new, .. } | Action::Replace { new, .. } => Some(new.spec_hash.clone()),
+            _ => None,
+        })
+        .collect();
+    specs.retain(|h, _| wanted.contains(h));
+    let plan = Plan {
         format_version: FORMAT_VERSION,
         env: name.into(),
         origin: d.origin.clone(),
         against: fingerprint(observed),
         actions,
         summary,
-    })
+    };
+    Ok((plan, specs))
 }
 
 fn old_of(o: &ObservedInstance) -> OldInstance {
@@ -544,6 +575,10 @@ pub fn etcd_keys(
     finals: &[Assignment],
     address_of: &dyn Fn(&str) -> String,
 ) -> BTreeMap<String, String> {
+    let mut by_app: BTreeMap<&str, Vec<&Assignment>> = BTreeMap::new();
+    for a in finals {
+        by_app.entry(a.app.as_str()).or_default().push(a);
+    }
     let mut out = BTreeMap::new();
     for (name, app) in &env.apps {
         for (k, v) in &app.spec.config {
@@ -555,7 +590,7 @@ pub fn etcd_keys(
         }
         out.insert(keys::app(prefix, &env.name, name), serde_json::to_string(&app.spec).unwrap_or_default());
         if app.spec.registry {
-            for a in finals.iter().filter(|a| &a.app == name) {
+            for a in by_app.get(name.as_str()).map(Vec::as_slice).unwrap_or_default() {
                 if let Some(p) = a.port {
                     let ip = address_of(&a.host);
                     out.insert(keys::registry(registry_prefix, name, &env.name, &ip, p), format!("{ip}:{p}"));
@@ -649,4 +684,31 @@ pub fn container_labels(
     }
     l.insert(keys_labels::SPEC.to_string(), serde_json::to_string(&new.spec).unwrap_or_default());
     l
+}
+
+/// Render the LB config for an arbitrary set of serving instances (apply renders
+/// intermediate configs during a rolling replace: new instance added, old removed).
+///
+/// # Errors
+/// The LB template fails, or the environment has no LB.
+pub fn lb_content(
+    env: &Env,
+    files: Arc<BTreeMap<String, Vec<u8>>>,
+    serving: &[Assignment],
+) -> Result<String, PlanError> {
+    let Some(lb) = &env.spec.lb else {
+        return Err(PlanError::LbTemplate { message: "the environment has no lb".into() });
+    };
+    let t = Templates::new(env.dirs.clone(), files);
+    let names: Vec<String> = env.spec.secrets.keys().cloned().collect();
+    let ctx = contexts(&env.name, &env.spec.vars, &BTreeMap::new(), &names);
+    let mut slots = Vec::new();
+    for h in &env.spec.hosts {
+        let pool =
+            units::port_range(&h.ports).map_err(|e| PlanError::Pool { host: h.name.clone(), message: e.message })?;
+        slots.push(HostSlot { name: h.name.clone(), address: h.address.clone(), labels: h.labels.clone(), pool });
+    }
+    let apps = minijinja::Value::from(minijinja::value::Serde(lb_apps(env, &slots, serving)));
+    let c = minijinja::context! { apps => apps, ..ctx.masked };
+    t.render_value(&lb.template, &c).map_err(|e| PlanError::LbTemplate { message: e.message })
 }

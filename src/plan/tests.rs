@@ -128,7 +128,7 @@ fn stopped_instance_is_started_and_duplicates_removed() {
     h.instances[0].state = ContainerState::Exited;
     let mut dup = h.instances[0].clone();
     dup.container_id = "dup".into();
-    dup.created -= 100;
+    dup.created += 100;
     h.instances.push(dup);
     let p = plan_for(&snap, &s, &o);
     let kinds: Vec<String> = instance_actions(&p).iter().map(|a| format!("{:?}", std::mem::discriminant(*a))).collect();

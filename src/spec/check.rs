@@ -550,16 +550,23 @@ pub fn base_context(env: &Env) -> Value {
 
 /// The LB template's `apps`: apps with `lb`, sorted by name, with their instances.
 pub fn lb_apps(env: &Env, hosts: &[HostSlot], assignments: &[Assignment]) -> Value {
+    let address: BTreeMap<&str, &str> = hosts.iter().map(|h| (h.name.as_str(), h.address.as_str())).collect();
+    let mut by_app: BTreeMap<&str, Vec<&Assignment>> = BTreeMap::new();
+    for a in assignments {
+        by_app.entry(a.app.as_str()).or_default().push(a);
+    }
     let apps: Vec<Value> = env
         .apps
         .values()
         .filter_map(|a| {
             let lb = a.spec.lb.as_ref()?;
-            let instances: Vec<Value> = assignments
+            let instances: Vec<Value> = by_app
+                .get(a.spec.name.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default()
                 .iter()
-                .filter(|x| x.app == a.spec.name)
                 .map(|x| {
-                    let address = hosts.iter().find(|h| h.name == x.host).map(|h| h.address.clone()).unwrap_or_default();
+                    let address = address.get(x.host.as_str()).copied().unwrap_or_default();
                     json!({"name": format!("{}-{}", x.app, x.ordinal), "host": x.host, "address": address, "port": x.port})
                 })
                 .collect();

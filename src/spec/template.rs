@@ -37,6 +37,16 @@ pub enum PathProblem {
 pub struct Templates {
     env: Environment<'static>,
     lookup: Arc<Lookup>,
+    /// Inline template source → registered name (compiled once, rendered many times).
+    inline: std::collections::HashMap<String, String>,
+}
+
+/// Prefix of registered inline templates (never a valid file name: `:` is refused).
+const INLINE: &str = "inline:";
+
+/// True when a string needs rendering at all.
+pub fn is_template(src: &str) -> bool {
+    src.contains("{{") || src.contains("{%") || src.contains("{#")
 }
 
 struct Lookup {
@@ -100,7 +110,13 @@ impl Templates {
                 minijinja::Error::new(ErrorKind::InvalidOperation, format!("template {path} is not valid UTF-8"))
             })
         });
-        Self { env, lookup }
+        Self { env, lookup, inline: Default::default() }
+    }
+
+    /// The text of a template file, when it resolves and is UTF-8.
+    pub fn source(&self, name: &str) -> Option<&str> {
+        let path = self.lookup.resolve(name).ok()?;
+        std::str::from_utf8(self.lookup.files.get(&path)?).ok()
     }
 
     /// The repo path a template name resolves to.
@@ -112,6 +128,38 @@ impl Templates {
     pub fn render_file(&self, name: &str, ctx: &Value) -> Result<String, TemplateError> {
         let t = self.env.get_template(name).map_err(|e| self.error(e))?;
         t.render(minijinja::Value::from(minijinja::value::Serde(ctx))).map_err(|e| self.error(e))
+    }
+
+    /// Compile an inline template once; render it with [`render_value`](Self::render_value)
+    /// under the returned name. Plain strings need no compiling (check [`is_template`]).
+    ///
+    /// # Errors
+    /// The template does not parse.
+    pub fn add_inline(&mut self, src: &str) -> Result<String, TemplateError> {
+        if let Some(n) = self.inline.get(src) {
+            return Ok(n.clone());
+        }
+        let name = format!("{INLINE}{}", self.inline.len());
+        self.env.add_template_owned(name.clone(), src.to_string()).map_err(|e| self.error(e))?;
+        self.inline.insert(src.to_string(), name.clone());
+        Ok(name)
+    }
+
+    /// Render a template by name (a file name, or one from [`add_inline`](Self::add_inline))
+    /// with a context already converted to a MiniJinja value: the fast path for
+    /// rendering thousands of instances.
+    ///
+    /// # Errors
+    /// The template fails to render.
+    pub fn render_value(&self, name: &str, ctx: &minijinja::Value) -> Result<String, TemplateError> {
+        let t = self.env.get_template(name).map_err(|e| self.error(e))?;
+        t.render(ctx).map_err(|e| {
+            let mut err = self.error(e);
+            if name.starts_with(INLINE) {
+                err.file = None;
+            }
+            err
+        })
     }
 
     /// Render an inline template (an env value, a command argument).

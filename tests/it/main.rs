@@ -5,11 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
 
+mod apply;
 mod cli;
 mod corpus;
 mod docker;
+mod docker_exec;
 mod environment;
 mod etcd;
+mod etcd_lock;
+mod lb;
 mod plan;
 mod plan_live;
 mod tidy;

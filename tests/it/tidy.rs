@@ -3,9 +3,21 @@
 
 #[test]
 fn core_modules_do_no_io() {
-    let forbidden = ["std::fs", "std::env", "std::process", "std::net::Tcp", "tokio", "bollard", "etcd_client", "git2", "SystemTime", "Instant::now"];
+    let forbidden = [
+        "std::fs",
+        "std::env",
+        "std::process",
+        "std::net::Tcp",
+        "tokio",
+        "bollard",
+        "etcd_client",
+        "git2",
+        "SystemTime",
+        "Instant::now",
+    ];
     let root = super::root().join("src");
-    let mut files = vec![root.join("placement.rs"), root.join("model.rs"), root.join("diag.rs"), root.join("secret.rs")];
+    let mut files =
+        vec![root.join("placement.rs"), root.join("model.rs"), root.join("diag.rs"), root.join("secret.rs")];
     for dir in ["spec", "plan"] {
         for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
             files.push(e.path());

@@ -1,0 +1,703 @@
+//! Apply: carry out a plan against the hosts, etcd and the LB, in dependency
+//! order, without taking a serving app down.
+//!
+//! The executor walks the plan's actions; it decides nothing the plan did not
+//! say, except *when*: dependencies first (each healthy before its dependents
+//! start), apps of one dependency level concurrently, and for LB-backed apps the
+//! contract's zero-downtime sequence per batch:
+//! start new → healthy → register (registry + LB reload) → deregister old (LB
+//! reload) → stop old. A failed health check stops that app's rollout, removes
+//! the failed new container and leaves the old ones serving and registered.
+//!
+//! Crash safety (safe to re-run after a kill at any step): every step is
+//! idempotent or undone by the next plan — a half-made new container is a
+//! duplicate of its instance and the planner keeps the older, proven one;
+//! registry entries and the LB file are recomputed from what runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard_free::*;
+use futures::StreamExt as _;
+use tokio::sync::Mutex;
+
+use crate::backend::{docker, etcd, lb, probe};
+use crate::model::{ObservedState, keys};
+use crate::placement::Assignment;
+use crate::plan::instance::InstanceSpec;
+use crate::plan::{self, Action, Plan};
+use crate::spec::Env;
+use crate::spec::model::Strategy;
+
+/// Names used here without importing bollard (only `backend::docker` may).
+mod bollard_free {
+    pub use crate::backend::docker::Client as DockerClient;
+}
+
+/// Knobs of one apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Apps (of one dependency level) and hosts worked on at once.
+    pub parallelism: usize,
+    /// Per Docker/etcd call.
+    pub timeout: Duration,
+    /// How long to wait for another apply's lock.
+    pub lock_timeout: Duration,
+}
+
+/// What happened to one app.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AppOutcome {
+    /// One line per step done.
+    pub done: Vec<String>,
+    /// Why the app's rollout stopped, if it did.
+    pub error: Option<String>,
+}
+
+/// The result of an apply: per app, plus etcd and LB problems.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Report {
+    pub apps: BTreeMap<String, AppOutcome>,
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty() && self.apps.values().all(|a| a.error.is_none())
+    }
+    /// One line: `ok` or `failed: app a (why); etcd: …`.
+    pub fn result_line(&self) -> String {
+        if self.ok() {
+            return "ok".into();
+        }
+        let mut parts: Vec<String> =
+            self.apps.iter().filter_map(|(n, a)| a.error.as_ref().map(|e| format!("app {n}: {e}"))).collect();
+        parts.extend(self.errors.iter().cloned());
+        format!("failed: {}", parts.join("; "))
+    }
+}
+
+/// Apply could not start at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdError),
+}
+
+/// Progress lines (stderr): plain lines, one per step, in CI and on a terminal.
+pub type Progress = Arc<dyn Fn(String) + Send + Sync>;
+
+struct Shared<'a> {
+    env: &'a Env,
+    files: Arc<BTreeMap<String, Vec<u8>>>,
+    plan: &'a Plan,
+    specs: &'a BTreeMap<String, InstanceSpec>,
+    #[allow(dead_code)] // kept for per-call limits of later steps
+    opts: Options,
+    progress: Progress,
+    clients: BTreeMap<String, Result<DockerClient, String>>,
+    /// Instances that should receive traffic now.
+    serving: Mutex<BTreeSet<Assignment>>,
+    etcd: Option<Mutex<etcd::Client>>,
+    /// Serialises LB writes and reloads.
+    lb_lock: Mutex<()>,
+}
+
+/// What one apply works on.
+pub struct Job<'a> {
+    pub env: &'a Env,
+    pub files: Arc<BTreeMap<String, Vec<u8>>>,
+    pub plan: &'a Plan,
+    /// Real specs of the containers to create, by spec-hash (`plan::plan_with_specs`).
+    pub specs: &'a BTreeMap<String, InstanceSpec>,
+    /// What the plan was made against.
+    pub observed: &'a ObservedState,
+}
+
+/// Apply `plan` (made against `observed`, while holding `guard` from [`lock`]) with
+/// the real `specs` from `plan::plan_with_specs`. Releases the lock at the end.
+///
+/// # Errors
+/// Only when nothing could be done (etcd unreachable, lock not acquired); failures
+/// of apps, hosts, etcd writes or the LB are in the report, with everything
+/// independent of them done.
+pub async fn apply(
+    guard: Option<etcd::LockGuard>,
+    job: Job<'_>,
+    opts: Options,
+    progress: Progress,
+) -> Result<Report, ApplyError> {
+    let Job { env, files, plan, specs, observed } = job;
+    let started = Instant::now();
+    let etcd_client = match &env.spec.etcd {
+        Some(spec) => Some(etcd::connect(spec, opts.timeout).await?),
+        None => None,
+    };
+
+    // 2. Docker clients for the hosts the plan touches.
+    let hosts: BTreeSet<&str> = plan
+        .actions
+        .iter()
+        .flat_map(|a| match a {
+            Action::Create { new, .. } => vec![new.host.as_str()],
+            Action::Replace { old, new, .. } => vec![old.host.as_str(), new.host.as_str()],
+            Action::Remove { old, .. } | Action::Start { old, .. } => vec![old.host.as_str()],
+            _ => vec![],
+        })
+        .collect();
+    let mut clients = BTreeMap::new();
+    for h in &env.spec.hosts {
+        if hosts.contains(h.name.as_str()) {
+            clients.insert(h.name.clone(), docker::connect(h, opts.timeout).await.map_err(|e| e.to_string()));
+        }
+    }
+
+    let shared = Shared {
+        env,
+        files,
+        plan,
+        specs,
+        opts,
+        progress: Arc::clone(&progress),
+        clients,
+        serving: Mutex::new(initial_serving(plan, observed)),
+        etcd: etcd_client.map(Mutex::new),
+        lb_lock: Mutex::new(()),
+    };
+    let mut report = Report::default();
+
+    // 3. Config center and desired copies first: apps may read their config at start.
+    if let Some(e) = shared.etcd_non_registry().await {
+        report.errors.push(e);
+    }
+
+    // 4. Apps, dependency level by level.
+    let mut failed: BTreeSet<String> = BTreeSet::new();
+    for level in levels(env, plan) {
+        let runs = level.iter().map(|app| {
+            let blocked: Vec<&String> = env
+                .apps
+                .get(app)
+                .map(|a| a.spec.depends_on.iter().filter(|d| failed.contains(*d)).collect())
+                .unwrap_or_default();
+            let shared = &shared;
+            async move {
+                if !blocked.is_empty() {
+                    let names: Vec<&str> = blocked.iter().map(|s| s.as_str()).collect();
+                    return (
+                        app.clone(),
+                        AppOutcome {
+                            done: vec![],
+                            error: Some(format!("not started: dependency {} failed", names.join(", "))),
+                        },
+                    );
+                }
+                (app.clone(), shared.app(app).await)
+            }
+        });
+        let results = futures::stream::iter(runs).buffer_unordered(opts.parallelism.max(1)).collect::<Vec<_>>().await;
+        for (app, outcome) in results {
+            if outcome.error.is_some() {
+                failed.insert(app.clone());
+            }
+            report.apps.insert(app, outcome);
+        }
+    }
+
+    // 5. Registry entries of untouched instances, and the final LB file.
+    if let Some(e) = shared.etcd_registry_rest(&failed).await {
+        report.errors.push(e);
+    }
+    if let Some(e) = shared.final_lb(failed.is_empty()).await {
+        report.errors.push(e);
+    }
+
+    // 6. Record and unlock.
+    if let Some(c) = &shared.etcd
+        && let Some(spec) = &env.spec.etcd
+    {
+        let who = etcd::current_holder("reconcile apply");
+        let entry = serde_json::json!({
+            "commit": plan.origin.commit,
+            "dirty": plan.origin.dirty,
+            "time": now_rfc3339(),
+            "who": who.who,
+            "host": who.host,
+            "summary": plan.summary.to_string(),
+            "result": report.result_line(),
+            "duration_ms": started.elapsed().as_millis() as u64,
+        });
+        let mut client = c.lock().await;
+        if let Err(e) = etcd::record_apply(&mut client, &spec.prefix, &env.name, &entry).await {
+            report.errors.push(format!("recording the apply in etcd: {e}"));
+        }
+    }
+    if let Some(g) = guard
+        && let Err(e) = g.release().await
+    {
+        report.errors.push(format!("releasing the apply lock: {e}"));
+    }
+    Ok(report)
+}
+
+/// Take the environment's apply lock (when it has etcd) — before observing, so that
+/// a second apply plans only after the first is done. Says who holds it while waiting.
+///
+/// # Errors
+/// etcd unreachable, or the lock still held after `opts.lock_timeout`.
+pub async fn lock(env: &Env, opts: Options, progress: Progress) -> Result<Option<etcd::LockGuard>, ApplyError> {
+    let Some(spec) = &env.spec.etcd else { return Ok(None) };
+    let client = etcd::connect(spec, opts.timeout).await?;
+    let holder = etcd::current_holder("reconcile apply");
+    let mut waiting = move |h: &etcd::Holder| {
+        progress(format!(
+            "waiting for the apply lock held by {} on {} (pid {}, since {})",
+            h.who, h.host, h.pid, h.since
+        ));
+    };
+    let guard = etcd::acquire_lock(
+        &client,
+        &spec.prefix,
+        &env.name,
+        &holder,
+        Duration::from_secs(15),
+        opts.lock_timeout,
+        &mut waiting,
+    )
+    .await?;
+    Ok(Some(guard))
+}
+
+fn now_rfc3339() -> String {
+    etcd::now_rfc3339()
+}
+
+/// Instances that receive traffic before anything changes: the observed running
+/// containers the plan keeps or replaces (not duplicates or unrecognised ones).
+fn initial_serving(plan: &Plan, observed: &ObservedState) -> BTreeSet<Assignment> {
+    let dropped: BTreeSet<&str> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Remove { old, reason: plan::Reason::Duplicate | plan::Reason::Unrecognised, .. } => {
+                Some(old.container_id.as_str())
+            }
+            Action::Start { old, .. } => Some(old.container_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    observed
+        .hosts
+        .values()
+        .flat_map(|h| h.instances.iter())
+        .filter(|i| i.state.is_running() && !dropped.contains(i.container_id.as_str()))
+        .filter_map(|i| {
+            Some(Assignment { app: i.app.clone(), ordinal: i.ordinal?, host: i.host.clone(), port: i.port })
+        })
+        .collect()
+}
+
+/// Apps with instance actions, grouped in dependency levels (dependencies first).
+fn levels(env: &Env, plan: &Plan) -> Vec<Vec<String>> {
+    let mut todo: BTreeSet<String> =
+        plan.actions.iter().filter_map(|a| a.app().map(str::to_string)).filter(|a| !a.is_empty()).collect();
+    let mut done: BTreeSet<String> = env.apps.keys().filter(|a| !todo.contains(*a)).cloned().collect();
+    let mut out = Vec::new();
+    while !todo.is_empty() {
+        let ready: Vec<String> = todo
+            .iter()
+            .filter(|a| {
+                env.apps
+                    .get(*a)
+                    .is_none_or(|s| s.spec.depends_on.iter().all(|d| done.contains(d) || !env.apps.contains_key(d)))
+            })
+            .cloned()
+            .collect();
+        // A cycle cannot pass validate; take everything left rather than loop forever.
+        let ready = if ready.is_empty() { todo.iter().cloned().collect() } else { ready };
+        for a in &ready {
+            todo.remove(a);
+            done.insert(a.clone());
+        }
+        out.push(ready);
+    }
+    out
+}
+
+impl Shared<'_> {
+    fn say(&self, s: String) {
+        (self.progress)(s);
+    }
+
+    fn client(&self, host: &str) -> Result<&DockerClient, String> {
+        match self.clients.get(host) {
+            Some(Ok(c)) => Ok(c),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(format!("host `{host}` is not part of the environment")),
+        }
+    }
+
+    fn registry_prefix(&self) -> Option<&str> {
+        self.env.spec.etcd.as_ref().map(|e| e.registry_prefix.as_str())
+    }
+
+    fn is_registry_key(&self, key: &str) -> Option<String> {
+        let rp = self.registry_prefix()?;
+        self.env
+            .apps
+            .keys()
+            .chain(self.plan.actions.iter().filter_map(|a| a.app().map(str::to_string)).collect::<Vec<_>>().iter())
+            .find(|app| key.starts_with(&keys::registry_dir(rp, app, &self.env.name)))
+            .cloned()
+    }
+
+    /// Plan's etcd writes outside the registry, in transactions of at most 128.
+    async fn etcd_non_registry(&self) -> Option<String> {
+        let c = self.etcd.as_ref()?;
+        let writes: Vec<etcd::Write> = self
+            .plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::PutKey { key, value, .. } if self.is_registry_key(key).is_none() => {
+                    Some(etcd::Write::Put { key: key.clone(), value: value.clone() })
+                }
+                Action::DeleteKey { key, .. } if self.is_registry_key(key).is_none() => {
+                    Some(etcd::Write::Delete { key: key.clone() })
+                }
+                _ => None,
+            })
+            .collect();
+        let mut client = c.lock().await;
+        for chunk in writes.chunks(etcd::MAX_TXN_OPS) {
+            if let Err(e) = etcd::batch(&mut client, chunk).await {
+                return Some(format!("etcd: {e}"));
+            }
+        }
+        if !writes.is_empty() {
+            self.say(format!("etcd: {} config/spec keys written", writes.len()));
+        }
+        None
+    }
+
+    /// Registry writes the executor did not do itself (hand-edited or stale entries),
+    /// except for apps whose rollout failed (their registry stays as the executor left it).
+    async fn etcd_registry_rest(&self, failed: &BTreeSet<String>) -> Option<String> {
+        let c = self.etcd.as_ref()?;
+        let mut client = c.lock().await;
+        for a in &self.plan.actions {
+            let r = match a {
+                Action::PutKey { key, value, .. } => match self.is_registry_key(key) {
+                    Some(app) if !failed.contains(&app) => etcd::put(&mut client, key, value).await,
+                    _ => Ok(()),
+                },
+                Action::DeleteKey { key, .. } => match self.is_registry_key(key) {
+                    Some(app) if !failed.contains(&app) => etcd::delete(&mut client, key).await,
+                    _ => Ok(()),
+                },
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                return Some(format!("etcd registry: {e}"));
+            }
+        }
+        None
+    }
+
+    fn address_of(&self, host: &str) -> String {
+        self.env.spec.hosts.iter().find(|h| h.name == host).map(|h| h.address.clone()).unwrap_or_default()
+    }
+
+    async fn register(&self, a: &Assignment, on: bool) -> Result<(), String> {
+        {
+            let mut s = self.serving.lock().await;
+            if on {
+                s.insert(a.clone());
+            } else {
+                s.remove(a);
+            }
+        }
+        let registry = self.env.apps.get(&a.app).is_some_and(|x| x.spec.registry);
+        if let (true, Some(c), Some(rp), Some(port)) = (registry, &self.etcd, self.registry_prefix(), a.port) {
+            let ip = self.address_of(&a.host);
+            let key = keys::registry(rp, &a.app, &self.env.name, &ip, port);
+            let mut client = c.lock().await;
+            let r = if on {
+                etcd::put(&mut client, &key, &format!("{ip}:{port}")).await
+            } else {
+                etcd::delete(&mut client, &key).await
+            };
+            r.map_err(|e| format!("registry: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Rewrite and reload the LB for the current serving set, when the app is LB-backed.
+    async fn lb_update(&self, app: &str) -> Result<(), String> {
+        let (Some(lbspec), true) = (&self.env.spec.lb, self.env.apps.get(app).is_some_and(|a| a.spec.lb.is_some()))
+        else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.lb_lock.lock().await;
+        let serving: Vec<Assignment> =
+            self.serving.lock().await.iter().filter(|a| self.env.apps.contains_key(&a.app)).cloned().collect();
+        let content = plan::lb_content(self.env, Arc::clone(&self.files), &serving).map_err(|e| e.to_string())?;
+        if lb::read(&lbspec.path).ok().flatten().as_deref() == Some(content.as_str()) {
+            return Ok(());
+        }
+        lb::write_checked(&lbspec.path, &content, lbspec.check.as_deref()).map_err(|e| e.to_string())?;
+        lb::reload(&lbspec.reload).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The LB file after all apps: the plan's content when everything succeeded,
+    /// else the rendering of what serves now.
+    async fn final_lb(&self, all_ok: bool) -> Option<String> {
+        let lbspec = self.env.spec.lb.as_ref()?;
+        let _one_at_a_time = self.lb_lock.lock().await;
+        let content = if all_ok {
+            self.plan
+                .actions
+                .iter()
+                .find_map(|a| if let Action::WriteLb { content, .. } = a { Some(content.clone()) } else { None })
+        } else {
+            None
+        };
+        let content = match content {
+            Some(c) => c,
+            None => {
+                let serving: Vec<Assignment> =
+                    self.serving.lock().await.iter().filter(|a| self.env.apps.contains_key(&a.app)).cloned().collect();
+                match plan::lb_content(self.env, Arc::clone(&self.files), &serving) {
+                    Ok(c) => c,
+                    Err(e) => return Some(format!("lb: {e}")),
+                }
+            }
+        };
+        if lb::read(&lbspec.path).ok().flatten().as_deref() == Some(content.as_str()) {
+            return None;
+        }
+        if let Err(e) = lb::write_checked(&lbspec.path, &content, lbspec.check.as_deref()) {
+            return Some(format!("lb: {e}"));
+        }
+        lb::reload(&lbspec.reload).err().map(|e| format!("lb: {e}"))
+    }
+
+    /// Start a new container for `new` and wait until it is healthy. On failure the
+    /// container is removed again.
+    async fn bring_up(&self, app: &str, instance: &str, new: &plan::NewInstance) -> Result<Assignment, String> {
+        let spec = self
+            .specs
+            .get(&new.spec_hash)
+            .ok_or_else(|| format!("{instance}: the plan's spec is missing (plan again)"))?;
+        let client = self.client(&new.host)?;
+        let mut progress = |line: String| self.say(line);
+        docker::ensure_image(client, &new.host, &spec.image, &mut progress).await.map_err(|e| e.to_string())?;
+        let labels = plan::container_labels(&self.env.name, app, instance, new, self.plan.origin.commit.as_deref());
+        let id = docker::create_instance(client, &new.host, &new.container_name, spec, &labels)
+            .await
+            .map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        let health = async {
+            docker::start(client, &new.host, &id).await.map_err(|e| e.to_string())?;
+            self.wait_healthy(client, &new.host, &id, spec, &new.address, new.port).await
+        };
+        if let Err(why) = health.await {
+            let grace = Duration::from_secs(spec.stop_timeout_secs);
+            let _ = docker::stop_and_remove(client, &new.host, &id, grace).await;
+            return Err(format!("{instance} on {}: {why}; the new container was removed", new.host));
+        }
+        self.say(format!(
+            "{}: {instance} started ({}) and healthy in {:.1}s",
+            new.host,
+            &id[..12.min(id.len())],
+            t0.elapsed().as_secs_f64()
+        ));
+        let ordinal = instance.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        Ok(Assignment { app: app.to_string(), ordinal, host: new.host.clone(), port: new.port })
+    }
+
+    async fn wait_healthy(
+        &self,
+        client: &DockerClient,
+        host: &str,
+        id: &str,
+        spec: &InstanceSpec,
+        address: &str,
+        port: Option<u16>,
+    ) -> Result<(), String> {
+        let running = || docker::still_running(client, host, id);
+        let Some(h) = &spec.health else {
+            // No health check: running a moment after start counts as healthy.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return running().await;
+        };
+        let probe = probe::Probe::from_spec(h, address, port, |argv| {
+            docker::cmd_runner(client.clone(), host.to_string(), id.to_string(), argv)
+        })?;
+        let schedule = probe::Schedule::from_spec(h)?;
+        probe::wait_healthy(&probe, &schedule, running).await
+    }
+
+    async fn take_down(&self, app: &str, old: &plan::OldInstance) -> Result<(), String> {
+        let client = self.client(&old.host)?;
+        let grace = self
+            .env
+            .apps
+            .get(app)
+            .and_then(|a| a.spec.stop_timeout.as_deref())
+            .and_then(|d| crate::spec::units::duration(d).ok())
+            .unwrap_or(Duration::from_secs(10));
+        docker::stop_and_remove(client, &old.host, &old.container_id, grace).await.map_err(|e| e.to_string())
+    }
+
+    fn old_assignment(app: &str, instance: &str, old: &plan::OldInstance) -> Assignment {
+        let ordinal = instance.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        Assignment { app: app.to_string(), ordinal, host: old.host.clone(), port: old.port }
+    }
+
+    /// All of one app's instance actions, in the contract's order.
+    async fn app(&self, app: &str) -> AppOutcome {
+        let mut out = AppOutcome::default();
+        match self.app_steps(app, &mut out.done).await {
+            Ok(()) => {}
+            Err(e) => {
+                self.say(format!("app {app}: FAILED: {e}"));
+                out.error = Some(e);
+            }
+        }
+        out
+    }
+
+    async fn app_steps(&self, app: &str, done: &mut Vec<String>) -> Result<(), String> {
+        let actions: Vec<&Action> = self.plan.actions.iter().filter(|a| a.app() == Some(app)).collect();
+        let batch = self.env.apps.get(app).map_or(1, |a| a.spec.update.batch.max(1) as usize);
+        // Removals first (scaled down, gone from the repo, duplicates): out of traffic, then stopped.
+        for a in &actions {
+            if let Action::Remove { instance, old, reason, .. } = a {
+                let asg = Self::old_assignment(app, instance, old);
+                self.register(&asg, false).await?;
+                self.lb_update(app).await?;
+                self.take_down(app, old).await?;
+                let line = format!(
+                    "{}: removed {} ({})",
+                    old.host,
+                    if instance.is_empty() { &old.container_name } else { instance },
+                    plan::render::reason_text(reason)
+                );
+                self.say(line.clone());
+                done.push(line);
+            }
+        }
+        // Starts: existing, up-to-date instances that were not running.
+        for a in &actions {
+            if let Action::Start { instance, old, .. } = a {
+                let client = self.client(&old.host)?;
+                docker::start(client, &old.host, &old.container_id).await.map_err(|e| e.to_string())?;
+                let spec_health = self.env.apps.get(app).and_then(|x| x.spec.health.clone());
+                if let Some(h) = spec_health {
+                    let address = self.address_of(&old.host);
+                    let probe = probe::Probe::from_spec(&h, &address, old.port, |argv| {
+                        docker::cmd_runner(client.clone(), old.host.clone(), old.container_id.clone(), argv)
+                    })?;
+                    let schedule = probe::Schedule::from_spec(&h)?;
+                    probe::wait_healthy(&probe, &schedule, || {
+                        docker::still_running(client, &old.host, &old.container_id)
+                    })
+                    .await
+                    .map_err(|e| format!("{instance}: {e}"))?;
+                }
+                self.register(&Self::old_assignment(app, instance, old), true).await?;
+                self.lb_update(app).await?;
+                done.push(format!("{}: started {instance}", old.host));
+            }
+        }
+        // Creates, a batch at a time.
+        let creates: Vec<(&String, &plan::NewInstance)> = actions
+            .iter()
+            .filter_map(|a| if let Action::Create { instance, new, .. } = a { Some((instance, new)) } else { None })
+            .collect();
+        for chunk in creates.chunks(batch) {
+            let ups = futures::future::join_all(chunk.iter().map(|(i, n)| self.bring_up(app, i, n))).await;
+            let mut first_err = None;
+            for r in ups {
+                match r {
+                    Ok(asg) => {
+                        self.register(&asg, true).await?;
+                        done.push(format!("{}: created {}-{}", asg.host, asg.app, asg.ordinal));
+                    }
+                    Err(e) => first_err = first_err.or(Some(e)),
+                }
+            }
+            self.lb_update(app).await?;
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+        }
+        // Replaces, a batch at a time.
+        let replaces: Vec<(&String, &plan::OldInstance, &plan::NewInstance, Strategy)> = actions
+            .iter()
+            .filter_map(|a| {
+                if let Action::Replace { instance, old, new, strategy, .. } = a {
+                    Some((instance, old, new, *strategy))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for chunk in replaces.chunks(batch) {
+            let recreate = chunk.iter().any(|(_, _, _, s)| *s == Strategy::Recreate);
+            if recreate {
+                // Cannot run twice: old out of traffic and stopped first.
+                for (i, old, _, _) in chunk {
+                    self.register(&Self::old_assignment(app, i, old), false).await?;
+                }
+                self.lb_update(app).await?;
+                for (_, old, _, _) in chunk {
+                    self.take_down(app, old).await?;
+                }
+            }
+            let ups = futures::future::join_all(chunk.iter().map(|(i, _, n, _)| self.bring_up(app, i, n))).await;
+            let mut first_err = None;
+            let mut up = Vec::new();
+            for (r, (i, old, _, _)) in ups.into_iter().zip(chunk.iter()) {
+                match r {
+                    Ok(asg) => up.push((asg, *i, *old)),
+                    Err(e) => first_err = first_err.or(Some(e)),
+                }
+            }
+            // Healthy new instances take traffic first…
+            for (asg, _, _) in &up {
+                self.register(asg, true).await?;
+            }
+            self.lb_update(app).await?;
+            if let Some(e) = first_err {
+                // …but a failed batch stops here: its old instances keep serving.
+                return Err(e);
+            }
+            // …then the old ones leave traffic, and only then stop.
+            if !recreate {
+                for (_, i, old) in &up {
+                    self.register(&Self::old_assignment(app, i, old), false).await?;
+                }
+                self.lb_update(app).await?;
+                for (_, _, old) in &up {
+                    self.take_down(app, old).await?;
+                }
+            }
+            for (asg, i, old) in &up {
+                let line = format!(
+                    "{}: replaced {i} ({} → {}{})",
+                    asg.host,
+                    &old.container_id[..12.min(old.container_id.len())],
+                    asg.host,
+                    asg.port.map(|p| format!(":{p}")).unwrap_or_default()
+                );
+                self.say(line.clone());
+                done.push(line);
+            }
+        }
+        Ok(())
+    }
+}
