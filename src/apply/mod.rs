@@ -44,6 +44,8 @@ pub struct Options {
     pub timeout: Duration,
     /// How long to wait for another apply's lock.
     pub lock_timeout: Duration,
+    /// What the history records this as: `apply`, or `rollback to <ref>`.
+    pub record_as: &'static str,
 }
 
 /// What happened to one app.
@@ -83,6 +85,32 @@ impl Report {
 pub enum ApplyError {
     #[error(transparent)]
     Etcd(#[from] etcd::EtcdError),
+    /// A tuning variable of the process environment has a bad value.
+    #[error("{name}={value:?}: {message}")]
+    Setting { name: &'static str, value: String, message: String },
+}
+
+/// The apply lock's lease TTL: how long a crashed apply (killed, host lost) keeps
+/// blocking the next one. `RECONCILE_LOCK_TTL` (a duration, at least 2s) overrides it —
+/// for tests and soak runs that kill applies on purpose.
+pub const LOCK_TTL: Duration = Duration::from_secs(15);
+const LOCK_TTL_VAR: &str = "RECONCILE_LOCK_TTL";
+
+/// How long the executor waits after an LB reload that took instances out of traffic
+/// before it stops them (see [`Shared::leave_traffic`]). `RECONCILE_LB_DRAIN` (a
+/// duration, `0s` disables it) overrides it.
+pub const LB_DRAIN: Duration = Duration::from_millis(1500);
+const LB_DRAIN_VAR: &str = "RECONCILE_LB_DRAIN";
+
+/// A duration from the process environment, `default` when unset.
+fn duration_var(name: &'static str, default: Duration, min: Duration) -> Result<Duration, ApplyError> {
+    let Ok(value) = std::env::var(name) else { return Ok(default) };
+    let bad = |message: String| ApplyError::Setting { name, value: value.clone(), message };
+    let d = crate::spec::units::duration(value.trim()).map_err(|e| bad(e.message))?;
+    if d < min {
+        return Err(bad(format!("must be at least {min:?}")));
+    }
+    Ok(d)
 }
 
 /// Progress lines (stderr): plain lines, one per step, in CI and on a terminal.
@@ -102,6 +130,12 @@ struct Shared<'a> {
     etcd: Option<Mutex<etcd::Client>>,
     /// Serialises LB writes and reloads.
     lb_lock: Mutex<()>,
+    /// Wait between an LB reload taking instances out of traffic and stopping them.
+    drain: Duration,
+    /// This apply has reloaded the LB: from then on the LB runs what the file says.
+    lb_reloaded: std::sync::atomic::AtomicBool,
+    /// The apply lock: every write first checks it is still held.
+    lock: Option<&'a etcd::LockGuard>,
 }
 
 /// What one apply works on.
@@ -130,8 +164,17 @@ pub async fn apply(
 ) -> Result<Report, ApplyError> {
     let Job { env, files, plan, specs, observed } = job;
     let started = Instant::now();
+    // A way out before any work still frees the lock at once (else it blocks the next
+    // apply until its lease expires).
+    let drain = match duration_var(LB_DRAIN_VAR, LB_DRAIN, Duration::ZERO) {
+        Ok(d) => d,
+        Err(e) => return Err(release_on_error(guard, e).await),
+    };
     let etcd_client = match &env.spec.etcd {
-        Some(spec) => Some(etcd::connect(spec, opts.timeout).await?),
+        Some(spec) => match etcd::connect(spec, opts.timeout).await {
+            Ok(c) => Some(c),
+            Err(e) => return Err(release_on_error(guard, e.into()).await),
+        },
         None => None,
     };
 
@@ -164,6 +207,9 @@ pub async fn apply(
         serving: Mutex::new(initial_serving(plan, observed)),
         etcd: etcd_client.map(Mutex::new),
         lb_lock: Mutex::new(()),
+        drain,
+        lb_reloaded: std::sync::atomic::AtomicBool::new(false),
+        lock: guard.as_ref(),
     };
     let mut report = Report::default();
 
@@ -206,19 +252,36 @@ pub async fn apply(
     }
 
     // 5. Registry entries of untouched instances, and the final LB file.
-    if let Some(e) = shared.etcd_registry_rest(&failed).await {
+    if let Err(e) = shared.locked() {
+        // Another apply may be at work: write nothing more (not even the record).
         report.errors.push(e);
+    } else {
+        if let Some(e) = shared.etcd_registry_rest(&failed).await {
+            report.errors.push(e);
+        }
+        if let Some(e) = shared.final_lb(failed.is_empty()).await {
+            report.errors.push(e);
+        }
+        // 6. Record and unlock.
+        shared.record(&mut report, started).await;
     }
-    if let Some(e) = shared.final_lb(failed.is_empty()).await {
-        report.errors.push(e);
-    }
-
-    // 6. Record and unlock.
-    if let Some(c) = &shared.etcd
-        && let Some(spec) = &env.spec.etcd
+    if let Some(g) = guard
+        && let Err(e) = g.release().await
     {
+        report.errors.push(format!("releasing the apply lock: {e}"));
+    }
+    Ok(report)
+}
+
+impl Shared<'_> {
+    /// The apply's `applied` / `history` entry in etcd.
+    async fn record(&self, report: &mut Report, started: Instant) {
+        let (env, plan) = (self.env, self.plan);
+        let (Some(c), Some(spec)) = (&self.etcd, &env.spec.etcd) else { return };
         let who = etcd::current_holder("reconcile apply");
         let entry = serde_json::json!({
+            "kind": self.opts.record_as,
+            "reference": plan.origin.reference,
             "commit": plan.origin.commit,
             "dirty": plan.origin.dirty,
             "time": now_rfc3339(),
@@ -233,12 +296,6 @@ pub async fn apply(
             report.errors.push(format!("recording the apply in etcd: {e}"));
         }
     }
-    if let Some(g) = guard
-        && let Err(e) = g.release().await
-    {
-        report.errors.push(format!("releasing the apply lock: {e}"));
-    }
-    Ok(report)
 }
 
 /// Take the environment's apply lock (when it has etcd) — before observing, so that
@@ -248,6 +305,7 @@ pub async fn apply(
 /// etcd unreachable, or the lock still held after `opts.lock_timeout`.
 pub async fn lock(env: &Env, opts: Options, progress: Progress) -> Result<Option<etcd::LockGuard>, ApplyError> {
     let Some(spec) = &env.spec.etcd else { return Ok(None) };
+    let ttl = duration_var(LOCK_TTL_VAR, LOCK_TTL, Duration::from_secs(2))?;
     let client = etcd::connect(spec, opts.timeout).await?;
     let holder = etcd::current_holder("reconcile apply");
     let mut waiting = move |h: &etcd::Holder| {
@@ -256,21 +314,47 @@ pub async fn lock(env: &Env, opts: Options, progress: Progress) -> Result<Option
             h.who, h.host, h.pid, h.since
         ));
     };
-    let guard = etcd::acquire_lock(
-        &client,
-        &spec.prefix,
-        &env.name,
-        &holder,
-        Duration::from_secs(15),
-        opts.lock_timeout,
-        &mut waiting,
-    )
-    .await?;
+    let guard =
+        etcd::acquire_lock(&client, &spec.prefix, &env.name, &holder, ttl, opts.lock_timeout, &mut waiting).await?;
     Ok(Some(guard))
+}
+
+/// Release `guard` (best effort: it expires with its lease anyway) and return `e`.
+async fn release_on_error(guard: Option<etcd::LockGuard>, e: ApplyError) -> ApplyError {
+    if let Some(g) = guard
+        && let Err(r) = g.release().await
+    {
+        tracing::warn!(error = %r, "releasing the apply lock after an error; it expires with its lease");
+    }
+    e
 }
 
 fn now_rfc3339() -> String {
     etcd::now_rfc3339()
+}
+
+/// Write `content` to the LB file (checked) and reload, unless it is already there (and
+/// `force` is false). `Ok(true)` when it reloaded. The LB commands block, so they run off
+/// the async workers (which also keep the lock's lease alive).
+async fn lb_write_and_reload(
+    lbspec: &crate::spec::model::LbSpec,
+    content: String,
+    force: bool,
+) -> Result<bool, String> {
+    let (path, check, reload) = (lbspec.path.clone(), lbspec.check.clone(), lbspec.reload.clone());
+    let work = move || -> Result<bool, String> {
+        if lb::read(&path).ok().flatten().as_deref() == Some(content.as_str()) {
+            if !force {
+                return Ok(false);
+            }
+            lb::reload(&reload).map_err(|e| e.to_string())?;
+            return Ok(true);
+        }
+        lb::write_checked(&path, &content, check.as_deref()).map_err(|e| e.to_string())?;
+        lb::reload(&reload).map_err(|e| e.to_string())?;
+        Ok(true)
+    };
+    tokio::task::spawn_blocking(work).await.map_err(|e| format!("the LB update task failed: {e}"))?
 }
 
 /// Instances that receive traffic before anything changes: the observed running
@@ -330,6 +414,20 @@ impl Shared<'_> {
         (self.progress)(s);
     }
 
+    /// `Err` once the apply lock's lease can no longer be proven alive (etcd unreachable,
+    /// or this process stalled longer than the TTL): another apply may hold the lock
+    /// now, so nothing more may be written.
+    fn locked(&self) -> Result<(), String> {
+        match self.lock {
+            Some(g) if g.lost() => Err(format!(
+                "the apply lock {} was lost (its lease expired: etcd unreachable or this process stalled); \
+                 stopped writing so that another apply can take over; run apply again",
+                g.key()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn client(&self, host: &str) -> Result<&DockerClient, String> {
         match self.clients.get(host) {
             Some(Ok(c)) => Ok(c),
@@ -355,6 +453,9 @@ impl Shared<'_> {
     /// Plan's etcd writes outside the registry, in transactions of at most 128.
     async fn etcd_non_registry(&self) -> Option<String> {
         let c = self.etcd.as_ref()?;
+        if let Err(e) = self.locked() {
+            return Some(e);
+        }
         let writes: Vec<etcd::Write> = self
             .plan
             .actions
@@ -385,6 +486,9 @@ impl Shared<'_> {
     /// except for apps whose rollout failed (their registry stays as the executor left it).
     async fn etcd_registry_rest(&self, failed: &BTreeSet<String>) -> Option<String> {
         let c = self.etcd.as_ref()?;
+        if let Err(e) = self.locked() {
+            return Some(e);
+        }
         let mut client = c.lock().await;
         for a in &self.plan.actions {
             let r = match a {
@@ -409,16 +513,15 @@ impl Shared<'_> {
         self.env.spec.hosts.iter().find(|h| h.name == host).map(|h| h.address.clone()).unwrap_or_default()
     }
 
+    /// Put `a` into (or take it out of) the registry, then the serving set (which the
+    /// next LB update renders). An app removed from the repo has its entries deleted
+    /// too, before its instances stop.
     async fn register(&self, a: &Assignment, on: bool) -> Result<(), String> {
-        {
-            let mut s = self.serving.lock().await;
-            if on {
-                s.insert(a.clone());
-            } else {
-                s.remove(a);
-            }
-        }
-        let registry = self.env.apps.get(&a.app).is_some_and(|x| x.spec.registry);
+        self.locked()?;
+        let registry = match self.env.apps.get(&a.app) {
+            Some(x) => x.spec.registry,
+            None => !on,
+        };
         if let (true, Some(c), Some(rp), Some(port)) = (registry, &self.etcd, self.registry_prefix(), a.port) {
             let ip = self.address_of(&a.host);
             let key = keys::registry(rp, &a.app, &self.env.name, &ip, port);
@@ -430,24 +533,54 @@ impl Shared<'_> {
             };
             r.map_err(|e| format!("registry: {e}"))?;
         }
+        let mut s = self.serving.lock().await;
+        if on {
+            s.insert(a.clone());
+        } else {
+            s.remove(a);
+        }
         Ok(())
     }
 
     /// Rewrite and reload the LB for the current serving set, when the app is LB-backed.
-    async fn lb_update(&self, app: &str) -> Result<(), String> {
+    /// `Ok(true)` when the LB was reloaded (its content changed).
+    async fn lb_update(&self, app: &str) -> Result<bool, String> {
+        self.lb_update_with(app, false).await
+    }
+
+    /// [`Shared::lb_update`]; with `unsure`, also reload an unchanged file unless this
+    /// apply reloaded already.
+    async fn lb_update_with(&self, app: &str, unsure: bool) -> Result<bool, String> {
         let (Some(lbspec), true) = (&self.env.spec.lb, self.env.apps.get(app).is_some_and(|a| a.spec.lb.is_some()))
         else {
-            return Ok(());
+            return Ok(false);
         };
+        self.locked()?;
         let _one_at_a_time = self.lb_lock.lock().await;
         let serving: Vec<Assignment> =
             self.serving.lock().await.iter().filter(|a| self.env.apps.contains_key(&a.app)).cloned().collect();
         let content = plan::lb_content(self.env, Arc::clone(&self.files), &serving).map_err(|e| e.to_string())?;
-        if lb::read(&lbspec.path).ok().flatten().as_deref() == Some(content.as_str()) {
-            return Ok(());
+        let force = unsure && !self.lb_reloaded.load(std::sync::atomic::Ordering::SeqCst);
+        let reloaded = lb_write_and_reload(lbspec, content, force).await?;
+        if reloaded {
+            self.lb_reloaded.store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        lb::write_checked(&lbspec.path, &content, lbspec.check.as_deref()).map_err(|e| e.to_string())?;
-        lb::reload(&lbspec.reload).map_err(|e| e.to_string())?;
+        Ok(reloaded)
+    }
+
+    /// After instances of `app` left the serving set: reload the LB and, when it was
+    /// reloaded, wait [`Shared::drain`] before anything is stopped — a reload is
+    /// asynchronous (nginx's old workers keep the old upstreams until they exit), so
+    /// stopping at once fails the requests still routed to the leaving instances.
+    ///
+    /// The first time in an apply this reloads even when the file already has the
+    /// wanted content: an apply killed between writing the file and reloading leaves a
+    /// right file and a running LB that still routes to the instances about to stop.
+    async fn leave_traffic(&self, app: &str) -> Result<(), String> {
+        if self.lb_update_with(app, true).await? && !self.drain.is_zero() {
+            self.say(format!("lb: waiting {:?} for the reload to drain {app}'s leaving instances", self.drain));
+            tokio::time::sleep(self.drain).await;
+        }
         Ok(())
     }
 
@@ -455,6 +588,9 @@ impl Shared<'_> {
     /// else the rendering of what serves now.
     async fn final_lb(&self, all_ok: bool) -> Option<String> {
         let lbspec = self.env.spec.lb.as_ref()?;
+        if let Err(e) = self.locked() {
+            return Some(format!("lb: not updated: {e}"));
+        }
         let _one_at_a_time = self.lb_lock.lock().await;
         let content = if all_ok {
             self.plan
@@ -475,13 +611,7 @@ impl Shared<'_> {
                 }
             }
         };
-        if lb::read(&lbspec.path).ok().flatten().as_deref() == Some(content.as_str()) {
-            return None;
-        }
-        if let Err(e) = lb::write_checked(&lbspec.path, &content, lbspec.check.as_deref()) {
-            return Some(format!("lb: {e}"));
-        }
-        lb::reload(&lbspec.reload).err().map(|e| format!("lb: {e}"))
+        lb_write_and_reload(lbspec, content, false).await.err().map(|e| format!("lb: {e}"))
     }
 
     /// Start a new container for `new` and wait until it is healthy. On failure the
@@ -491,6 +621,7 @@ impl Shared<'_> {
             .specs
             .get(&new.spec_hash)
             .ok_or_else(|| format!("{instance}: the plan's spec is missing (plan again)"))?;
+        self.locked()?;
         let client = self.client(&new.host)?;
         let mut progress = |line: String| self.say(line);
         docker::ensure_image(client, &new.host, &spec.image, &mut progress).await.map_err(|e| e.to_string())?;
@@ -541,6 +672,7 @@ impl Shared<'_> {
     }
 
     async fn take_down(&self, app: &str, old: &plan::OldInstance) -> Result<(), String> {
+        self.locked()?;
         let client = self.client(&old.host)?;
         let grace = self
             .env
@@ -578,7 +710,7 @@ impl Shared<'_> {
             if let Action::Remove { instance, old, reason, .. } = a {
                 let asg = Self::old_assignment(app, instance, old);
                 self.register(&asg, false).await?;
-                self.lb_update(app).await?;
+                self.leave_traffic(app).await?;
                 self.take_down(app, old).await?;
                 let line = format!(
                     "{}: removed {} ({})",
@@ -593,6 +725,7 @@ impl Shared<'_> {
         // Starts: existing, up-to-date instances that were not running.
         for a in &actions {
             if let Action::Start { instance, old, .. } = a {
+                self.locked()?;
                 let client = self.client(&old.host)?;
                 docker::start(client, &old.host, &old.container_id).await.map_err(|e| e.to_string())?;
                 let spec_health = self.env.apps.get(app).and_then(|x| x.spec.health.clone());
@@ -653,7 +786,7 @@ impl Shared<'_> {
                 for (i, old, _, _) in chunk {
                     self.register(&Self::old_assignment(app, i, old), false).await?;
                 }
-                self.lb_update(app).await?;
+                self.leave_traffic(app).await?;
                 for (_, old, _, _) in chunk {
                     self.take_down(app, old).await?;
                 }
@@ -681,7 +814,7 @@ impl Shared<'_> {
                 for (_, i, old) in &up {
                     self.register(&Self::old_assignment(app, i, old), false).await?;
                 }
-                self.lb_update(app).await?;
+                self.leave_traffic(app).await?;
                 for (_, _, old) in &up {
                     self.take_down(app, old).await?;
                 }

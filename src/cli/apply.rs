@@ -34,6 +34,14 @@ pub struct Args {
 /// # Errors
 /// Bad input, stale saved plan, unreachable backends, refused confirmation.
 pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
+    run(args, "apply")
+}
+
+/// Apply, recorded in the history as `record_as` (`apply` or `rollback`).
+///
+/// # Errors
+/// As [`exec`].
+pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
     let saved: Option<Plan> = match &args.plan {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read plan {}", path.display()))?;
@@ -68,8 +76,9 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
         parallelism: args.observe.parallelism.max(1),
         timeout: args.observe.timeout,
         lock_timeout: args.lock_timeout,
+        record_as,
     };
-    let progress: apply::Progress = Arc::new(|line: String| eprintln!("{line}"));
+    let progress = progress_sink();
     // Lock first: whatever is observed and planned below cannot change under us.
     let guard = rt.block_on(apply::lock(env, opts, Arc::clone(&progress)))?;
     // Every way out before apply releases the lock at once (else the next apply waits for its lease).
@@ -152,4 +161,23 @@ fn check_and_confirm(args: &Args, saved: Option<&Plan>, p: &Plan, env_name: &str
         }
     }
     Ok(Some(()))
+}
+
+/// Where progress lines go: on a terminal, an indicatif spinner showing the latest
+/// step (pull progress included) with finished steps printed above it; otherwise
+/// (CI, pipes) plain lines on stderr.
+fn progress_sink() -> apply::Progress {
+    if !super::stderr_is_tty() {
+        return Arc::new(|line: String| eprintln!("{line}"));
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(120));
+    Arc::new(move |line: String| {
+        // Pull progress updates in place; every other step stays on screen.
+        if line.contains(": pulling ") {
+            bar.set_message(line);
+        } else {
+            bar.println(line);
+        }
+    })
 }

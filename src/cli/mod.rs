@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod common;
 pub mod diff;
+pub mod history;
 pub mod plan;
 pub mod schema;
 pub mod status;
@@ -60,6 +61,10 @@ pub enum Command {
     Diff(diff::Args),
     /// What runs where: instances, hosts, ports, state, uptime, restarts, drift.
     Status(status::Args),
+    /// The audit log of applies (from etcd): time, kind, commit, who, summary, result.
+    History(history::Args),
+    /// Apply an earlier revision (`--to REF`), recorded as a rollback.
+    Rollback(history::RollbackArgs),
     /// Print the JSON Schemas of the spec files (for editors and CI).
     Schema(schema::Args),
 }
@@ -84,6 +89,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => apply::exec(&args),
         Command::Diff(args) => diff::exec(&args),
         Command::Status(args) => status::exec(&args),
+        Command::History(args) => history::exec(&args),
+        Command::Rollback(args) => history::rollback(&args),
         Command::Schema(args) => schema::exec(&args),
     }
 }

@@ -381,7 +381,31 @@ pub fn plan_with_specs(
         }
     }
 
-    // 3. Per instance: create, keep, start, replace.
+    // 3. Render every placed instance (the bulk of planning: in parallel, still pure),
+    //    then decide per instance: create, keep, start, replace.
+    let render_one = |a: &Assignment, port: Option<u16>| -> Result<(InstanceSpec, String), PlanError> {
+        let address = address_of(&a.host);
+        let slot = Slot { ordinal: a.ordinal, host: &a.host, address: &address, port };
+        let spec = instance::render(&env.apps[&a.app], &slot, &prepared[a.app.as_str()], &ctx, &t, name)
+            .map_err(|e| template_error(&a.app, e))?;
+        let hash = spec.hash();
+        Ok((spec, hash))
+    };
+    let workers = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 8);
+    let chunk = assignments.len().div_ceil(workers).max(64);
+    let rendered: Vec<Result<(InstanceSpec, String), PlanError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = assignments
+            .chunks(chunk)
+            .map(|part| scope.spawn(|| part.iter().map(|a| render_one(a, a.port)).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| vec![Err(PlanError::Placement("a render worker panicked".into()))])
+            })
+            .collect()
+    });
+    let mut rendered = rendered.into_iter();
     let mut finals: Vec<Assignment> = Vec::new();
     let mut handled: BTreeSet<(String, u32)> = BTreeSet::new();
     for a in &assignments {
@@ -389,21 +413,25 @@ pub fn plan_with_specs(
         let key = (a.app.clone(), a.ordinal);
         let instance_name = format!("{}-{}", a.app, a.ordinal);
         let address = address_of(&a.host);
+        let first = rendered.next().unwrap_or_else(|| Err(PlanError::Placement("render results out of step".into())));
+        let mut first = Some(first);
         let mut render_at = |port: Option<u16>| -> Result<(InstanceSpec, String), PlanError> {
-            let slot = Slot { ordinal: a.ordinal, host: &a.host, address: &address, port };
-            let at = &prepared[a.app.as_str()];
-            let spec = instance::render(app, &slot, at, &ctx, &t, name).map_err(|e| template_error(&a.app, e))?;
-            let hash = spec.hash();
-            specs.insert(hash.clone(), spec.clone());
-            Ok((spec, hash))
+            match first.take() {
+                Some(r) if port == a.port => r,
+                _ => render_one(a, port),
+            }
         };
-        let new_of = |spec: &InstanceSpec, hash: &str, port: Option<u16>| NewInstance {
-            host: a.host.clone(),
-            address: address.clone(),
-            port,
-            container_name: container_name(name, &a.app, a.ordinal, hash),
-            spec_hash: hash.to_string(),
-            spec: spec.masked(),
+        let mut new_of = |spec: InstanceSpec, hash: &str, port: Option<u16>| {
+            let n = NewInstance {
+                host: a.host.clone(),
+                address: address.clone(),
+                port,
+                container_name: container_name(name, &a.app, a.ordinal, hash),
+                spec_hash: hash.to_string(),
+                spec: spec.masked(),
+            };
+            specs.insert(hash.to_string(), spec);
+            n
         };
         handled.insert(key.clone());
         match primary.get(&key) {
@@ -413,7 +441,7 @@ pub fn plan_with_specs(
                     app: a.app.clone(),
                     instance: instance_name,
                     reason: Reason::Missing,
-                    new: new_of(&spec, &hash, a.port),
+                    new: new_of(spec, &hash, a.port),
                 });
                 finals.push(a.clone());
             }
@@ -461,7 +489,7 @@ pub fn plan_with_specs(
                     reason: Reason::SpecChanged,
                     changes,
                     old: old_of(o),
-                    new: new_of(&spec, &hash, port),
+                    new: new_of(spec, &hash, port),
                     strategy,
                 });
                 finals.push(Assignment { port, ..a.clone() });
@@ -480,7 +508,7 @@ pub fn plan_with_specs(
                     reason: Reason::Moved { why },
                     changes,
                     old: old_of(o),
-                    new: new_of(&spec, &hash, a.port),
+                    new: new_of(spec, &hash, a.port),
                     strategy: app.spec.update.strategy,
                 });
                 finals.push(a.clone());
@@ -522,15 +550,6 @@ pub fn plan_with_specs(
     }
 
     let summary = Summary::of(&actions);
-    // Keep only the specs of containers the plan creates.
-    let wanted: BTreeSet<String> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Create { new, .. } | Action::Replace { new, .. } => Some(new.spec_hash.clone()),
-            _ => None,
-        })
-        .collect();
-    specs.retain(|h, _| wanted.contains(h));
     let plan = Plan {
         format_version: FORMAT_VERSION,
         env: name.into(),

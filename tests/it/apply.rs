@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{stderr, stdout};
 
-fn var(name: &str) -> String {
+pub fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test.sh"))
 }
 
@@ -76,7 +76,7 @@ impl Stack {
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
-    fn nginx_conf(&self) -> PathBuf {
+    pub fn nginx_conf(&self) -> PathBuf {
         self.root().join("nginx/nginx.conf")
     }
     pub fn lb_file(&self) -> PathBuf {
@@ -84,6 +84,10 @@ impl Stack {
     }
     pub fn repo(&self) -> String {
         self.root().join("repo").to_string_lossy().into_owned()
+    }
+    /// The environment's directory in the config repo (for tests that add apps or edit files).
+    pub fn env_dir(&self) -> PathBuf {
+        self.root().join("repo/environments").join(&self.env)
     }
 
     /// `version` goes into the page and an env var; `health` is the http check path.
@@ -195,7 +199,12 @@ impl Stack {
 }
 
 pub fn http_get(port: u16) -> Result<String, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    http_get_at("127.0.0.1", port)
+}
+
+/// GET / from `address:port` (a loopback address); the body on a 200, else the status line or error.
+pub fn http_get_at(address: &str, port: u16) -> Result<String, String> {
+    let mut s = TcpStream::connect((address, port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
     s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
     let mut buf = String::new();

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
 
 mod apply;
+mod apply_chaos;
 mod cli;
 mod corpus;
 mod docker;
@@ -13,6 +14,7 @@ mod docker_exec;
 mod environment;
 mod etcd;
 mod etcd_lock;
+mod history;
 mod lb;
 mod plan;
 mod plan_live;
