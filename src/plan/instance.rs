@@ -231,7 +231,10 @@ pub fn prepare(app: &App, ctx: &Contexts, t: &mut Templates) -> Result<AppTempla
     })
 }
 
-/// Render one instance of `app` at `slot` (after [`prepare`]).
+/// Render one instance of `app` at `slot` (after [`prepare`]). With `mask` false,
+/// secret-bearing values are not rendered a second time for display: the result
+/// has the right hash (which uses real values only) but must not be shown — the
+/// planner uses this for instances it keeps, and renders masked ones it creates.
 ///
 /// # Errors
 /// A template fails to render (validate reports these with positions first).
@@ -242,6 +245,7 @@ pub fn render(
     ctx: &Contexts,
     t: &Templates,
     env_name: &str,
+    mask: bool,
 ) -> Result<InstanceSpec, TemplateError> {
     let s = &app.spec;
     let instance = minijinja::context! {
@@ -257,8 +261,8 @@ pub fn render(
         match at.inline.get(src) {
             None => Ok(Rendered::plain(src)),
             // A template that cannot see a secret renders the same masked: render once.
-            Some((name, false)) => Ok(Rendered::plain(t.render_value(name, &real)?)),
-            Some((name, true)) => {
+            Some((name, secret)) if !secret || !mask => Ok(Rendered::plain(t.render_value(name, &real)?)),
+            Some((name, _)) => {
                 Ok(Rendered { real: Secret::new(t.render_value(name, &real)?), shown: t.render_value(name, &masked)? })
             }
         }
@@ -285,7 +289,7 @@ pub fn render(
     };
     let mut files = BTreeMap::new();
     for f in &s.files {
-        let content = if at.files_with_secrets.contains(&f.template) {
+        let content = if mask && at.files_with_secrets.contains(&f.template) {
             Rendered {
                 real: Secret::new(t.render_value(&f.template, &real)?),
                 shown: t.render_value(&f.template, &masked)?,

@@ -383,10 +383,10 @@ pub fn plan_with_specs(
 
     // 3. Render every placed instance (the bulk of planning: in parallel, still pure),
     //    then decide per instance: create, keep, start, replace.
-    let render_one = |a: &Assignment, port: Option<u16>| -> Result<(InstanceSpec, String), PlanError> {
+    let render_one = |a: &Assignment, port: Option<u16>, mask: bool| -> Result<(InstanceSpec, String), PlanError> {
         let address = address_of(&a.host);
         let slot = Slot { ordinal: a.ordinal, host: &a.host, address: &address, port };
-        let spec = instance::render(&env.apps[&a.app], &slot, &prepared[a.app.as_str()], &ctx, &t, name)
+        let spec = instance::render(&env.apps[&a.app], &slot, &prepared[a.app.as_str()], &ctx, &t, name, mask)
             .map_err(|e| template_error(&a.app, e))?;
         let hash = spec.hash();
         Ok((spec, hash))
@@ -396,7 +396,7 @@ pub fn plan_with_specs(
     let rendered: Vec<Result<(InstanceSpec, String), PlanError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = assignments
             .chunks(chunk)
-            .map(|part| scope.spawn(|| part.iter().map(|a| render_one(a, a.port)).collect::<Vec<_>>()))
+            .map(|part| scope.spawn(|| part.iter().map(|a| render_one(a, a.port, false)).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()
@@ -415,12 +415,15 @@ pub fn plan_with_specs(
         let address = address_of(&a.host);
         let first = rendered.next().unwrap_or_else(|| Err(PlanError::Placement("render results out of step".into())));
         let mut first = Some(first);
+        // Unmasked first (enough to compare hashes); anything the plan shows is rendered masked.
         let mut render_at = |port: Option<u16>| -> Result<(InstanceSpec, String), PlanError> {
             match first.take() {
                 Some(r) if port == a.port => r,
-                _ => render_one(a, port),
+                _ => render_one(a, port, false),
             }
         };
+        let masked_at = |port: Option<u16>| render_one(a, port, true).map(|(spec, _)| spec);
+        // `spec` must be a masked rendering (`masked_at`): it is what the plan shows.
         let mut new_of = |spec: InstanceSpec, hash: &str, port: Option<u16>| {
             let n = NewInstance {
                 host: a.host.clone(),
@@ -436,7 +439,8 @@ pub fn plan_with_specs(
         handled.insert(key.clone());
         match primary.get(&key) {
             None => {
-                let (spec, hash) = render_at(a.port)?;
+                let (_, hash) = render_at(a.port)?;
+                let spec = masked_at(a.port)?;
                 actions.push(Action::Create {
                     app: a.app.clone(),
                     instance: instance_name,
@@ -446,7 +450,7 @@ pub fn plan_with_specs(
                 finals.push(a.clone());
             }
             Some(o) if o.host == a.host && (a.port.is_none() || o.port == a.port) => {
-                let (spec, hash) = render_at(a.port)?;
+                let (_, hash) = render_at(a.port)?;
                 if hash == o.spec_hash {
                     if !o.state.is_running() {
                         actions.push(Action::Start {
@@ -481,7 +485,8 @@ pub fn plan_with_specs(
                     }
                     (p, _) => p,
                 };
-                let (spec, hash) = if port == a.port { (spec, hash) } else { render_at(port)? };
+                let hash = if port == a.port { hash } else { render_at(port)?.1 };
+                let spec = masked_at(port)?;
                 let changes = changes(o.spec.as_ref(), &spec);
                 actions.push(Action::Replace {
                     app: a.app.clone(),
@@ -500,7 +505,8 @@ pub fn plan_with_specs(
                 } else {
                     "its port is no longer available".to_string()
                 };
-                let (spec, hash) = render_at(a.port)?;
+                let (_, hash) = render_at(a.port)?;
+                let spec = masked_at(a.port)?;
                 let changes = changes(o.spec.as_ref(), &spec);
                 actions.push(Action::Replace {
                     app: a.app.clone(),
