@@ -81,16 +81,6 @@ fn check_secrets_names_the_missing_secret_and_never_a_value() {
     assert!(!stdout(&o).contains("hunter2") && !stderr(&o).contains("hunter2"));
 }
 
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let o = std::process::Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-}
-
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     for f in walk(from) {
         let rel = f.strip_prefix(from).unwrap();
@@ -110,9 +100,9 @@ fn diff_between_two_refs_contacts_no_host() {
         .replace("unix:///var/run/docker.sock", "unix:///nonexistent/a.sock")
         .replace("unix:///run/reconcile-test/docker2.sock", "unix:///nonexistent/b.sock");
     std::fs::write(&env_file, text).unwrap();
-    git(dir.path(), &["init", "-q"]);
-    git(dir.path(), &["add", "-A"]);
-    git(dir.path(), &["commit", "-qm", "base"]);
+    super::git(dir.path(), &["init", "-q"]);
+    super::git(dir.path(), &["add", "-A"]);
+    super::git(dir.path(), &["commit", "-qm", "base"]);
     let repo = dir.path().to_string_lossy().into_owned();
     let o = super::reconcile(&["diff", "--env", "prod", "--repo", &repo, "--base", "HEAD", "--detailed-exitcode"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
@@ -120,7 +110,7 @@ fn diff_between_two_refs_contacts_no_host() {
 
     let web = dir.path().join("environments/prod/apps/web.yaml");
     std::fs::write(&web, std::fs::read_to_string(&web).unwrap().replace("replicas: 3", "replicas: 4")).unwrap();
-    git(dir.path(), &["commit", "-qam", "scale web"]);
+    super::git(dir.path(), &["commit", "-qam", "scale web"]);
     let o = super::reconcile(&["diff", "--env", "prod", "--repo", &repo, "--base", "HEAD~1", "--detailed-exitcode"]);
     assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
     let out = stdout(&o);

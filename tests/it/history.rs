@@ -1,32 +1,20 @@
 //! `history` and `rollback` end to end: two versions committed to a Git config
 //! repo, applied in turn, then rolled back; the audit log records all three.
 
-use std::process::Command;
-
 use super::apply::Stack;
 use super::{stderr, stdout};
-
-fn git(dir: &str, args: &[&str]) {
-    let o = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-}
 
 #[test]
 fn rollback_applies_an_earlier_commit_and_history_records_it() {
     let s = Stack::new("hist", 4);
     let repo = s.repo();
-    git(&repo, &["init", "-q"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-qm", "v1"]);
+    super::git(std::path::Path::new(&repo), &["init", "-q"]);
+    super::git(std::path::Path::new(&repo), &["add", "-A"]);
+    super::git(std::path::Path::new(&repo), &["commit", "-qm", "v1"]);
     let o = s.apply(&[]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     s.write_repo("2", "/", 2);
-    git(&repo, &["commit", "-qam", "v2"]);
+    super::git(std::path::Path::new(&repo), &["commit", "-qam", "v2"]);
     assert_eq!(s.apply(&[]).status.code(), Some(0));
     assert!(s.get().unwrap().starts_with("version=2"));
 
