@@ -76,7 +76,7 @@ pub struct YamlError {
 
 /// The most nodes one file may have (after alias expansion). Specs are small;
 /// this bounds memory for hostile input on top of saphyr's alias budget.
-const MAX_NODES: usize = 200_000;
+const MAX_NODES: usize = 50_000;
 /// The deepest nesting accepted.
 const MAX_DEPTH: usize = 64;
 
@@ -206,7 +206,7 @@ impl Converter<'_> {
             return Err(self.err(
                 n,
                 "document is too large".into(),
-                "a spec file may have at most 200000 nodes; split it or remove repeated aliases",
+                "a spec file may have at most 50000 nodes; split it or remove repeated aliases",
             ));
         }
         if depth > MAX_DEPTH {
