@@ -6,13 +6,24 @@
 //! start), apps of one dependency level concurrently, and for LB-backed apps the
 //! contract's zero-downtime sequence per batch:
 //! start new → healthy → register (registry + LB reload) → deregister old (LB
-//! reload) → stop old. A failed health check stops that app's rollout, removes
+//! reload) → drain → stop old. A failed health check stops that app's rollout, removes
 //! the failed new container and leaves the old ones serving and registered.
+//!
+//! Drain: an LB reload is asynchronous (nginx's old workers, haproxy's old process
+//! keep routing with the old upstreams for a moment after the reload command
+//! returns), so after a reload that took instances out of traffic the executor waits
+//! [`LB_DRAIN`] (1.5 s; `RECONCILE_LB_DRAIN`, e.g. `0s` or `5s`) before stopping them.
+//! Only LB-backed apps wait, and only when the LB was reloaded.
 //!
 //! Crash safety (safe to re-run after a kill at any step): every step is
 //! idempotent or undone by the next plan — a half-made new container is a
 //! duplicate of its instance and the planner keeps the older, proven one;
-//! registry entries and the LB file are recomputed from what runs.
+//! registry entries and the LB file are recomputed from what runs. The LB file
+//! may have been written by a killed apply that never reloaded, so the first time
+//! an apply takes instances out of traffic it reloads even an unchanged file.
+//! The apply lock ([`lock`], lease TTL [`LOCK_TTL`], `RECONCILE_LOCK_TTL` for tests)
+//! is checked before every write: an apply that lost it (stalled longer than the
+//! TTL, etcd unreachable) stops writing, since another apply may hold it now.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -97,7 +108,7 @@ pub const LOCK_TTL: Duration = Duration::from_secs(15);
 const LOCK_TTL_VAR: &str = "RECONCILE_LOCK_TTL";
 
 /// How long the executor waits after an LB reload that took instances out of traffic
-/// before it stops them (see [`Shared::leave_traffic`]). `RECONCILE_LB_DRAIN` (a
+/// before it stops them (see the module docs). `RECONCILE_LB_DRAIN` (a
 /// duration, `0s` disables it) overrides it.
 pub const LB_DRAIN: Duration = Duration::from_millis(1500);
 const LB_DRAIN_VAR: &str = "RECONCILE_LB_DRAIN";
@@ -121,7 +132,6 @@ struct Shared<'a> {
     files: Arc<BTreeMap<String, Vec<u8>>>,
     plan: &'a Plan,
     specs: &'a BTreeMap<String, InstanceSpec>,
-    #[allow(dead_code)] // kept for per-call limits of later steps
     opts: Options,
     progress: Progress,
     clients: BTreeMap<String, Result<DockerClient, String>>,
@@ -301,9 +311,14 @@ impl Shared<'_> {
 /// Take the environment's apply lock (when it has etcd) — before observing, so that
 /// a second apply plans only after the first is done. Says who holds it while waiting.
 ///
+/// The lease TTL is [`LOCK_TTL`] or `RECONCILE_LOCK_TTL`.
+///
 /// # Errors
-/// etcd unreachable, or the lock still held after `opts.lock_timeout`.
+/// etcd unreachable, the lock still held after `opts.lock_timeout`, or a bad
+/// `RECONCILE_LOCK_TTL` / `RECONCILE_LB_DRAIN`.
 pub async fn lock(env: &Env, opts: Options, progress: Progress) -> Result<Option<etcd::LockGuard>, ApplyError> {
+    // Bad tuning values are errors before anything is planned or asked.
+    duration_var(LB_DRAIN_VAR, LB_DRAIN, Duration::ZERO)?;
     let Some(spec) = &env.spec.etcd else { return Ok(None) };
     let ttl = duration_var(LOCK_TTL_VAR, LOCK_TTL, Duration::from_secs(2))?;
     let client = etcd::connect(spec, opts.timeout).await?;
