@@ -14,3 +14,4 @@ pub mod placement;
 pub mod plan;
 pub mod secret;
 pub mod spec;
+pub mod watch;

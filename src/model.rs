@@ -100,10 +100,26 @@ pub struct HostObservation {
 /// The keys reconcile manages in etcd for an environment, with their values.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EtcdObservation {
-    /// Full key → value (UTF-8), for `<prefix>/<env>/config/…`, `<prefix>/<env>/apps/…` and
-    /// the registry entries `<registry_prefix>/<app>_<env>/…` of every app that is
+    /// Full key → value (UTF-8), for `<prefix>/<env>/config/…`, `<prefix>/<env>/apps/…`,
+    /// `<prefix>/<env>/health/…` and the registry entries `<registry_prefix>/<app>_<env>/…` of every app that is
     /// desired or has a desired copy in etcd.
     pub keys: BTreeMap<String, String>,
+}
+
+/// What `watch` writes to `<prefix>/<env>/health/<container-name>` when a running
+/// instance fails its health check `retries` times in a row; deleted when it is healthy
+/// again. The planner keeps marked instances out of the registry and the LB (unless
+/// every instance of the app is marked: then none is taken out, as an LB with no
+/// backends serves nobody).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthMark {
+    pub app: String,
+    pub instance: String,
+    pub container_id: String,
+    /// RFC 3339.
+    pub since: String,
+    /// The last probe's error.
+    pub error: String,
 }
 
 /// Everything observed for one environment.
@@ -151,6 +167,19 @@ pub mod keys {
     /// `<prefix>/<env>/lock`.
     pub fn lock(prefix: &str, env: &str) -> String {
         format!("{}/lock", base(prefix, env))
+    }
+    /// `<prefix>/<env>/watch-leader` — held (lease based) by the one `watch` that acts.
+    pub fn watch_leader(prefix: &str, env: &str) -> String {
+        format!("{}/watch-leader", base(prefix, env))
+    }
+    /// `<prefix>/<env>/health/` — health marks written by `watch`.
+    pub fn health_dir(prefix: &str, env: &str) -> String {
+        format!("{}/health/", base(prefix, env))
+    }
+    /// `<prefix>/<env>/health/<container-name>`: the container failed its health check
+    /// (value: [`crate::model::HealthMark`] JSON); it stays out of the registry and the LB.
+    pub fn health(prefix: &str, env: &str, container: &str) -> String {
+        format!("{}{container}", health_dir(prefix, env))
     }
     /// `<registry_prefix>/<app>_<env>/` — an app's service registry directory.
     pub fn registry_dir(registry_prefix: &str, app: &str, env: &str) -> String {

@@ -113,6 +113,11 @@ const LOCK_TTL_VAR: &str = "RECONCILE_LOCK_TTL";
 pub const LB_DRAIN: Duration = Duration::from_millis(1500);
 const LB_DRAIN_VAR: &str = "RECONCILE_LB_DRAIN";
 
+/// The lease TTL of locks: [`LOCK_TTL`], or `RECONCILE_LOCK_TTL` when it is valid.
+pub fn lock_ttl() -> Duration {
+    duration_var(LOCK_TTL_VAR, LOCK_TTL, Duration::from_secs(2)).unwrap_or(LOCK_TTL)
+}
+
 /// A duration from the process environment, `default` when unset.
 fn duration_var(name: &'static str, default: Duration, min: Duration) -> Result<Duration, ApplyError> {
     let Ok(value) = std::env::var(name) else { return Ok(default) };
@@ -214,7 +219,7 @@ pub async fn apply(
         opts,
         progress: Arc::clone(&progress),
         clients,
-        serving: Mutex::new(initial_serving(plan, observed)),
+        serving: Mutex::new(initial_serving(env, plan, observed)),
         etcd: etcd_client.map(Mutex::new),
         lb_lock: Mutex::new(()),
         drain,
@@ -374,7 +379,7 @@ async fn lb_write_and_reload(
 
 /// Instances that receive traffic before anything changes: the observed running
 /// containers the plan keeps or replaces (not duplicates or unrecognised ones).
-fn initial_serving(plan: &Plan, observed: &ObservedState) -> BTreeSet<Assignment> {
+fn initial_serving(env: &Env, plan: &Plan, observed: &ObservedState) -> BTreeSet<Assignment> {
     let dropped: BTreeSet<&str> = plan
         .actions
         .iter()
@@ -386,15 +391,26 @@ fn initial_serving(plan: &Plan, observed: &ObservedState) -> BTreeSet<Assignment
             _ => None,
         })
         .collect();
-    observed
+    let running: Vec<(Assignment, String)> = observed
         .hosts
         .values()
         .flat_map(|h| h.instances.iter())
         .filter(|i| i.state.is_running() && !dropped.contains(i.container_id.as_str()))
         .filter_map(|i| {
-            Some(Assignment { app: i.app.clone(), ordinal: i.ordinal?, host: i.host.clone(), port: i.port })
+            let a = Assignment { app: i.app.clone(), ordinal: i.ordinal?, host: i.host.clone(), port: i.port };
+            Some((a, i.name.clone()))
         })
-        .collect()
+        .collect();
+    // Instances `watch` marked unhealthy are not serving (as in the plan's own LB content).
+    let marks = match (&env.spec.etcd, &observed.etcd) {
+        (Some(spec), Some(obs)) => plan::health_marks(&obs.keys, &spec.prefix, &env.name),
+        _ => BTreeMap::new(),
+    };
+    let assignments: Vec<Assignment> = running.iter().map(|(a, _)| a.clone()).collect();
+    let kept: BTreeMap<(String, u32), String> =
+        running.iter().map(|(a, c)| ((a.app.clone(), a.ordinal), c.clone())).collect();
+    let excluded = plan::out_of_traffic(&assignments, &kept, &marks);
+    assignments.into_iter().filter(|a| !excluded.contains(&(a.app.clone(), a.ordinal))).collect()
 }
 
 /// Apps with instance actions, grouped in dependency levels (dependencies first).

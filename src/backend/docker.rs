@@ -76,8 +76,9 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use bollard::{API_DEFAULT_VERSION, Docker, body_full};
 use futures::stream::{self, StreamExt};
@@ -144,6 +145,9 @@ pub enum DockerError {
     /// [`check_running`]: the inspect failed.
     #[error("host `{host}`: cannot inspect container `{container}`: {cause}")]
     Inspect { host: String, container: String, cause: String },
+    /// [`container_events`]: the event stream failed or ended.
+    #[error("host `{host}`: docker event stream: {cause}")]
+    Events { host: String, cause: String },
     /// [`check_running`]: the container is not (or no longer) running as started.
     #[error("host `{host}`: container `{container}` is not running: {state}")]
     NotRunning { host: String, container: String, state: String },
@@ -170,6 +174,7 @@ impl DockerError {
             | Self::Remove { host, .. }
             | Self::Exec { host, .. }
             | Self::Inspect { host, .. }
+            | Self::Events { host, .. }
             | Self::NotRunning { host, .. } => host,
         }
     }
@@ -1163,4 +1168,50 @@ mod runtime_tests {
         assert_eq!(super::parse_rfc3339("2026-11-25T12:00:00.5Z"), Some(1_795_608_000));
         assert_eq!(super::parse_rfc3339("0001-01-01T00:00:00Z"), None);
     }
+}
+
+/// A managed container's lifecycle event, as `watch` needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub host: String,
+    pub container_id: String,
+    /// The container's name (without `/`), when the event carries it.
+    pub name: String,
+    /// `reconcile.instance` of the container.
+    pub instance: String,
+    /// `die`, `destroy`, `oom`, `stop`, `kill`, `start`.
+    pub action: String,
+}
+
+/// Docker's event stream for `env`'s managed containers on one host: container events
+/// `die`, `destroy`, `oom`, `stop` and `start`, filtered by the daemon on the environment
+/// label (one long-lived request per host). The stream ends with an error when the
+/// connection breaks; the caller reconnects.
+pub fn container_events(
+    docker: &Docker,
+    host: &str,
+    env: &str,
+) -> impl futures::Stream<Item = Result<ContainerEvent, DockerError>> + Send + 'static {
+    let label = format!("{}={env}", labels::ENV);
+    let filters = HashMap::from([
+        ("type", vec!["container"]),
+        ("label", vec![label.as_str()]),
+        ("event", vec!["die", "destroy", "oom", "stop", "start"]),
+    ]);
+    let options = EventsOptionsBuilder::default().filters(&filters).build();
+    let host = host.to_string();
+    docker.events(Some(options)).map(move |r| match r {
+        Ok(m) => {
+            let actor = m.actor.unwrap_or_default();
+            let attributes = actor.attributes.unwrap_or_default();
+            Ok(ContainerEvent {
+                host: host.clone(),
+                container_id: actor.id.unwrap_or_default(),
+                name: attributes.get("name").cloned().unwrap_or_default(),
+                instance: attributes.get(labels::INSTANCE).cloned().unwrap_or_default(),
+                action: m.action.unwrap_or_default(),
+            })
+        }
+        Err(e) => Err(DockerError::Events { host: host.clone(), cause: e.to_string() }),
+    })
 }

@@ -157,11 +157,11 @@ pub async fn connect(spec: &EtcdSpec, timeout: Duration) -> Result<Client, EtcdE
 }
 
 /// Everything reconcile manages in etcd for `env`: all keys under
-/// [`keys::config_dir`] and [`keys::apps_dir`], and the registry entries under
+/// [`keys::config_dir`], [`keys::apps_dir`] and [`keys::health_dir`] (health marks), and the registry entries under
 /// [`keys::registry_dir`] of every app in `apps` (the desired apps) and of every app named
 /// by an existing `<prefix>/<env>/apps/<app>` key. Never `applied`, `history/` or `lock`.
 ///
-/// One round trip when the ranges fit one transaction (up to 126 desired apps) and every
+/// One round trip when the ranges fit one transaction (up to 125 desired apps) and every
 /// app copy in etcd is desired; otherwise a second round of concurrent transactions,
 /// pinned to the first one's revision so the result is one consistent snapshot.
 ///
@@ -180,7 +180,7 @@ pub async fn observe(
     let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
 
     // First round: both namespaces and as many desired registry dirs as fit.
-    let mut first = vec![keys::config_dir(&spec.prefix, env), apps_dir.clone()];
+    let mut first = vec![keys::config_dir(&spec.prefix, env), apps_dir.clone(), keys::health_dir(&spec.prefix, env)];
     let mut rest: Vec<String> = Vec::new();
     for app in apps {
         if first.len() < MAX_TXN_OPS { &mut first } else { &mut rest }.push(registry_dir(app));
@@ -510,7 +510,21 @@ pub async fn acquire_lock(
     wait: Duration,
     waiting: &mut (dyn FnMut(&Holder) + Send),
 ) -> Result<LockGuard, EtcdError> {
-    let key = keys::lock(prefix, env);
+    acquire_lock_key(client, keys::lock(prefix, env), holder, ttl, wait, waiting).await
+}
+
+/// [`acquire_lock`] on any key (`watch` elects its leader with `<prefix>/<env>/watch-leader`).
+///
+/// # Errors
+/// As [`acquire_lock`].
+pub async fn acquire_lock_key(
+    client: &Client,
+    key: String,
+    holder: &Holder,
+    ttl: Duration,
+    wait: Duration,
+    waiting: &mut (dyn FnMut(&Holder) + Send),
+) -> Result<LockGuard, EtcdError> {
     let started = Instant::now();
     let deadline = started + wait;
     let mut client = client.clone();

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod schema;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -61,6 +62,8 @@ pub enum Command {
     Diff(diff::Args),
     /// What runs where: instances, hosts, ports, state, uptime, restarts, drift.
     Status(status::Args),
+    /// Keep converging: repo changes, Docker events (self-heal), health, periodic resync; /metrics.
+    Watch(watch::Args),
     /// The audit log of applies (from etcd): time, kind, commit, who, summary, result.
     History(history::Args),
     /// Apply an earlier revision (`--to REF`), recorded as a rollback.
@@ -89,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => apply::exec(&args),
         Command::Diff(args) => diff::exec(&args),
         Command::Status(args) => status::exec(&args),
+        Command::Watch(args) => watch::exec(&args),
         Command::History(args) => history::exec(&args),
         Command::Rollback(args) => history::rollback(&args),
         Command::Schema(args) => schema::exec(&args),

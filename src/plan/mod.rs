@@ -298,6 +298,20 @@ pub fn plan_with_specs(
     d: &Desired<'_>,
     observed: &ObservedState,
 ) -> Result<(Plan, BTreeMap<String, InstanceSpec>), PlanError> {
+    plan_holding(d, observed, &BTreeSet::new())
+}
+
+/// [`plan_with_specs`], leaving the instances named in `hold` (`<app>-<ordinal>`) as they
+/// are when they are missing or stopped: not created, not started, not in the registry or
+/// the LB. `watch` holds crash-looping instances back this way while they back off.
+///
+/// # Errors
+/// As [`plan`].
+pub fn plan_holding(
+    d: &Desired<'_>,
+    observed: &ObservedState,
+    hold: &BTreeSet<String>,
+) -> Result<(Plan, BTreeMap<String, InstanceSpec>), PlanError> {
     let mut specs: BTreeMap<String, InstanceSpec> = BTreeMap::new();
     let env = d.env;
     let name = env.name.as_str();
@@ -408,6 +422,8 @@ pub fn plan_with_specs(
     let mut rendered = rendered.into_iter();
     let mut finals: Vec<Assignment> = Vec::new();
     let mut handled: BTreeSet<(String, u32)> = BTreeSet::new();
+    // Instances whose container stays as it is (kept or started): container name.
+    let mut kept: BTreeMap<(String, u32), String> = BTreeMap::new();
     for a in &assignments {
         let app = &env.apps[&a.app];
         let key = (a.app.clone(), a.ordinal);
@@ -437,7 +453,9 @@ pub fn plan_with_specs(
             n
         };
         handled.insert(key.clone());
+        let held = hold.contains(&instance_name);
         match primary.get(&key) {
+            None if held => {}
             None => {
                 let (_, hash) = render_at(a.port)?;
                 let spec = masked_at(a.port)?;
@@ -452,6 +470,10 @@ pub fn plan_with_specs(
             Some(o) if o.host == a.host && (a.port.is_none() || o.port == a.port) => {
                 let (_, hash) = render_at(a.port)?;
                 if hash == o.spec_hash {
+                    kept.insert(key.clone(), o.name.clone());
+                    if held && !o.state.is_running() {
+                        continue;
+                    }
                     if !o.state.is_running() {
                         actions.push(Action::Start {
                             app: a.app.clone(),
@@ -530,9 +552,25 @@ pub fn plan_with_specs(
     }
     actions.sort_by_key(action_key);
 
+    // Health marks (written by `watch`) of containers that stay: those instances are out of
+    // traffic (registry and LB). Marks of containers that go are deleted.
+    let marks = match (&env.spec.etcd, &observed.etcd) {
+        (Some(spec), Some(obs)) => health_marks(&obs.keys, &spec.prefix, name),
+        _ => BTreeMap::new(),
+    };
+    let excluded = out_of_traffic(&finals, &kept, &marks);
+    let traffic: Vec<Assignment> =
+        finals.iter().filter(|a| !excluded.contains(&(a.app.clone(), a.ordinal))).cloned().collect();
+
     // 4. etcd.
     if let (Some(spec), Some(obs)) = (&env.spec.etcd, &observed.etcd) {
-        let desired = etcd_keys(env, &spec.prefix, &spec.registry_prefix, &finals, &address_of);
+        let mut desired = etcd_keys(env, &spec.prefix, &spec.registry_prefix, &traffic, &address_of);
+        let staying: BTreeSet<&String> = kept.values().collect();
+        for (container, key) in &marks {
+            if let (true, Some(v)) = (staying.contains(container), obs.keys.get(key)) {
+                desired.insert(key.clone(), v.clone());
+            }
+        }
         for (k, v) in &desired {
             match obs.keys.get(k) {
                 Some(old) if old == v => {}
@@ -548,7 +586,7 @@ pub fn plan_with_specs(
 
     // 5. The LB file, rendered over the final instances (after replacements).
     if let (Some(lb), Some(current)) = (&env.spec.lb, &observed.lb) {
-        let content = lb_content(env, Arc::clone(&d.files), &finals)?;
+        let content = lb_content(env, Arc::clone(&d.files), &traffic)?;
         if current.as_deref() != Some(content.as_str()) {
             actions.push(Action::WriteLb { path: lb.path.clone(), content, old: current.clone() });
             actions.push(Action::ReloadLb);
@@ -565,6 +603,36 @@ pub fn plan_with_specs(
         summary,
     };
     Ok((plan, specs))
+}
+
+/// The health marks among observed etcd keys: container name → key.
+pub fn health_marks(keys: &BTreeMap<String, String>, prefix: &str, env: &str) -> BTreeMap<String, String> {
+    let dir = keys::health_dir(prefix, env);
+    keys.range(dir.clone()..)
+        .take_while(|(k, _)| k.starts_with(&dir))
+        .filter_map(|(k, _)| k.strip_prefix(&dir).filter(|c| !c.is_empty()).map(|c| (c.to_string(), k.clone())))
+        .collect()
+}
+
+/// Instances `(app, ordinal)` to keep out of traffic: those whose kept container has a
+/// health mark — unless every instance of the app has one: then none (fail open; an LB
+/// with no backend serves nobody, and nginx refuses an empty upstream).
+pub fn out_of_traffic(
+    finals: &[Assignment],
+    kept: &BTreeMap<(String, u32), String>,
+    marks: &BTreeMap<String, String>,
+) -> BTreeSet<(String, u32)> {
+    type Marked = Vec<(String, u32)>;
+    let mut per_app: BTreeMap<&str, (usize, Marked)> = BTreeMap::new();
+    for a in finals {
+        let e = per_app.entry(a.app.as_str()).or_default();
+        e.0 += 1;
+        let key = (a.app.clone(), a.ordinal);
+        if kept.get(&key).is_some_and(|c| marks.contains_key(c)) {
+            e.1.push(key);
+        }
+    }
+    per_app.into_values().filter(|(n, marked)| marked.len() < *n).flat_map(|(_, marked)| marked).collect()
 }
 
 fn old_of(o: &ObservedInstance) -> OldInstance {

@@ -43,23 +43,23 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
 
 /// A managed container, as the daemons list it.
 #[derive(Debug, Clone)]
-struct Managed {
+pub struct Managed {
     /// 0: node-1 (127.0.0.1), 1: node-2 (127.0.0.2) — the Stack's hosts.
-    daemon: usize,
-    id: String,
-    app: String,
-    instance: String,
-    state: String,
-    port: Option<u16>,
+    pub daemon: usize,
+    pub id: String,
+    pub app: String,
+    pub instance: String,
+    pub state: String,
+    pub port: Option<u16>,
 }
 
 impl Managed {
-    fn address(&self) -> &'static str {
+    pub fn address(&self) -> &'static str {
         ["127.0.0.1", "127.0.0.2"][self.daemon]
     }
 }
 
-fn managed(s: &Stack) -> Vec<Managed> {
+pub fn managed(s: &Stack) -> Vec<Managed> {
     let mut out = Vec::new();
     for (daemon, d) in [var("RECONCILE_TEST_DOCKER1"), var("RECONCILE_TEST_DOCKER2")].iter().enumerate() {
         let o = Command::new("docker")
@@ -93,7 +93,7 @@ fn managed(s: &Stack) -> Vec<Managed> {
 }
 
 /// Registry entries under the Stack's registry prefix: key → value.
-fn registry_values(s: &Stack) -> BTreeMap<String, String> {
+pub fn registry_values(s: &Stack) -> BTreeMap<String, String> {
     let o = Command::new("etcdctl")
         .args(["--endpoints", &var("RECONCILE_TEST_ETCD"), "get", "--prefix", &format!("{}-reg/", s.prefix)])
         .output()
@@ -104,7 +104,7 @@ fn registry_values(s: &Stack) -> BTreeMap<String, String> {
     lines.chunks(2).filter(|kv| kv.len() == 2).map(|kv| (kv[0].to_string(), kv[1].to_string())).collect()
 }
 
-fn etcd_get(key: &str) -> String {
+pub fn etcd_get(key: &str) -> String {
     let o = Command::new("etcdctl")
         .args(["--endpoints", &var("RECONCILE_TEST_ETCD"), "get", "--print-value-only", key])
         .output()
@@ -113,7 +113,7 @@ fn etcd_get(key: &str) -> String {
 }
 
 /// `address:port` of every live `server` line of the LB file (`… down;` placeholders skipped).
-fn lb_upstreams(s: &Stack) -> BTreeSet<String> {
+pub fn lb_upstreams(s: &Stack) -> BTreeSet<String> {
     std::fs::read_to_string(s.lb_file())
         .unwrap_or_default()
         .lines()

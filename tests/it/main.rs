@@ -19,6 +19,7 @@ mod lb;
 mod plan;
 mod plan_live;
 mod tidy;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,590 @@
+//! `reconcile watch`: keep converging (Argo CD's auto-sync and self-heal, kube-runtime's
+//! level-triggered controller).
+//!
+//! Every run is the same, whatever triggered it: load the repo, take the apply lock,
+//! observe everything, plan, apply — through the same code as `reconcile apply`.
+//! Triggers only decide *when*: file events in a local checkout, Docker events from
+//! every host (managed containers that die, are removed, are OOM-killed), health
+//! transitions, back-off expiry and a periodic resync (which also polls a remote repo).
+//! A burst of triggers coalesces into one run ([`schedule::next_batch`]).
+//!
+//! - Self-healing: a missing or stopped instance is in the plan like any drift.
+//!   Instances healed again and again are held back with exponential back-off
+//!   ([`schedule::Backoff`], passed to the planner as its `hold` set).
+//! - Health: [`health::monitor`] probes running instances and writes health marks to
+//!   etcd; the planner keeps marked instances out of the registry and the LB.
+//! - Safety: only the leader acts (a lease-held `<prefix>/<env>/watch-leader` key; the
+//!   others stand by and take over within the lease TTL); each run takes the apply
+//!   lock, so watch never interleaves with a manual `apply`; `dry_run` only reports.
+//! - Shutdown: the current run finishes, the leader key is released, `run` returns.
+
+pub mod health;
+pub mod metrics;
+pub mod schedule;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::apply;
+use crate::backend::{docker, etcd};
+use crate::model::{ObservedState, keys};
+use crate::plan::{self, Action, Desired, Reason};
+use crate::secret::Secret;
+use crate::spec::{Env, Origin};
+use schedule::{Backoff, HealthTracker, Trigger};
+
+/// What one run works from: the environment as the repo says now.
+pub struct Snapshot {
+    pub env: Env,
+    pub files: Arc<BTreeMap<String, Vec<u8>>>,
+    pub origin: Origin,
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+/// Reads the repo (fetching a remote) and validates the environment. Blocking.
+pub type Loader = Arc<dyn Fn() -> anyhow::Result<Snapshot> + Send + Sync>;
+
+/// Knobs of `watch`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Periodic resync (and remote poll) interval.
+    pub interval: Duration,
+    /// Quiet time that closes a burst of triggers.
+    pub debounce: Duration,
+    /// Longest a burst can delay a run.
+    pub max_delay: Duration,
+    /// Report drift, change nothing (no lock, no health marks).
+    pub dry_run: bool,
+    /// Where to serve `/metrics` and `/healthz`.
+    pub metrics_addr: Option<SocketAddr>,
+    /// A local checkout to watch for file changes.
+    pub watch_path: Option<PathBuf>,
+    pub apply: apply::Options,
+    pub observe: crate::observe::Options,
+    /// Crash-loop back-off: first wait, longest wait.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Health: successes in a row to come back, and the least time out of traffic.
+    pub health_rise: u32,
+    pub health_hold: Duration,
+}
+
+/// Why `watch` stopped (it only stops on its own for bad input at start).
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("{0:#}")]
+    Load(anyhow::Error),
+    #[error("metrics address {addr}: {cause}")]
+    Metrics { addr: SocketAddr, cause: std::io::Error },
+}
+
+/// Run until `shutdown` resolves. The first load must succeed (bad input at start is an
+/// error, exit 1); later failures are logged, counted and retried.
+///
+/// # Errors
+/// The repo cannot be loaded at start, or the metrics address cannot be bound.
+pub async fn run(
+    cfg: Config,
+    load: Loader,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WatchError> {
+    let first = {
+        let load = Arc::clone(&load);
+        tokio::task::spawn_blocking(move || load()).await.map_err(|e| WatchError::Load(e.into()))?
+    }
+    .map_err(WatchError::Load)?;
+    let env_name = first.env.name.clone();
+    let m: metrics::Shared =
+        Arc::new(std::sync::Mutex::new(metrics::Metrics { env: env_name.clone(), ..metrics::Metrics::default() }));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |rx: &watch::Receiver<bool>| *rx.borrow();
+    if let Some(addr) = cfg.metrics_addr {
+        let mut rx = stop_rx.clone();
+        let (bound, _task) = metrics::serve(addr, Arc::clone(&m), async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await
+        .map_err(|cause| WatchError::Metrics { addr, cause })?;
+        tracing::info!(%bound, "serving /metrics and /healthz");
+    }
+
+    let mut w = Watcher {
+        cfg,
+        load,
+        metrics: m,
+        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), Duration::from_secs(600)),
+        seen: BTreeSet::new(),
+        env_name,
+    };
+    w.backoff.base = w.cfg.backoff_base;
+    w.backoff.max = w.cfg.backoff_max;
+    let mut stop = stop_rx.clone();
+    loop {
+        if stopped(&stop) {
+            return Ok(());
+        }
+        // Leadership (only with etcd: without it there is no shared place to elect in).
+        let leader = match &first.env.spec.etcd {
+            Some(spec) if !w.cfg.dry_run => {
+                tokio::select! {
+                    g = campaign(spec, &w.env_name) => Some(g),
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+            }
+            _ => None,
+        };
+        if let Ok(mut mm) = w.metrics.lock() {
+            mm.leader = true;
+        }
+        w.lead(&first.env, leader.as_ref(), stop_rx.clone()).await;
+        if let Ok(mut mm) = w.metrics.lock() {
+            mm.leader = false;
+        }
+        if let Some(g) = leader
+            && let Err(e) = g.release().await
+        {
+            tracing::warn!(error = %e, "releasing the watch leader key (it expires with its lease)");
+        }
+        if stopped(&stop) {
+            tracing::info!("stopped");
+            return Ok(());
+        }
+        tracing::warn!("lost the watch leadership; standing by");
+    }
+}
+
+/// Wait until this process holds the leader key (retrying through etcd outages).
+async fn campaign(spec: &crate::spec::model::EtcdSpec, env: &str) -> etcd::LockGuard {
+    let ttl = apply::lock_ttl();
+    let holder = etcd::current_holder("reconcile watch");
+    let key = keys::watch_leader(&spec.prefix, env);
+    loop {
+        let attempt = async {
+            let client = etcd::connect(spec, Duration::from_secs(10)).await?;
+            let mut say = |h: &etcd::Holder| {
+                tracing::info!(leader = %h, "standing by: another watcher leads this environment");
+            };
+            etcd::acquire_lock_key(&client, key.clone(), &holder, ttl, Duration::from_secs(3600), &mut say).await
+        };
+        match attempt.await {
+            Ok(g) => {
+                tracing::info!(key, "leading: this watcher acts for the environment");
+                return g;
+            }
+            Err(etcd::EtcdError::LockTimeout { .. }) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot campaign for the watch leadership; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+struct Watcher {
+    cfg: Config,
+    load: Loader,
+    metrics: metrics::Shared,
+    backoff: Backoff,
+    /// Instances seen in the last observation (a missing one of these is a heal).
+    seen: BTreeSet<String>,
+    env_name: String,
+}
+
+impl Watcher {
+    /// Act as the leader until `stop` or the leadership is lost.
+    async fn lead(&mut self, env: &Env, leader: Option<&etcd::LockGuard>, mut stop: watch::Receiver<bool>) {
+        let (tx, mut rx) = mpsc::channel::<Trigger>(1024);
+        let mut tasks = Vec::new();
+        // Docker events, one stream per host, reconnecting.
+        for h in &env.spec.hosts {
+            tasks.push(tokio::spawn(docker_events(
+                h.clone(),
+                self.env_name.clone(),
+                tx.clone(),
+                Arc::clone(&self.metrics),
+            )));
+        }
+        // Periodic resync (first one at once: converge on start).
+        {
+            let (tx, every) = (tx.clone(), self.cfg.interval);
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if tx.send(Trigger::Resync).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        // File events in a local checkout.
+        let _repo_watcher = self.cfg.watch_path.as_ref().and_then(|p| match repo_events(p, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "cannot watch the repo for changes; relying on --interval");
+                None
+            }
+        });
+        // Health monitor.
+        let (targets_tx, targets_rx) = watch::channel(Vec::new());
+        if !self.cfg.dry_run {
+            let tracker = HealthTracker::new(
+                self.cfg.health_rise,
+                self.cfg.health_hold,
+                (self.cfg.health_hold * 8).max(Duration::from_secs(60)),
+                Duration::from_secs(120),
+            );
+            tasks.push(tokio::spawn(health::monitor(
+                Arc::new(env.clone()),
+                targets_rx,
+                tracker,
+                tx.clone(),
+                Arc::clone(&self.metrics),
+                self.cfg.observe.timeout,
+            )));
+        }
+        let mut wake: Option<tokio::task::JoinHandle<()>> = None;
+        loop {
+            let batch = tokio::select! {
+                b = schedule::next_batch(&mut rx, self.cfg.debounce, self.cfg.max_delay) => b,
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            let Some(batch) = batch else { break };
+            if leader.is_some_and(etcd::LockGuard::lost) {
+                break;
+            }
+            if let Ok(mut m) = self.metrics.lock() {
+                for t in &batch {
+                    *m.triggers.entry(t.kind()).or_default() += 1;
+                }
+            }
+            let kinds: BTreeSet<&str> = batch.iter().map(Trigger::kind).collect();
+            tracing::info!(triggers = batch.len(), kinds = ?kinds, "run");
+            let next_wake = self.run_once(&targets_tx).await;
+            // Back-off expiry wakes the loop once more.
+            if let Some(at) = next_wake {
+                if let Some(h) = wake.take() {
+                    h.abort();
+                }
+                let tx = tx.clone();
+                wake = Some(tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    let _ = tx.send(Trigger::BackoffEnded).await;
+                }));
+            }
+            if stop.borrow().to_owned() {
+                break;
+            }
+        }
+        for t in tasks.into_iter().chain(wake) {
+            t.abort();
+        }
+    }
+
+    /// One full run. Returns when the next back-off ends, if any instance is held.
+    async fn run_once(&mut self, targets: &watch::Sender<Vec<health::Target>>) -> Option<Instant> {
+        let t0 = Instant::now();
+        let (result, wake) = self.converge(targets).await;
+        let secs = t0.elapsed().as_secs_f64();
+        if let Ok(mut m) = self.metrics.lock() {
+            *m.runs.entry(result).or_default() += 1;
+            m.run_seconds_sum += secs;
+            m.run_seconds_last = secs;
+        }
+        tracing::info!(result, seconds = secs, "run done");
+        wake
+    }
+
+    fn fail(&self, stage: &'static str, e: impl std::fmt::Display) -> (&'static str, Option<Instant>) {
+        tracing::error!(stage, error = %e, "watch run failed; retrying at the next trigger or resync");
+        if let Ok(mut m) = self.metrics.lock() {
+            *m.failures.entry(stage).or_default() += 1;
+        }
+        ("failed", None)
+    }
+
+    async fn converge(&mut self, targets: &watch::Sender<Vec<health::Target>>) -> (&'static str, Option<Instant>) {
+        let load = Arc::clone(&self.load);
+        let snap = match tokio::task::spawn_blocking(move || load()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.fail("load", format!("{e:#}")),
+            Err(e) => return self.fail("load", e),
+        };
+        let env = &snap.env;
+        let progress: apply::Progress = Arc::new(|line: String| tracing::info!("{line}"));
+        let mut opts = self.cfg.apply;
+        opts.record_as = "watch";
+        let guard = if self.cfg.dry_run {
+            None
+        } else {
+            match apply::lock(env, opts, Arc::clone(&progress)).await {
+                Ok(g) => g,
+                Err(apply::ApplyError::Etcd(etcd::EtcdError::LockTimeout { holder, .. })) => {
+                    tracing::info!(%holder, "the apply lock is held; this run is skipped");
+                    if let Ok(mut m) = self.metrics.lock() {
+                        *m.runs.entry("busy").or_default() += 1;
+                    }
+                    return ("busy", Some(Instant::now() + Duration::from_secs(5)));
+                }
+                Err(e) => return self.fail("lock", e),
+            }
+        };
+        let outcome = self.plan_and_apply(&snap, guard, opts, progress, targets).await;
+        match outcome {
+            Ok((r, w)) => (r, w),
+            Err((stage, e)) => self.fail(stage, e),
+        }
+    }
+
+    async fn plan_and_apply(
+        &mut self,
+        snap: &Snapshot,
+        guard: Option<etcd::LockGuard>,
+        opts: apply::Options,
+        progress: apply::Progress,
+        targets: &watch::Sender<Vec<health::Target>>,
+    ) -> Result<(&'static str, Option<Instant>), (&'static str, String)> {
+        let env = &snap.env;
+        let release = |g: Option<etcd::LockGuard>| async move {
+            if let Some(g) = g
+                && let Err(e) = g.release().await
+            {
+                tracing::warn!(error = %e, "releasing the apply lock (it expires with its lease)");
+            }
+        };
+        let observed = match crate::observe::observe(env, self.cfg.observe).await {
+            Ok(o) => o,
+            Err(e) => {
+                release(guard).await;
+                return Err(("observe", e.to_string()));
+            }
+        };
+        self.update_targets(env, &observed, targets).await;
+        let now = Instant::now();
+        let present: BTreeSet<String> =
+            observed.hosts.values().flat_map(|h| h.instances.iter().map(|i| i.instance.clone())).collect();
+        let desired_instances: BTreeSet<String> =
+            env.apps.iter().flat_map(|(n, a)| (0..a.spec.replicas).map(move |i| format!("{n}-{i}"))).collect();
+        self.backoff.retain(|i| desired_instances.contains(i));
+        let hold: BTreeSet<String> = self.backoff.held(now).into_keys().collect();
+        let d = Desired { env, files: Arc::clone(&snap.files), origin: &snap.origin, secrets: &snap.secrets };
+        let (p, specs) = match plan::plan_holding(&d, &observed, &hold) {
+            Ok(x) => x,
+            Err(e) => {
+                release(guard).await;
+                return Err(("plan", e.to_string()));
+            }
+        };
+        if let Ok(mut m) = self.metrics.lock() {
+            m.drift_actions = p.actions.len() as u64;
+            m.backoff = hold.len() as u64;
+            m.instances = BTreeMap::new();
+            for i in observed.hosts.values().flat_map(|h| h.instances.iter()) {
+                let state = serde_json::to_value(i.state).ok().and_then(|v| v.as_str().map(String::from));
+                *m.instances.entry(state.unwrap_or_else(|| "unknown".into())).or_default() += 1;
+            }
+        }
+        let next_wake = self.backoff.held(now).values().min().copied();
+        for i in &hold {
+            tracing::warn!(instance = i, "crash-looping: held back until its back-off ends");
+        }
+        let heals = heals(&p.actions, &self.seen);
+        self.seen = present;
+        self.seen.extend(p.actions.iter().filter_map(|a| match a {
+            Action::Create { instance, .. } => Some(instance.clone()),
+            _ => None,
+        }));
+        if p.summary.is_empty() {
+            release(guard).await;
+            self.synced(&snap.origin);
+            return Ok(("ok", next_wake));
+        }
+        if self.cfg.dry_run {
+            tracing::warn!(summary = %p.summary, "drift (dry run: nothing changed)");
+            eprint!("{}", plan::render::text(&p, false));
+            return Ok(("dry_run", next_wake));
+        }
+        tracing::info!(summary = %p.summary, "applying");
+        let job = apply::Job { env, files: Arc::clone(&snap.files), plan: &p, specs: &specs, observed: &observed };
+        let report = apply::apply(guard, job, opts, progress).await.map_err(|e| ("apply", e.to_string()))?;
+        let now = Instant::now();
+        for i in &heals {
+            let failed = p.actions.iter().any(|a| {
+                matches!(a, Action::Create { instance, app, .. } | Action::Start { instance, app, .. }
+                    if instance == i && report.apps.get(app).is_some_and(|o| o.error.is_some()))
+            });
+            let wait = self.backoff.record(i, now);
+            tracing::info!(instance = i, failed, next_backoff = ?wait, "healed");
+        }
+        if let Ok(mut m) = self.metrics.lock() {
+            m.heals += heals.len() as u64;
+        }
+        if !report.ok() {
+            for (app, o) in &report.apps {
+                if let Some(e) = &o.error {
+                    tracing::error!(app, error = e, "app failed");
+                }
+            }
+            let errors = report.errors.join("; ");
+            return Err(("apply", format!("apply incomplete: {} {errors}", p.summary)));
+        }
+        self.synced(&snap.origin);
+        Ok(("ok", self.backoff.held(Instant::now()).values().min().copied().or(next_wake)))
+    }
+
+    fn synced(&self, origin: &Origin) {
+        if let Ok(mut m) = self.metrics.lock() {
+            m.last_sync_commit = Some(origin.commit.clone().unwrap_or_else(|| "(not in git)".into()));
+            m.last_sync_time =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
+        }
+    }
+
+    async fn update_targets(&self, env: &Env, observed: &ObservedState, targets: &watch::Sender<Vec<health::Target>>) {
+        if self.cfg.dry_run {
+            return;
+        }
+        // Docker clients only for hosts with command probes.
+        let mut clients = BTreeMap::new();
+        for h in &env.spec.hosts {
+            let needs = observed.hosts.get(&h.name).is_some_and(|o| {
+                o.instances
+                    .iter()
+                    .any(|i| env.apps.get(&i.app).and_then(|a| a.spec.health.as_ref()).is_some_and(|x| x.cmd.is_some()))
+            });
+            if needs && let Ok(c) = docker::connect(h, self.cfg.observe.timeout).await {
+                clients.insert(h.name.clone(), c);
+            }
+        }
+        let _ = targets.send(health::targets(env, observed, &clients));
+    }
+}
+
+/// Instances a plan brings back: created because their container vanished (they were
+/// seen before), or started because they stopped.
+fn heals(actions: &[Action], seen: &BTreeSet<String>) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Create { instance, reason: Reason::Missing, .. } if seen.contains(instance) => {
+                Some(instance.clone())
+            }
+            Action::Start { instance, .. } => Some(instance.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Docker events of one host, forever: each event of a managed container is a trigger;
+/// a broken stream is reconnected (and followed by a resync, since events were missed).
+async fn docker_events(
+    host: crate::spec::model::HostSpec,
+    env: String,
+    tx: mpsc::Sender<Trigger>,
+    metrics: metrics::Shared,
+) {
+    let mut first = true;
+    loop {
+        match docker::connect(&host, Duration::from_secs(10)).await {
+            Ok(client) => {
+                if !first {
+                    let _ = tx.send(Trigger::Resync).await;
+                }
+                let mut events = std::pin::pin!(docker::container_events(&client, &host.name, &env));
+                while let Some(e) = events.next().await {
+                    match e {
+                        Ok(ev) if ev.action == "start" => {
+                            tracing::debug!(host = ev.host, container = ev.name, "container started");
+                        }
+                        Ok(ev) => {
+                            tracing::info!(host = ev.host, container = ev.name, action = ev.action, "container event");
+                            let t = Trigger::Docker { host: ev.host, container: ev.name, action: ev.action };
+                            if tx.send(t).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "docker event stream broke; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect for docker events; retrying"),
+        }
+        if let Ok(mut m) = metrics.lock() {
+            *m.failures.entry("events").or_default() += 1;
+        }
+        first = false;
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Watch a local checkout (working tree and `.git`, minus object and lock churn):
+/// any change is a [`Trigger::Repo`]. The returned watcher must be kept alive.
+fn repo_events(path: &std::path::Path, tx: mpsc::Sender<Trigger>) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher as _};
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        if !matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)) {
+            return;
+        }
+        let relevant = ev.paths.iter().any(|p| {
+            let s = p.to_string_lossy();
+            !(s.contains("/.git/objects/") || s.ends_with(".lock") || s.contains("/target/"))
+        });
+        if relevant {
+            let _ = tx.try_send(Trigger::Repo);
+        }
+    })?;
+    w.watch(path, RecursiveMode::Recursive)?;
+    Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{NewInstance, OldInstance};
+
+    #[test]
+    fn heals_are_re_creations_of_seen_instances_and_starts() {
+        let new = NewInstance {
+            host: "h".into(),
+            address: "127.0.0.1".into(),
+            port: None,
+            container_name: "c".into(),
+            spec_hash: "x".into(),
+            spec: serde_json::Value::Null,
+        };
+        let old = OldInstance {
+            host: "h".into(),
+            container_id: "id".into(),
+            container_name: "c".into(),
+            port: None,
+            spec_hash: "x".into(),
+            state: crate::model::ContainerState::Exited,
+        };
+        let actions = vec![
+            Action::Create { app: "a".into(), instance: "a-0".into(), reason: Reason::Missing, new: new.clone() },
+            Action::Create { app: "a".into(), instance: "a-1".into(), reason: Reason::Missing, new },
+            Action::Start { app: "b".into(), instance: "b-0".into(), reason: Reason::NotRunning, old },
+        ];
+        let seen: BTreeSet<String> = ["a-0".to_string()].into();
+        assert_eq!(heals(&actions, &seen), vec!["a-0".to_string(), "b-0".to_string()]);
+    }
+}

@@ -1,0 +1,297 @@
+//! `reconcile watch` end to end against the real daemons, etcd and nginx of the
+//! test environment: self-healing (kill, rm -f), a commit to a watched local repo,
+//! health-driven deregistration, leader election, SIGTERM, /metrics.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::apply::{Stack, var};
+use super::apply_chaos::{etcd_get, lb_upstreams, managed, registry_values};
+use super::{git, stderr};
+
+/// A running `reconcile watch`, killed on drop; its log in the stack's directory.
+struct Watcher {
+    child: Option<Child>,
+    log: std::path::PathBuf,
+    metrics_port: u16,
+}
+
+impl Watcher {
+    fn start(s: &Stack, name: &str, metrics_port: u16, extra: &[&str]) -> Self {
+        let log = s.root().join(format!("watch-{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let repo = s.repo();
+        let addr = format!("127.0.0.1:{metrics_port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_reconcile"))
+            .args(["watch", "--env", &s.env, "--repo", &repo, "--interval", "60s", "--metrics-addr", &addr])
+            .args(["--timeout", "10s", "--health-hold", "1s"])
+            .args(extra)
+            .current_dir(super::root())
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "reconcile=info")
+            .env("RECONCILE_LOCK_TTL", "3s")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Watcher { child: Some(child), log, metrics_port }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.metrics_port)) else { return String::new() };
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    /// The value of the sample whose line starts with `prefix` (e.g. `reconcile_watch_leader{`).
+    fn metric(&self, prefix: &str) -> Option<f64> {
+        self.metrics().lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// SIGTERM, then the exit code.
+    fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.code();
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = c.kill();
+                panic!("watch did not exit within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Poll `f` every 50 ms until it is true; the time it took, or a panic with `what` and the log.
+fn wait_for(what: &str, limit: Duration, w: &Watcher, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out after {limit:?} waiting for: {what}\n--- watch log ---\n{}", w.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
+}
+
+fn docker_for(daemon: usize) -> String {
+    [var("RECONCILE_TEST_DOCKER1"), var("RECONCILE_TEST_DOCKER2")][daemon].clone()
+}
+
+fn docker(daemon: usize, args: &[&str]) {
+    let o = Command::new("docker").arg("-H").arg(docker_for(daemon)).args(args).output().unwrap();
+    assert!(o.status.success(), "docker {args:?}: {}", stderr(&o));
+}
+
+fn running(s: &Stack, instance: &str) -> Option<String> {
+    managed(s).into_iter().find(|m| m.instance == instance && m.state == "running").map(|m| m.id)
+}
+
+fn all_running(s: &Stack, n: usize) -> bool {
+    let m = managed(s);
+    m.len() == n && m.iter().all(|c| c.state == "running")
+}
+
+#[test]
+fn watch_heals_kills_and_removals_applies_commits_and_exits_clean_on_sigterm() {
+    let s = Stack::new("wheal", 5);
+    git(s.root().join("repo").as_path(), &["init", "-q"]);
+    git(s.root().join("repo").as_path(), &["add", "-A"]);
+    git(s.root().join("repo").as_path(), &["commit", "-qm", "v1"]);
+    let mut w = Watcher::start(&s, "a", 28195, &[]);
+
+    // It converges the empty environment on start (web ×2, worker ×1).
+    let t = wait_for("the first run to converge", Duration::from_secs(90), &w, || {
+        all_running(&s, 3) && s.get().is_ok_and(|b| b.contains("version=1"))
+    });
+    println!("watch: environment converged from empty in {t:?}");
+    wait_for("the first run to finish", Duration::from_secs(30), &w, || {
+        w.metric(&format!("reconcile_watch_runs_total{{env=\"{}\",result=\"ok\"}}", s.env)).unwrap_or(0.0) >= 1.0
+    });
+
+    // A killed container comes back (started again, or re-created).
+    let worker = managed(&s).into_iter().find(|m| m.app == "worker").unwrap();
+    docker(worker.daemon, &["kill", &worker.id]);
+    let t0 = Instant::now();
+    wait_for("the killed worker to run again", Duration::from_secs(30), &w, || running(&s, "worker-0").is_some());
+    println!("watch: killed container serving again {:?} after the kill (goal < 2 s)", t0.elapsed());
+
+    // A removed container is re-created.
+    let web0 = managed(&s).into_iter().find(|m| m.instance == "web-0").unwrap();
+    docker(web0.daemon, &["rm", "-f", &web0.id]);
+    let t0 = Instant::now();
+    wait_for("web-0 to be re-created", Duration::from_secs(30), &w, || {
+        running(&s, "web-0").is_some_and(|id| !web0.id.starts_with(&id) && !id.starts_with(&web0.id))
+    });
+    println!("watch: removed container re-created {:?} after docker rm -f", t0.elapsed());
+    wait_for("web-0 back in the registry", Duration::from_secs(30), &w, || registry_values(&s).len() == 2);
+    assert_eq!(
+        managed(&s).len(),
+        3,
+        "no duplicates: {:?}",
+        managed(&s).iter().map(|m| &m.instance).collect::<Vec<_>>()
+    );
+
+    // A commit to the watched checkout is applied (rolling replace of web).
+    s.write_repo("2", "/", 2);
+    git(s.root().join("repo").as_path(), &["commit", "-qam", "v2"]);
+    let t0 = Instant::now();
+    wait_for("version 2 to serve through the LB", Duration::from_secs(90), &w, || {
+        s.get().is_ok_and(|b| b.contains("version=2"))
+    });
+    println!("watch: commit serving through the LB {:?} after the commit", t0.elapsed());
+    wait_for("the rollout to finish", Duration::from_secs(60), &w, || {
+        let m = managed(&s);
+        m.len() == 3 && m.iter().all(|c| c.state == "running") && lb_upstreams(&s).len() == 2
+    });
+
+    // Metrics say what happened.
+    let metrics = w.metrics();
+    assert!(metrics.contains("reconcile_watch_leader{"), "{metrics}");
+    assert_eq!(w.metric("reconcile_watch_leader{"), Some(1.0), "{metrics}");
+    assert!(w.metric("reconcile_watch_heals_total{").unwrap_or(0.0) >= 2.0, "{metrics}");
+    assert!(metrics.contains("kind=\"docker\"}") && metrics.contains("reconcile_watch_last_sync_info{"), "{metrics}");
+    let history = super::reconcile(&["history", "--env", &s.env, "--repo", &s.repo()]);
+    assert!(super::stdout(&history).contains("watch"), "history: {}", super::stdout(&history));
+
+    // SIGTERM: exit 0, no lock and no leader key left behind.
+    assert_eq!(w.terminate(), Some(0), "{}", w.log());
+    assert_eq!(etcd_get(&format!("{}/{}/lock", s.prefix, s.env)), "");
+    assert_eq!(etcd_get(&format!("{}/{}/watch-leader", s.prefix, s.env)), "");
+}
+
+#[test]
+fn an_unhealthy_instance_leaves_the_registry_and_the_lb_and_comes_back() {
+    let s = Stack::new("whealth", 6);
+    s.write_repo("1", "/index.html", 2);
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let w = Watcher::start(&s, "h", 28196, &[]);
+    wait_for("the watcher to lead", Duration::from_secs(30), &w, || w.metric("reconcile_watch_leader{") == Some(1.0));
+    let web0 = managed(&s).into_iter().find(|m| m.instance == "web-0").unwrap();
+    let port = web0.port.unwrap();
+    let entry = format!("{}:{port}", web0.address());
+    assert!(lb_upstreams(&s).contains(&entry));
+
+    // Break its health check (the page goes away; the container keeps running).
+    docker(web0.daemon, &["exec", &web0.id, "mv", "/www/index.html", "/www/gone.html"]);
+    let t = wait_for("web-0 out of the registry and the LB", Duration::from_secs(30), &w, || {
+        !registry_values(&s).values().any(|v| *v == entry) && !lb_upstreams(&s).contains(&entry)
+    });
+    println!("watch: unhealthy instance out of traffic after {t:?}");
+    assert_eq!(registry_values(&s).len(), 1);
+    // The healthy instance serves everything (once nginx's old workers are gone).
+    wait_for("the LB to serve from the healthy instance only", Duration::from_secs(10), &w, || {
+        (0..5).all(|_| s.get().is_ok())
+    });
+    let mark = etcd_get(&format!("{}/{}/health/{}", s.prefix, s.env, managed_name(&s, &web0.id)));
+    assert!(mark.contains("\"instance\":\"web-0\""), "health mark: {mark:?}");
+    assert_eq!(w.metric("reconcile_watch_unhealthy_instances{"), Some(1.0));
+    // Plain `plan` agrees: nothing to change while it is marked.
+    assert!(s.plan_json().actions.is_empty(), "plan while marked: {:?}", s.plan_json().actions);
+
+    // Healthy again: back in after its hold.
+    docker(web0.daemon, &["exec", &web0.id, "mv", "/www/gone.html", "/www/index.html"]);
+    let t = wait_for("web-0 back in the registry and the LB", Duration::from_secs(30), &w, || {
+        registry_values(&s).values().any(|v| *v == entry) && lb_upstreams(&s).contains(&entry)
+    });
+    println!("watch: recovered instance back in traffic after {t:?}");
+    assert_eq!(running(&s, "web-0").as_deref(), Some(web0.id.as_str()), "the instance was not replaced");
+}
+
+fn managed_name(s: &Stack, id: &str) -> String {
+    let m = managed(s).into_iter().find(|m| m.id == id).unwrap();
+    let o = Command::new("docker")
+        .args(["-H", &docker_for(m.daemon), "inspect", "--format", "{{.Name}}", id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().trim_start_matches('/').to_string()
+}
+
+#[test]
+fn of_two_watchers_only_the_leader_acts_and_the_other_takes_over() {
+    let s = Stack::new("wlead", 7);
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mut a = Watcher::start(&s, "a", 28197, &[]);
+    let mut b = Watcher::start(&s, "b", 28198, &[]);
+    wait_for("one leader", Duration::from_secs(30), &a, || {
+        let (la, lb) = (a.metric("reconcile_watch_leader{"), b.metric("reconcile_watch_leader{"));
+        matches!((la, lb), (Some(x), Some(y)) if x + y == 1.0)
+    });
+    let (leader, follower) =
+        if a.metric("reconcile_watch_leader{") == Some(1.0) { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    assert!(follower.log().contains("standing by"), "{}", follower.log());
+
+    // One removal, one re-creation: the follower does nothing.
+    let worker = managed(&s).into_iter().find(|m| m.app == "worker").unwrap();
+    docker(worker.daemon, &["rm", "-f", &worker.id]);
+    wait_for("the worker re-created", Duration::from_secs(30), leader, || running(&s, "worker-0").is_some());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(managed(&s).len(), 3, "nothing done twice");
+    let follower_runs: f64 = follower
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("reconcile_watch_runs_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(follower_runs, 0.0, "the follower ran:\n{}", follower.log());
+
+    // SIGTERM to the leader (right after a trigger, mid-run or between runs): exit 0,
+    // the follower takes over and heals the next removal.
+    let web1 = managed(&s).into_iter().find(|m| m.instance == "web-1").unwrap();
+    docker(web1.daemon, &["rm", "-f", &web1.id]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(leader.terminate(), Some(0), "{}", leader.log());
+    let t = wait_for("the follower to lead and heal web-1", Duration::from_secs(30), follower, || {
+        follower.metric("reconcile_watch_leader{") == Some(1.0) && running(&s, "web-1").is_some()
+    });
+    println!("watch: failover and heal in {t:?}");
+    wait_for("three instances", Duration::from_secs(30), follower, || all_running(&s, 3));
+    assert_eq!(follower.terminate(), Some(0));
+    assert_eq!(etcd_get(&format!("{}/{}/lock", s.prefix, s.env)), "", "no apply lock left behind");
+    assert_eq!(etcd_get(&format!("{}/{}/watch-leader", s.prefix, s.env)), "", "no leader key left behind");
+}
+
+#[test]
+fn dry_run_reports_drift_and_changes_nothing() {
+    let s = Stack::new("wdry", 8);
+    let mut w = Watcher::start(&s, "d", 28199, &["--dry-run"]);
+    wait_for("a dry run", Duration::from_secs(30), &w, || {
+        w.metric(&format!("reconcile_watch_runs_total{{env=\"{}\",result=\"dry_run\"}}", s.env)).unwrap_or(0.0) >= 1.0
+    });
+    assert!(managed(&s).is_empty(), "dry run created containers");
+    assert!(w.log().contains("to add"), "{}", w.log());
+    assert_eq!(w.terminate(), Some(0));
+}
+
+#[test]
+fn bad_input_at_start_is_exit_1() {
+    let s = Stack::new("wbad", 9);
+    std::fs::write(s.env_dir().join("apps/web.yaml"), "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: [\n")
+        .unwrap();
+    let o = super::reconcile(&["watch", "--env", &s.env, "--repo", &s.repo(), "--metrics-addr", "off"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("web.yaml"), "{}", stderr(&o));
+}
