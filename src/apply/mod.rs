@@ -777,21 +777,36 @@ impl Shared<'_> {
                 done.push(format!("{}: started {instance}", old.host));
             }
         }
-        // Creates, a batch at a time.
+        // Creates: nothing of these instances serves yet, so `batch` (which paces
+        // replacements) does not apply: up to `parallelism` at once (at least `batch`),
+        // no new one started after a failure, the LB updated once at the end.
         let creates: Vec<(&String, &plan::NewInstance)> = actions
             .iter()
             .filter_map(|a| if let Action::Create { instance, new, .. } = a { Some((instance, new)) } else { None })
             .collect();
-        for chunk in creates.chunks(batch) {
-            let ups = futures::future::join_all(chunk.iter().map(|(i, n)| self.bring_up(app, i, n))).await;
+        if !creates.is_empty() {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let stop = &stop;
+            let mut ups = futures::stream::iter(creates.iter().map(|(i, n)| async move {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return None;
+                }
+                let r = self.bring_up(app, i, n).await;
+                if r.is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Some(r)
+            }))
+            .buffer_unordered(self.opts.parallelism.max(batch).max(1));
             let mut first_err = None;
-            for r in ups {
+            while let Some(r) = ups.next().await {
                 match r {
-                    Ok(asg) => {
+                    None => {}
+                    Some(Ok(asg)) => {
                         self.register(&asg, true).await?;
                         done.push(format!("{}: created {}-{}", asg.host, asg.app, asg.ordinal));
                     }
-                    Err(e) => first_err = first_err.or(Some(e)),
+                    Some(Err(e)) => first_err = first_err.or(Some(e)),
                 }
             }
             self.lb_update(app).await?;

@@ -87,6 +87,18 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
         }
         "in sync".into()
     };
+    // Health marks `watch` wrote: those instances are out of traffic.
+    let marks: BTreeMap<String, crate::model::HealthMark> = match (&env.spec.etcd, &observed.etcd) {
+        (Some(spec), Some(obs)) => plan::health_marks(&obs.keys, &spec.prefix, &env.name)
+            .into_iter()
+            .filter_map(|(c, k)| Some((c, serde_json::from_str(obs.keys.get(&k)?).ok()?)))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    let health_of = |name: &str, docker_health: Option<String>| match marks.get(name) {
+        Some(m) => Some(format!("unhealthy since {}, out of traffic (watch: {})", m.since, m.error)),
+        None => docker_health,
+    };
     let mut rows = Vec::new();
     for (host, obs) in &observed.hosts {
         for i in &obs.instances {
@@ -98,7 +110,7 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
                 image: i.image.clone(),
                 port: i.port,
                 state: format!("{:?}", i.state).to_lowercase(),
-                health: rt.and_then(|r| r.health.clone()),
+                health: health_of(&i.name, rt.and_then(|r| r.health.clone())),
                 uptime_secs: rt.and_then(|r| r.started_at).filter(|_| i.state.is_running()).map(|s| (now - s).max(0)),
                 restarts: rt.map(|r| r.restart_count),
                 container_id: Some(i.container_id.clone()),

@@ -255,3 +255,86 @@ proptest! {
         prop_assert!(plan_for(&repo(&reps2, &vals), &s, &next).actions.is_empty());
     }
 }
+
+/// The observed container of `instance` (after `converged`).
+fn container_of(o: &ObservedState, instance: &str) -> crate::model::ObservedInstance {
+    o.hosts.values().flat_map(|h| h.instances.iter()).find(|i| i.instance == instance).unwrap().clone()
+}
+
+fn with_mark(mut o: ObservedState, container: &str) -> (ObservedState, String) {
+    let key = keys::health("/reconcile", "t", container);
+    o.etcd.as_mut().unwrap().keys.insert(key.clone(), "{\"instance\":\"x\"}".into());
+    (o, key)
+}
+
+#[test]
+fn a_health_mark_takes_a_kept_instance_out_of_registry_and_lb_only() {
+    let snap = repo(&[2, 1], &[]);
+    let s = secrets("pw1");
+    let o = converged(&snap, &s);
+    let c = container_of(&o, "app-0-0");
+    let addr = format!(
+        "{}:{}",
+        ["127.0.0.1", "127.0.0.2", "127.0.0.3"][["h1", "h2", "h3"].iter().position(|h| *h == c.host).unwrap()],
+        c.port.unwrap()
+    );
+    let (marked, key) = with_mark(o, &c.name);
+    let p = plan_for(&snap, &s, &marked);
+    assert!(instance_actions(&p).is_empty(), "the container stays: {:#?}", p.actions);
+    let deleted: Vec<&str> = p
+        .actions
+        .iter()
+        .filter_map(|a| if let Action::DeleteKey { key, .. } = a { Some(key.as_str()) } else { None })
+        .collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert!(deleted[0].contains("/app-0_t/") && deleted[0].ends_with(&addr.replace(':', "-")), "{deleted:?}");
+    assert!(!deleted.contains(&key.as_str()), "the mark stays while its container does");
+    let lb = p.actions.iter().find_map(|a| if let Action::WriteLb { content, .. } = a { Some(content) } else { None });
+    assert!(lb.is_some_and(|c| !c.contains(&addr)), "LB without {addr}: {lb:?}");
+    // Applied, the plan converges with the mark in place.
+    let after = simulate(&p, &marked, "c1");
+    let again = plan_for(&snap, &s, &after);
+    assert!(again.actions.is_empty(), "{:#?}", again.actions);
+}
+
+#[test]
+fn when_every_instance_of_an_app_is_marked_none_leaves_traffic() {
+    let snap = repo(&[2, 1], &[]);
+    let s = secrets("pw1");
+    let o = converged(&snap, &s);
+    let c = container_of(&o, "app-1-0");
+    let (marked, _) = with_mark(o, &c.name);
+    let p = plan_for(&snap, &s, &marked);
+    assert!(p.actions.is_empty(), "fail open: {:#?}", p.actions);
+}
+
+#[test]
+fn a_mark_of_a_container_that_is_gone_is_deleted() {
+    let snap = repo(&[2, 1], &[]);
+    let s = secrets("pw1");
+    let (o, key) = with_mark(converged(&snap, &s), "t-app-0-7-deadbeef");
+    let p = plan_for(&snap, &s, &o);
+    assert_eq!(p.actions.len(), 1, "{:#?}", p.actions);
+    assert!(matches!(&p.actions[0], Action::DeleteKey { key: k, .. } if *k == key));
+}
+
+#[test]
+fn held_instances_are_neither_created_nor_registered() {
+    let snap = repo(&[2, 1], &[]);
+    let s = secrets("pw1");
+    let mut o = converged(&snap, &s);
+    for h in o.hosts.values_mut() {
+        h.instances.retain(|i| i.instance != "app-1-0");
+    }
+    let loaded = load(&snap);
+    let env = &loaded.envs["t"];
+    let origin = Origin::default();
+    let d = Desired { env, files: Arc::new(snap.files.clone()), origin: &origin, secrets: &s };
+    let (free, _) = plan_with_specs(&d, &o).unwrap();
+    assert_eq!(free.summary.add, 1);
+    let (held, _) = plan_holding(&d, &o, &["app-1-0".to_string()].into()).unwrap();
+    assert_eq!(held.summary.add, 0, "{:#?}", held.actions);
+    // Its registry entry (still in etcd from before) goes: it does not run.
+    assert!(held.actions.iter().all(|a| !matches!(a, Action::PutKey { key, .. } if key.contains("/app-1_t/"))));
+    assert!(held.actions.iter().any(|a| matches!(a, Action::DeleteKey { key, .. } if key.contains("/app-1_t/"))));
+}

@@ -126,6 +126,7 @@ pub async fn run(
         backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), Duration::from_secs(600)),
         seen: BTreeSet::new(),
         env_name,
+        hosts: None,
     };
     w.backoff.base = w.cfg.backoff_base;
     w.backoff.max = w.cfg.backoff_max;
@@ -199,6 +200,8 @@ struct Watcher {
     /// Instances seen in the last observation (a missing one of these is a heal).
     seen: BTreeSet<String>,
     env_name: String,
+    /// The hosts of the last loaded snapshot (to follow host changes in the repo).
+    hosts: Option<Vec<crate::spec::model::HostSpec>>,
 }
 
 impl Watcher {
@@ -206,15 +209,16 @@ impl Watcher {
     async fn lead(&mut self, env: &Env, leader: Option<&etcd::LockGuard>, mut stop: watch::Receiver<bool>) {
         let (tx, mut rx) = mpsc::channel::<Trigger>(1024);
         let mut tasks = Vec::new();
-        // Docker events, one stream per host, reconnecting.
-        for h in &env.spec.hosts {
-            tasks.push(tokio::spawn(docker_events(
-                h.clone(),
-                self.env_name.clone(),
-                tx.clone(),
-                Arc::clone(&self.metrics),
-            )));
-        }
+        // Docker events, one stream per host, reconnecting; redone when the repo's hosts change.
+        let mut watched_hosts = env.spec.hosts.clone();
+        let (env_name, shared) = (self.env_name.clone(), Arc::clone(&self.metrics));
+        let spawn_events = |hosts: &[crate::spec::model::HostSpec]| -> Vec<tokio::task::JoinHandle<()>> {
+            hosts
+                .iter()
+                .map(|h| tokio::spawn(docker_events(h.clone(), env_name.clone(), tx.clone(), Arc::clone(&shared))))
+                .collect()
+        };
+        let mut event_tasks = spawn_events(&watched_hosts);
         // Periodic resync (first one at once: converge on start).
         {
             let (tx, every) = (tx.clone(), self.cfg.interval);
@@ -273,6 +277,16 @@ impl Watcher {
             let kinds: BTreeSet<&str> = batch.iter().map(Trigger::kind).collect();
             tracing::info!(triggers = batch.len(), kinds = ?kinds, "run");
             let next_wake = self.run_once(&targets_tx).await;
+            if let Some(hosts) = self.hosts.take()
+                && hosts != watched_hosts
+            {
+                tracing::info!("the environment's hosts changed: following the new hosts' Docker events");
+                for t in event_tasks.drain(..) {
+                    t.abort();
+                }
+                event_tasks = spawn_events(&hosts);
+                watched_hosts = hosts;
+            }
             // Back-off expiry wakes the loop once more.
             if let Some(at) = next_wake {
                 if let Some(h) = wake.take() {
@@ -288,7 +302,7 @@ impl Watcher {
                 break;
             }
         }
-        for t in tasks.into_iter().chain(wake) {
+        for t in tasks.into_iter().chain(event_tasks).chain(wake) {
             t.abort();
         }
     }
@@ -323,6 +337,7 @@ impl Watcher {
             Err(e) => return self.fail("load", e),
         };
         let env = &snap.env;
+        self.hosts = Some(env.spec.hosts.clone());
         let progress: apply::Progress = Arc::new(|line: String| tracing::info!("{line}"));
         let mut opts = self.cfg.apply;
         opts.record_as = "watch";
@@ -333,9 +348,6 @@ impl Watcher {
                 Ok(g) => g,
                 Err(apply::ApplyError::Etcd(etcd::EtcdError::LockTimeout { holder, .. })) => {
                     tracing::info!(%holder, "the apply lock is held; this run is skipped");
-                    if let Ok(mut m) = self.metrics.lock() {
-                        *m.runs.entry("busy").or_default() += 1;
-                    }
                     return ("busy", Some(Instant::now() + Duration::from_secs(5)));
                 }
                 Err(e) => return self.fail("lock", e),
