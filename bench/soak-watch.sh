@@ -102,7 +102,9 @@ done
 RSS+=("$(rss_kb)")
 METRICS_TEXT=$(curl -s "http://$METRICS/metrics" | grep -E '^reconcile_watch_(heals_total|runs_total|failures_total)' || true)
 
-stats() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1; s+=$1} END{ if (NR) printf "median %d ms, p90 %d ms, max %d ms (n=%d)", a[int((NR+1)/2)], a[int(NR*0.9)>0?int(NR*0.9):1], a[NR], NR }'; }
+stats() {
+  printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{ if (NR) { p=int(NR*0.9); if (p<1) p=1; printf "median %d ms, p90 %d ms, max %d ms (n=%d)", a[int((NR+1)/2)], a[p], a[NR], NR } }'
+}
 HEAL_STATS=$(stats "${HEALS[@]}")
 RSS_FIRST_MIN=${RSS[6]:-${RSS[-1]}}
 RSS_END=${RSS[-1]}

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub unhealthy: u64,
     /// Instances held back by crash-loop back-off.
     pub backoff: u64,
+    /// Instances that died 3 times or more within a minute.
+    pub crash_looping: u64,
     /// Instances brought back (created or started) by watch runs.
     pub heals: u64,
     /// Failures by stage: `load`, `observe`, `plan`, `apply`, `lock`, `health_mark`, `events`.
@@ -99,6 +101,13 @@ impl Metrics {
         let _ = writeln!(o, "reconcile_watch_unhealthy_instances{{env=\"{env}\"}} {}", self.unhealthy);
         family(&mut o, "reconcile_watch_backoff_instances", "gauge", "Crash-looping instances held back.");
         let _ = writeln!(o, "reconcile_watch_backoff_instances{{env=\"{env}\"}} {}", self.backoff);
+        family(
+            &mut o,
+            "reconcile_watch_crash_looping_instances",
+            "gauge",
+            "Instances that died 3+ times in the last minute.",
+        );
+        let _ = writeln!(o, "reconcile_watch_crash_looping_instances{{env=\"{env}\"}} {}", self.crash_looping);
         family(&mut o, "reconcile_watch_heals_total", "counter", "Instances re-created or restarted by watch.");
         let _ = writeln!(o, "reconcile_watch_heals_total{{env=\"{env}\"}} {}", self.heals);
         family(&mut o, "reconcile_watch_failures_total", "counter", "Failures by stage.");

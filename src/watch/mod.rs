@@ -127,6 +127,7 @@ pub async fn run(
         seen: BTreeSet::new(),
         env_name,
         hosts: None,
+        deaths: schedule::Deaths::new(Duration::from_secs(60)),
     };
     w.backoff.base = w.cfg.backoff_base;
     w.backoff.max = w.cfg.backoff_max;
@@ -200,6 +201,8 @@ struct Watcher {
     /// Instances seen in the last observation (a missing one of these is a heal).
     seen: BTreeSet<String>,
     env_name: String,
+    /// Recent deaths per instance (crash-loop reports).
+    deaths: schedule::Deaths,
     /// The hosts of the last loaded snapshot (to follow host changes in the repo).
     hosts: Option<Vec<crate::spec::model::HostSpec>>,
 }
@@ -273,6 +276,27 @@ impl Watcher {
                 for t in &batch {
                     *m.triggers.entry(t.kind()).or_default() += 1;
                 }
+            }
+            let now = Instant::now();
+            for t in &batch {
+                if let Trigger::Docker { instance, container, action, .. } = t
+                    && (action == "die" || action == "oom")
+                    && !instance.is_empty()
+                {
+                    let n = self.deaths.record(instance, now);
+                    if n >= schedule::CRASH_LOOP_DEATHS {
+                        tracing::warn!(
+                            instance,
+                            container,
+                            deaths = n,
+                            window = ?self.deaths.window,
+                            "crash-looping: restarts are backed off (see `reconcile status` for restarts and uptime)"
+                        );
+                    }
+                }
+            }
+            if let Ok(mut m) = self.metrics.lock() {
+                m.crash_looping = self.deaths.looping(now).len() as u64;
             }
             let kinds: BTreeSet<&str> = batch.iter().map(Trigger::kind).collect();
             tracing::info!(triggers = batch.len(), kinds = ?kinds, "run");
@@ -522,7 +546,12 @@ async fn docker_events(
                         }
                         Ok(ev) => {
                             tracing::info!(host = ev.host, container = ev.name, action = ev.action, "container event");
-                            let t = Trigger::Docker { host: ev.host, container: ev.name, action: ev.action };
+                            let t = Trigger::Docker {
+                                host: ev.host,
+                                container: ev.name,
+                                instance: ev.instance,
+                                action: ev.action,
+                            };
                             if tx.send(t).await.is_err() {
                                 return;
                             }

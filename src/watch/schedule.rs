@@ -15,8 +15,9 @@ use tokio::time::Instant;
 pub enum Trigger {
     /// The config repo changed (a file event in a local checkout).
     Repo,
-    /// A managed container died, was removed or was OOM-killed: `host`, `container`, `action`.
-    Docker { host: String, container: String, action: String },
+    /// A managed container died, was removed or was OOM-killed: `host`, `container`
+    /// (name), `instance` (`<app>-<ordinal>`), `action`.
+    Docker { host: String, container: String, instance: String, action: String },
     /// An instance's health changed (it was marked or unmarked).
     Health { instance: String },
     /// The periodic resync (and, for a remote repo, the poll).
@@ -119,6 +120,42 @@ impl Backoff {
     /// Forget instances not in `alive` (removed from the repo or scaled down).
     pub fn retain(&mut self, alive: impl Fn(&str) -> bool) {
         self.state.retain(|i, _| alive(i));
+    }
+}
+
+/// Deaths of one instance within a window: `CRASH_LOOP_DEATHS` or more within
+/// `window` is a crash loop (reported; Docker's own restart back-off and [`Backoff`]
+/// keep it from restarting in a tight loop).
+#[derive(Debug, Clone)]
+pub struct Deaths {
+    pub window: Duration,
+    seen: BTreeMap<String, Vec<Instant>>,
+}
+
+/// Deaths within the window that make a crash loop.
+pub const CRASH_LOOP_DEATHS: usize = 3;
+
+impl Deaths {
+    pub fn new(window: Duration) -> Self {
+        Self { window, seen: BTreeMap::new() }
+    }
+
+    /// Record a death of `instance` at `now`; returns the deaths within the window.
+    pub fn record(&mut self, instance: &str, now: Instant) -> usize {
+        let window = self.window;
+        let list = self.seen.entry(instance.to_string()).or_default();
+        list.retain(|t| now.duration_since(*t) < window);
+        list.push(now);
+        list.len()
+    }
+
+    /// Instances in a crash loop at `now`.
+    pub fn looping(&self, now: Instant) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|(_, l)| l.iter().filter(|t| now.duration_since(**t) < self.window).count() >= CRASH_LOOP_DEATHS)
+            .map(|(i, _)| i.clone())
+            .collect()
     }
 }
 
@@ -266,7 +303,12 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 if tx
-                    .send(Trigger::Docker { host: "a".into(), container: "c".into(), action: "die".into() })
+                    .send(Trigger::Docker {
+                        host: "a".into(),
+                        container: "c".into(),
+                        instance: "a-0".into(),
+                        action: "die".into(),
+                    })
                     .await
                     .is_err()
                 {
@@ -309,6 +351,20 @@ mod tests {
         assert_eq!(b.record("a-0", now), Duration::ZERO);
         b.retain(|i| i != "a-0");
         assert!(b.get("a-0").is_none());
+    }
+
+    #[test]
+    fn three_deaths_within_the_window_are_a_crash_loop() {
+        let t0 = Instant::now();
+        let mut d = Deaths::new(Duration::from_secs(60));
+        assert_eq!(d.record("a-0", t0), 1);
+        assert_eq!(d.record("a-0", t0 + 10 * S), 2);
+        assert!(d.looping(t0 + 10 * S).is_empty());
+        assert_eq!(d.record("a-0", t0 + 20 * S), 3);
+        assert_eq!(d.looping(t0 + 20 * S), vec!["a-0".to_string()]);
+        // The first death leaves the window.
+        assert!(d.looping(t0 + 61 * S).is_empty());
+        assert_eq!(d.record("a-0", t0 + 75 * S), 2, "the deaths at 0 s and 10 s left the window");
     }
 
     #[test]

@@ -208,6 +208,8 @@ fn an_unhealthy_instance_leaves_the_registry_and_the_lb_and_comes_back() {
     let mark = etcd_get(&format!("{}/{}/health/{}", s.prefix, s.env, managed_name(&s, &web0.id)));
     assert!(mark.contains("\"instance\":\"web-0\""), "health mark: {mark:?}");
     assert_eq!(w.metric("reconcile_watch_unhealthy_instances{"), Some(1.0));
+    let status = super::reconcile(&["status", "--env", &s.env, "--repo", &s.repo()]);
+    assert!(super::stdout(&status).contains("out of traffic"), "status: {}", super::stdout(&status));
     // Plain `plan` agrees: nothing to change while it is marked.
     assert!(s.plan_json().actions.is_empty(), "plan while marked: {:?}", s.plan_json().actions);
 
@@ -294,4 +296,38 @@ fn bad_input_at_start_is_exit_1() {
     let o = super::reconcile(&["watch", "--env", &s.env, "--repo", &s.repo(), "--metrics-addr", "off"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("web.yaml"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_crash_looping_app_is_reported_and_never_restarted_in_a_tight_loop() {
+    let s = Stack::new("wcrash", 17);
+    std::fs::write(
+        s.env_dir().join("apps/crash.yaml"),
+        format!(
+            "apiVersion: reconcile/v1\nkind: App\nname: crash\nimage: {}\ncommand: [/bin/busybox, sh, -c, 'sleep 1; exit 1']\nstop_timeout: 1s\n",
+            var("RECONCILE_TEST_IMAGE")
+        ),
+    )
+    .unwrap();
+    let w = Watcher::start(&s, "c", 28191, &[]);
+    let mut most = 0;
+    let t = wait_for("a crash-loop report", Duration::from_secs(60), &w, || {
+        most = most.max(managed(&s).iter().filter(|m| m.app == "crash").count());
+        w.log().contains("crash-looping")
+    });
+    println!("watch: crash loop reported after {t:?}");
+    // Keep watching for a while: never more than one container, few heals.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(8) {
+        most = most.max(managed(&s).iter().filter(|m| m.app == "crash").count());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(most, 1, "one container for the crashing instance at any time");
+    let heals = w.metric("reconcile_watch_heals_total{").unwrap_or(0.0);
+    assert!(heals <= 5.0, "healed {heals} times: back-off must space restarts\n{}", w.log());
+    assert_eq!(w.metric("reconcile_watch_crash_looping_instances{"), Some(1.0), "{}", w.metrics());
+    let status = super::reconcile(&["status", "--env", &s.env, "--repo", &s.repo()]);
+    let line = super::stdout(&status).lines().find(|l| l.starts_with("crash ")).unwrap_or_default().to_string();
+    assert!(!line.is_empty(), "status shows the crashing instance: {}", super::stdout(&status));
+    println!("watch: status of the crash-looping instance: {line}");
 }
