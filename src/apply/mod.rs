@@ -647,7 +647,12 @@ impl Shared<'_> {
 
     /// Start a new container for `new` and wait until it is healthy. On failure the
     /// container is removed again.
-    async fn bring_up(&self, app: &str, instance: &str, new: &plan::NewInstance) -> Result<Assignment, String> {
+    async fn bring_up(
+        &self,
+        app: &str,
+        instance: &str,
+        new: &plan::NewInstance,
+    ) -> Result<(Assignment, String), String> {
         let spec = self
             .specs
             .get(&new.spec_hash)
@@ -677,7 +682,7 @@ impl Shared<'_> {
             t0.elapsed().as_secs_f64()
         ));
         let ordinal = instance.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        Ok(Assignment { app: app.to_string(), ordinal, host: new.host.clone(), port: new.port })
+        Ok((Assignment { app: app.to_string(), ordinal, host: new.host.clone(), port: new.port }, id))
     }
 
     async fn wait_healthy(
@@ -802,7 +807,7 @@ impl Shared<'_> {
             while let Some(r) = ups.next().await {
                 match r {
                     None => {}
-                    Some(Ok(asg)) => {
+                    Some(Ok((asg, _))) => {
                         self.register(&asg, true).await?;
                         done.push(format!("{}: created {}-{}", asg.host, asg.app, asg.ordinal));
                     }
@@ -840,9 +845,13 @@ impl Shared<'_> {
             let ups = futures::future::join_all(chunk.iter().map(|(i, _, n, _)| self.bring_up(app, i, n))).await;
             let mut first_err = None;
             let mut up = Vec::new();
+            let mut new_ids = Vec::new();
             for (r, (i, old, _, _)) in ups.into_iter().zip(chunk.iter()) {
                 match r {
-                    Ok(asg) => up.push((asg, *i, *old)),
+                    Ok((asg, id)) => {
+                        new_ids.push((asg.clone(), id));
+                        up.push((asg, *i, *old));
+                    }
                     Err(e) => first_err = first_err.or(Some(e)),
                 }
             }
@@ -850,7 +859,22 @@ impl Shared<'_> {
             for (asg, _, _) in &up {
                 self.register(asg, true).await?;
             }
-            self.lb_update(app).await?;
+            if let Err(e) = self.lb_update(app).await {
+                // The LB refused the config with the new instances (its file is unchanged):
+                // undo as for a failed health check — the new ones leave the registry and
+                // are removed, the old ones keep serving. (With `recreate` the old ones are
+                // gone already, so the new ones stay.)
+                if !recreate {
+                    for (asg, id) in &new_ids {
+                        self.register(asg, false).await?;
+                        let grace = Duration::from_secs(2);
+                        let client = self.client(&asg.host)?;
+                        let _ = docker::stop_and_remove(client, &asg.host, id, grace).await;
+                    }
+                    return Err(format!("{e}; the new instances were removed, the old ones keep serving"));
+                }
+                return Err(e);
+            }
             if let Some(e) = first_err {
                 // …but a failed batch stops here: its old instances keep serving.
                 return Err(e);

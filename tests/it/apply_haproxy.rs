@@ -1,0 +1,514 @@
+//! `reconcile apply` end to end with HAProxy as the load balancer: two real Docker
+//! daemons, etcd, and a real `haproxy` (master-worker, `-W -D -p <pid file>`) this test
+//! runs on 127.0.0.1:28130. The LB file is haproxy's whole config, rendered from the
+//! environment's template; `check: [haproxy, -c, -f, "{file}"]` (the candidate is
+//! checked before it replaces the file) and `reload: [pkill, -USR2, -F, <pid file>]`
+//! (SIGUSR2 to the master: it re-executes, new workers take over, old ones finish their
+//! requests), as README.md and tests/it/lb.rs describe them.
+//!
+//! Ports: the LB on 28130, the hosts' pool 23500-23549 (slot 30 of `apply::Stack`'s
+//! scheme, which no other test uses).
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::apply::{http_get_at, var};
+use super::{stderr, stdout};
+
+const LB_PORT: u16 = 28130;
+const POOL: (u16, u16) = (23500, 23549);
+
+/// The LB template: a frontend routing on each app's `lb.host`, a backend per app with a
+/// `server` line per serving instance. Server names carry the port: during a rolling
+/// replace the old and the new container of one instance (same `name`) serve side by
+/// side, and haproxy refuses two servers of one name in a backend. `retries 0` and no
+/// `option redispatch`: a request sent to a stopped instance fails visibly.
+const TEMPLATE: &str = r"# managed by reconcile for {{ env.name }}
+global
+  maxconn 512
+defaults
+  mode http
+  retries 0
+  timeout connect 2s
+  timeout client 5s
+  timeout server 5s
+frontend fe
+  bind 127.0.0.1:@PORT@
+{% for app in apps %}
+  use_backend {{ app.name }} if { hdr(host) -i {{ app.lb.host }} }
+{% endfor %}
+{% for app in apps %}
+backend {{ app.name }}
+{% for i in app.instances %}
+  server {{ i.name }}_{{ i.port }} {{ i.address }}:{{ i.port }}
+{% endfor %}
+@EXTRA@{% endfor %}
+";
+
+/// A config repo + a running haproxy + cleanup of everything the environment made.
+struct HaStack {
+    dir: tempfile::TempDir,
+    env: String,
+    prefix: String,
+}
+
+impl Drop for HaStack {
+    fn drop(&mut self) {
+        // haproxy: SIGTERM to the master (it stops its workers), then wait for it to go.
+        if let Some(pid) = self.haproxy_pid() {
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let proc = PathBuf::from(format!("/proc/{pid}"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while proc.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // No `var` here: a panic in a destructor during a failed test's unwinding aborts.
+        for d in ["RECONCILE_TEST_DOCKER1", "RECONCILE_TEST_DOCKER2"].iter().filter_map(|v| std::env::var(v).ok()) {
+            if let Ok(o) = Command::new("docker")
+                .args(["-H", &d, "ps", "-aq", "--filter", &format!("label=reconcile.env={}", self.env)])
+                .output()
+            {
+                for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("docker").args(["-H", &d, "rm", "-f", id]).output();
+                }
+            }
+        }
+        let Ok(etcd) = std::env::var("RECONCILE_TEST_ETCD") else { return };
+        for p in [self.prefix.clone(), format!("{}-reg", self.prefix)] {
+            let _ = Command::new("etcdctl").args(["--endpoints", &etcd, "del", "--prefix", &p]).output();
+        }
+    }
+}
+
+impl HaStack {
+    fn new(tag: &str) -> Self {
+        let pid = std::process::id();
+        let s = HaStack {
+            dir: tempfile::tempdir().unwrap(),
+            env: format!("it-{tag}-{pid}"),
+            prefix: format!("/it-apply-{tag}-{pid}"),
+        };
+        s.write_repo("1", ""); // first: it needs the test environment's variables
+        // haproxy binds with SO_REUSEPORT: a leftover one on the port would share the traffic.
+        assert!(
+            TcpStream::connect(("127.0.0.1", LB_PORT)).is_err(),
+            "127.0.0.1:{LB_PORT} is already in use (a haproxy left by a killed run?)"
+        );
+        std::fs::create_dir_all(s.haproxy_dir()).unwrap();
+        // haproxy needs a config to start: the frontend only, answering 503.
+        std::fs::write(
+            s.lb_file(),
+            format!(
+                "defaults\n  mode http\n  timeout connect 2s\n  timeout client 5s\n  timeout server 5s\n\
+                 frontend fe\n  bind 127.0.0.1:{LB_PORT}\n  http-request return status 503\n"
+            ),
+        )
+        .unwrap();
+        let cfg = s.lb_file().to_string_lossy().into_owned();
+        let pid_file = s.pid_file().to_string_lossy().into_owned();
+        // Daemonised: its output goes to a file, so it cannot hold our pipes open.
+        let log = s.haproxy_dir().join("start.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let status = Command::new("haproxy")
+            .args(["-W", "-D", "-f", &cfg, "-p", &pid_file])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run haproxy (is it installed and on PATH?): {e}"));
+        assert!(status.success(), "haproxy failed ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.haproxy_pid().is_none() || !get_once(LB_PORT).is_err_and(|e| e.contains("503")) {
+            assert!(
+                Instant::now() < deadline,
+                "haproxy did not come up on 127.0.0.1:{LB_PORT}: {:?}",
+                get_once(LB_PORT)
+            );
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        s
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    fn haproxy_dir(&self) -> PathBuf {
+        self.root().join("haproxy")
+    }
+    /// lb.path: the whole haproxy config.
+    fn lb_file(&self) -> PathBuf {
+        self.haproxy_dir().join("haproxy.cfg")
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.haproxy_dir().join("haproxy.pid")
+    }
+    fn haproxy_pid(&self) -> Option<String> {
+        std::fs::read_to_string(self.pid_file()).ok().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty())
+    }
+    fn repo(&self) -> String {
+        self.root().join("repo").to_string_lossy().into_owned()
+    }
+
+    /// `version` goes into the page and an env var; `extra` is added to every backend of
+    /// the LB template (to break it).
+    fn write_repo(&self, version: &str, extra: &str) {
+        let e = self.root().join("repo/environments").join(&self.env);
+        std::fs::create_dir_all(e.join("apps")).unwrap();
+        std::fs::create_dir_all(e.join("templates")).unwrap();
+        std::fs::write(
+            e.join("environment.yaml"),
+            format!(
+                "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nvars: {{version: '{version}'}}\nhosts:\n  - {{name: node-1, docker: '{d1}', address: 127.0.0.1, ports: {a}-{b}}}\n  - {{name: node-2, docker: '{d2}', address: 127.0.0.2, ports: {a}-{b}}}\netcd: {{endpoints: ['{etcd}'], prefix: '{prefix}', registry_prefix: '{prefix}-reg'}}\nlb:\n  template: templates/lb.j2\n  path: '{lb}'\n  check: [haproxy, -c, -f, '{{file}}']\n  reload: [pkill, -USR2, -F, '{pid}']\n",
+                env = self.env,
+                d1 = var("RECONCILE_TEST_DOCKER1"),
+                d2 = var("RECONCILE_TEST_DOCKER2"),
+                etcd = var("RECONCILE_TEST_ETCD"),
+                prefix = self.prefix,
+                lb = self.lb_file().display(),
+                pid = self.pid_file().display(),
+                a = POOL.0,
+                b = POOL.1,
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            e.join("templates/lb.j2"),
+            TEMPLATE.replace("@PORT@", &LB_PORT.to_string()).replace("@EXTRA@", extra),
+        )
+        .unwrap();
+        std::fs::write(e.join("templates/index.html.j2"), "version={{ vars.version }} instance={{ instance.name }}\n")
+            .unwrap();
+        std::fs::write(
+            e.join("apps/web.yaml"),
+            format!(
+                "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {img}\ncommand: [/bin/busybox, httpd, -f, -p, '{{{{ instance.address }}}}:{{{{ instance.port }}}}', -h, /www]\nenv: {{VERSION: '{{{{ vars.version }}}}'}}\nreplicas: 2\nport: 8080\nhealth: {{http: /, interval: 200ms, timeout: 1s, retries: 10}}\nfiles: [{{template: templates/index.html.j2, path: /www/index.html}}]\nlb: {{host: web.test}}\nregistry: true\nconfig: {{version: '{version}'}}\nstop_timeout: 2s\n",
+                img = var("RECONCILE_TEST_IMAGE"),
+            ),
+        )
+        .unwrap();
+    }
+
+    fn apply(&self) -> Output {
+        let repo = self.repo();
+        super::reconcile(&["apply", "--env", &self.env, "--repo", &repo, "--yes", "--timeout", "10s"])
+    }
+
+    /// `apply`, with each line of its stderr (the plan, then one line per step) stamped
+    /// with the seconds since `t0`, to set the steps against the load's failures.
+    fn apply_stamped(&self, t0: Instant) -> Output {
+        let repo = self.repo();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_reconcile"))
+            .args(["apply", "--env", &self.env, "--repo", &repo, "--yes", "--timeout", "10s"])
+            .current_dir(super::root())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let stamper = std::thread::spawn(move || {
+            let mut stamped = String::new();
+            for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
+                let Ok(line) = line else { break };
+                stamped.push_str(&format!("{:7.3}s {line}\n", t0.elapsed().as_secs_f64()));
+            }
+            stamped
+        });
+        let mut o = child.wait_with_output().unwrap();
+        o.stderr = stamper.join().unwrap().into_bytes();
+        o
+    }
+
+    fn plan_json(&self) -> reconcile::plan::Plan {
+        let repo = self.repo();
+        let o = super::reconcile(&["plan", "--env", &self.env, "--repo", &repo, "--format", "json"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// The environment's containers on both daemons: (daemon index, id, instance, state, port).
+    fn managed(&self) -> Vec<(usize, String, String, String, Option<u16>)> {
+        let mut out = Vec::new();
+        for (daemon, d) in [var("RECONCILE_TEST_DOCKER1"), var("RECONCILE_TEST_DOCKER2")].iter().enumerate() {
+            let o = Command::new("docker")
+                .args([
+                    "-H",
+                    d,
+                    "ps",
+                    "-a",
+                    "--filter",
+                    &format!("label=reconcile.env={}", self.env),
+                    "--format",
+                    "{{.ID}}\t{{.Label \"reconcile.instance\"}}\t{{.State}}\t{{.Label \"reconcile.port\"}}",
+                ])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "docker ps: {}", stderr(&o));
+            for l in String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.is_empty()) {
+                let f: Vec<&str> = l.split('\t').collect();
+                out.push((
+                    daemon,
+                    f[0].to_string(),
+                    f.get(1).copied().unwrap_or_default().to_string(),
+                    f.get(2).copied().unwrap_or_default().to_string(),
+                    f.get(3).and_then(|p| p.parse().ok()),
+                ));
+            }
+        }
+        out.sort_by(|a, b| (&a.2, &a.1).cmp(&(&b.2, &b.1)));
+        out
+    }
+
+    /// Registry entries: key → `address:port`.
+    fn registry(&self) -> BTreeMap<String, String> {
+        let o = Command::new("etcdctl")
+            .args(["--endpoints", &var("RECONCILE_TEST_ETCD"), "get", "--prefix", &format!("{}-reg/", self.prefix)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "etcdctl: {}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        lines.chunks(2).filter(|kv| kv.len() == 2).map(|kv| (kv[0].to_string(), kv[1].to_string())).collect()
+    }
+
+    /// `address:port` of every `server` line of the LB file.
+    fn lb_servers(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_to_string(self.lb_file())
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("server "))
+            .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `haproxy -c -f <the LB file>`.
+    fn haproxy_check(&self) -> Output {
+        Command::new("haproxy").args(["-c", "-f", &self.lb_file().to_string_lossy()]).output().unwrap()
+    }
+
+    /// Poll GET through haproxy until it answers with a body starting `prefix`, steadily
+    /// (a reload is asynchronous); panics with the last answer after 10 s.
+    fn wait_serving(&self, prefix: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut streak = 0;
+        loop {
+            let last = get_once(LB_PORT);
+            streak = if last.as_deref().is_ok_and(|b| b.starts_with(prefix)) { streak + 1 } else { 0 };
+            if streak >= 10 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "haproxy never steadily answered {prefix:?}; last answer: {last:?}");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+}
+
+/// One GET / with Host web.test through the LB, short timeouts: the body on a 200, else
+/// the status line or the error.
+fn get_once(port: u16) -> Result<String, String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let status = buf.lines().next().unwrap_or("(empty answer)").to_string();
+    if status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200") {
+        Ok(buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+    } else {
+        Err(status)
+    }
+}
+
+/// What the load generator saw.
+#[derive(Debug, Default)]
+struct Load {
+    ok: u64,
+    failed: u64,
+    /// The first failures: seconds since the load started, reason.
+    errors: Vec<(f64, String)>,
+    /// Answers per `version=…` of the body.
+    versions: BTreeMap<String, u64>,
+}
+
+/// GETs through the LB one connection at a time, ~2 ms apart, until `stop` (or 120 s);
+/// `made` counts requests as they complete.
+fn start_load(t0: Instant, stop: Arc<AtomicBool>, made: Arc<AtomicU64>) -> std::thread::JoinHandle<Load> {
+    std::thread::spawn(move || {
+        let mut r = Load::default();
+        while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(120) {
+            let at = t0.elapsed().as_secs_f64();
+            let answer = get_once(LB_PORT);
+            made.fetch_add(1, Ordering::SeqCst);
+            match answer {
+                Ok(body) => {
+                    r.ok += 1;
+                    *r.versions.entry(body.split_whitespace().next().unwrap_or("?").to_string()).or_default() += 1;
+                }
+                Err(e) => {
+                    r.failed += 1;
+                    if r.errors.len() < 20 {
+                        r.errors.push((at, e));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        r
+    })
+}
+
+/// Names of the files in `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
+    let s = HaStack::new("haproxy");
+
+    // 1. First apply: two web instances behind haproxy, the config valid, nothing left to plan.
+    let o = s.apply();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("app web: ok"), "{}", stdout(&o));
+    s.wait_serving("version=1 instance=web-");
+    let v1 = s.managed();
+    assert_eq!(v1.len(), 2, "{v1:?}");
+    assert!(v1.iter().all(|c| c.3 == "running"), "{v1:?}");
+    assert_eq!(v1.iter().map(|c| c.0).collect::<std::collections::BTreeSet<_>>().len(), 2, "spread: {v1:?}");
+    let running: Vec<String> = {
+        let mut v: Vec<String> =
+            v1.iter().map(|c| format!("{}:{}", ["127.0.0.1", "127.0.0.2"][c.0], c.4.unwrap())).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(s.lb_servers(), running, "{}", std::fs::read_to_string(s.lb_file()).unwrap());
+    let mut reg: Vec<String> = s.registry().into_values().collect();
+    reg.sort();
+    assert_eq!(reg, running, "registry vs running instances");
+    for addr in &reg {
+        let (ip, port) = addr.rsplit_once(':').unwrap();
+        assert!(http_get_at(ip, port.parse().unwrap()).unwrap().starts_with("version=1 "), "{addr}");
+    }
+    let check = s.haproxy_check();
+    assert!(check.status.success(), "haproxy -c rejects the rendered file: {}{}", stdout(&check), stderr(&check));
+    let plan = s.plan_json();
+    assert!(plan.actions.is_empty(), "plan after apply: {:#?}", plan.actions);
+    let master = s.haproxy_pid().unwrap();
+
+    // 2. Version 2 under load: a rolling replace, every request answered.
+    s.write_repo("2", "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let made = Arc::new(AtomicU64::new(0));
+    let load_t0 = Instant::now();
+    let load = start_load(load_t0, Arc::clone(&stop), Arc::clone(&made));
+    std::thread::sleep(Duration::from_millis(300)); // traffic flows before the apply starts
+    let (t0, made_before) = (Instant::now(), made.load(Ordering::SeqCst));
+    let o = s.apply_stamped(load_t0);
+    let (rollout, during) = (t0.elapsed(), made.load(Ordering::SeqCst) - made_before);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    let r = load.join().unwrap();
+    eprintln!(
+        "haproxy rolling update under load: apply took {:.2}s with {during} requests during it; in all {} ok, {} \
+         failed; answers per version {:?}",
+        rollout.as_secs_f64(),
+        r.ok,
+        r.failed,
+        r.versions
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        r.failed,
+        0,
+        "requests failed (s since load start, reason): {:#?}\napply (same clock):\n{}",
+        r.errors,
+        stderr(&o)
+    );
+    assert!(during >= 100, "too few requests during the rollout to prove anything: {during}");
+    assert!(r.versions.get("version=1").is_some_and(|n| *n > 0), "{:?}", r.versions);
+    assert!(r.versions.get("version=2").is_some_and(|n| *n > 0), "{:?}", r.versions);
+    s.wait_serving("version=2 ");
+    let v2 = s.managed();
+    assert_eq!(v2.len(), 2, "old containers are gone: {v2:?}");
+    assert!(v2.iter().all(|c| c.3 == "running" && v1.iter().all(|old| old.1 != c.1)), "{v2:?} vs {v1:?}");
+    let running2: Vec<String> = {
+        let mut v: Vec<String> =
+            v2.iter().map(|c| format!("{}:{}", ["127.0.0.1", "127.0.0.2"][c.0], c.4.unwrap())).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(s.lb_servers(), running2, "{}", std::fs::read_to_string(s.lb_file()).unwrap());
+    let mut reg2: Vec<String> = s.registry().into_values().collect();
+    reg2.sort();
+    assert_eq!(reg2, running2);
+    assert_eq!(s.haproxy_pid().unwrap(), master, "reloaded in place, not restarted");
+    assert!(s.haproxy_check().status.success());
+    assert!(s.plan_json().actions.is_empty(), "{:#?}", s.plan_json().actions);
+
+    // 3. A template rendering a config haproxy rejects: apply fails the check, the file
+    // and haproxy stay as they were.
+    s.write_repo("2", "  no-such-keyword-reconcile-it\n");
+    let p = s.plan_json();
+    assert!(
+        p.actions.iter().any(|a| matches!(a, reconcile::plan::Action::WriteLb { .. })),
+        "the broken template changes the LB file: {:#?}",
+        p.actions
+    );
+    let before = std::fs::read_to_string(s.lb_file()).unwrap();
+    let mtime = std::fs::metadata(s.lb_file()).unwrap().modified().unwrap();
+    let files = files_in(&s.haproxy_dir());
+    let o = s.apply();
+    let (out, err) = (stdout(&o), stderr(&o));
+    eprintln!("apply with a broken haproxy config: exit {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    // The check's failure and haproxy's own message reach the user. (They are in apply's
+    // report, which README.md sends to stdout — "Logs go to stderr; reports to stdout" —
+    // so both streams are searched.)
+    let all = format!("{out}{err}");
+    assert!(all.contains("the LB config check `haproxy -c -f "), "the failed check is named: {all}");
+    assert!(
+        all.contains("unknown keyword 'no-such-keyword-reconcile-it' in 'backend' section"),
+        "the checker's output: {all}"
+    );
+    assert_eq!(std::fs::read_to_string(s.lb_file()).unwrap(), before, "the LB file changed");
+    assert_eq!(std::fs::metadata(s.lb_file()).unwrap().modified().unwrap(), mtime, "the LB file was rewritten");
+    assert_eq!(files_in(&s.haproxy_dir()), files, "no candidate or backup left behind");
+    assert_eq!(s.managed().iter().map(|c| &c.1).collect::<Vec<_>>(), v2.iter().map(|c| &c.1).collect::<Vec<_>>());
+    assert_eq!(s.haproxy_pid().unwrap(), master);
+    s.wait_serving("version=2 ");
+
+    // 4. A new version AND a config haproxy rejects: the first new instance is healthy,
+    // but the LB refuses the config that adds it — as with a failed health check, the new
+    // instance leaves the registry and is removed; the old ones keep serving.
+    let reg_before = s.registry();
+    s.write_repo("3", "  no-such-keyword-reconcile-it\n");
+    let o = s.apply();
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{all}");
+    assert!(all.contains("the new instances were removed, the old ones keep serving"), "{all}");
+    assert_eq!(
+        s.managed().iter().map(|c| &c.1).collect::<Vec<_>>(),
+        v2.iter().map(|c| &c.1).collect::<Vec<_>>(),
+        "only the old containers run: {all}"
+    );
+    assert_eq!(s.registry(), reg_before, "the registry holds the old instances only");
+    assert_eq!(std::fs::read_to_string(s.lb_file()).unwrap(), before, "the LB file is unchanged");
+    s.wait_serving("version=2 ");
+}
