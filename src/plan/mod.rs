@@ -407,10 +407,14 @@ pub fn plan_holding(
     };
     let workers = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 8);
     let chunk = assignments.len().div_ceil(workers).max(64);
-    let rendered: Vec<Result<(InstanceSpec, String), PlanError>> = std::thread::scope(|scope| {
+    // Only the hashes leave the workers: the specs are dropped there, in parallel (what the
+    // plan shows is rendered again, masked, for the few instances that change).
+    let rendered: Vec<Result<String, PlanError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = assignments
             .chunks(chunk)
-            .map(|part| scope.spawn(|| part.iter().map(|a| render_one(a, a.port, false)).collect::<Vec<_>>()))
+            .map(|part| {
+                scope.spawn(|| part.iter().map(|a| render_one(a, a.port, false).map(|(_, h)| h)).collect::<Vec<_>>())
+            })
             .collect();
         handles
             .into_iter()
@@ -432,10 +436,10 @@ pub fn plan_holding(
         let first = rendered.next().unwrap_or_else(|| Err(PlanError::Placement("render results out of step".into())));
         let mut first = Some(first);
         // Unmasked first (enough to compare hashes); anything the plan shows is rendered masked.
-        let mut render_at = |port: Option<u16>| -> Result<(InstanceSpec, String), PlanError> {
+        let mut render_at = |port: Option<u16>| -> Result<String, PlanError> {
             match first.take() {
                 Some(r) if port == a.port => r,
-                _ => render_one(a, port, false),
+                _ => render_one(a, port, false).map(|(_, h)| h),
             }
         };
         let masked_at = |port: Option<u16>| render_one(a, port, true).map(|(spec, _)| spec);
@@ -457,7 +461,7 @@ pub fn plan_holding(
         match primary.get(&key) {
             None if held => {}
             None => {
-                let (_, hash) = render_at(a.port)?;
+                let hash = render_at(a.port)?;
                 let spec = masked_at(a.port)?;
                 actions.push(Action::Create {
                     app: a.app.clone(),
@@ -468,7 +472,7 @@ pub fn plan_holding(
                 finals.push(a.clone());
             }
             Some(o) if o.host == a.host && (a.port.is_none() || o.port == a.port) => {
-                let (_, hash) = render_at(a.port)?;
+                let hash = render_at(a.port)?;
                 if hash == o.spec_hash {
                     kept.insert(key.clone(), o.name.clone());
                     if held && !o.state.is_running() {
@@ -507,7 +511,7 @@ pub fn plan_holding(
                     }
                     (p, _) => p,
                 };
-                let hash = if port == a.port { hash } else { render_at(port)?.1 };
+                let hash = if port == a.port { hash } else { render_at(port)? };
                 let spec = masked_at(port)?;
                 let changes = changes(o.spec.as_ref(), &spec);
                 actions.push(Action::Replace {
@@ -527,7 +531,7 @@ pub fn plan_holding(
                 } else {
                     "its port is no longer available".to_string()
                 };
-                let (_, hash) = render_at(a.port)?;
+                let hash = render_at(a.port)?;
                 let spec = masked_at(a.port)?;
                 let changes = changes(o.spec.as_ref(), &spec);
                 actions.push(Action::Replace {
