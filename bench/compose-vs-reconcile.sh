@@ -274,18 +274,14 @@ for r in $(seq 1 "$RUNS"); do
   timeit cold.compose compose_up
   expect_running "com.docker.compose.project=$PROJECT" "$N"
   expect_serving $((P + 4000))
-  clean_all
-  timeit cold.raw-cli raw_cli
-  expect_running "$RAW_LABEL" "$N"
-  expect_serving $((P + 5000))
-  clean_all
-  timeit cold.raw-api raw_api
-  expect_running "$RAW_LABEL" "$N"
-  expect_serving $((P + 6000))
-  clean_all
-  timeit cold.raw-api16 raw_api16
-  expect_running "$RAW_LABEL" "$N"
-  expect_serving $((P + 6500))
+  # The raw floor, three ways: key, command, first port.
+  for raw in "raw-cli raw_cli 5000" "raw-api raw_api 6000" "raw-api16 raw_api16 6500"; do
+    read -r key cmd offset <<<"$raw"
+    clean_all
+    timeit "cold.$key" "$cmd"
+    expect_running "$RAW_LABEL" "$N"
+    expect_serving $((P + offset))
+  done
 done
 
 say "2. no-op and 3. one change (each side brought up once, then measured)"
