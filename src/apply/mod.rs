@@ -307,7 +307,8 @@ impl Shared<'_> {
             "duration_ms": started.elapsed().as_millis() as u64,
         });
         let mut client = c.lock().await;
-        if let Err(e) = etcd::record_apply(&mut client, &spec.prefix, &env.name, &entry).await {
+        let fence = self.lock.map(etcd::LockGuard::fence);
+        if let Err(e) = etcd::record_apply(&mut client, &spec.prefix, &env.name, &entry, fence.as_ref()).await {
             report.errors.push(format!("recording the apply in etcd: {e}"));
         }
     }
@@ -448,6 +449,15 @@ impl Shared<'_> {
     /// `Err` once the apply lock's lease can no longer be proven alive (etcd unreachable,
     /// or this process stalled longer than the TTL): another apply may hold the lock
     /// now, so nothing more may be written.
+    /// Write to etcd, fenced by the apply lock when there is one: a write made after the
+    /// lock was lost fails in etcd itself, whatever [`Shared::locked`] saw just before.
+    async fn write(&self, client: &mut etcd::Client, writes: &[etcd::Write]) -> Result<(), etcd::EtcdError> {
+        match self.lock {
+            Some(g) => etcd::batch_fenced(client, writes, &g.fence()).await,
+            None => etcd::batch(client, writes).await,
+        }
+    }
+
     fn locked(&self) -> Result<(), String> {
         match self.lock {
             Some(g) if g.lost() => Err(format!(
@@ -503,7 +513,7 @@ impl Shared<'_> {
             .collect();
         let mut client = c.lock().await;
         for chunk in writes.chunks(etcd::MAX_TXN_OPS) {
-            if let Err(e) = etcd::batch(&mut client, chunk).await {
+            if let Err(e) = self.write(&mut client, chunk).await {
                 return Some(format!("etcd: {e}"));
             }
         }
@@ -524,11 +534,15 @@ impl Shared<'_> {
         for a in &self.plan.actions {
             let r = match a {
                 Action::PutKey { key, value, .. } => match self.is_registry_key(key) {
-                    Some(app) if !failed.contains(&app) => etcd::put(&mut client, key, value).await,
+                    Some(app) if !failed.contains(&app) => {
+                        self.write(&mut client, &[etcd::Write::Put { key: key.clone(), value: value.clone() }]).await
+                    }
                     _ => Ok(()),
                 },
                 Action::DeleteKey { key, .. } => match self.is_registry_key(key) {
-                    Some(app) if !failed.contains(&app) => etcd::delete(&mut client, key).await,
+                    Some(app) if !failed.contains(&app) => {
+                        self.write(&mut client, &[etcd::Write::Delete { key: key.clone() }]).await
+                    }
                     _ => Ok(()),
                 },
                 _ => Ok(()),
@@ -558,9 +572,9 @@ impl Shared<'_> {
             let key = keys::registry(rp, &a.app, &self.env.name, &ip, port);
             let mut client = c.lock().await;
             let r = if on {
-                etcd::put(&mut client, &key, &format!("{ip}:{port}")).await
+                self.write(&mut client, &[etcd::Write::Put { key, value: format!("{ip}:{port}") }]).await
             } else {
-                etcd::delete(&mut client, &key).await
+                self.write(&mut client, &[etcd::Write::Delete { key }]).await
             };
             r.map_err(|e| format!("registry: {e}"))?;
         }

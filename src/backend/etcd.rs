@@ -107,6 +107,12 @@ pub enum EtcdError {
          lease within seconds"
     )]
     LockTimeout { key: String, holder: Box<Holder>, waited: Duration },
+    /// A fenced write found the lock key no longer on our lease: another apply may hold
+    /// it. Nothing was written.
+    #[error(
+        "the apply lock {lock} is no longer ours (its lease expired or was revoked); nothing was written to {key}; run apply again"
+    )]
+    Fenced { lock: String, key: String },
 }
 
 /// One write of an atomic [`batch`].
@@ -275,6 +281,46 @@ pub async fn put(client: &mut Client, key: &str, value: &str) -> Result<(), Etcd
 /// [`EtcdError::Write`] naming the key.
 pub async fn delete(client: &mut Client, key: &str) -> Result<(), EtcdError> {
     client.delete(key, None).await.map_err(|e| EtcdError::Write { key: key.into(), cause: describe(&e) })?;
+    Ok(())
+}
+
+/// Proof of holding a lock, for fenced writes: the lock key and our lease on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub lease: i64,
+}
+
+/// [`batch`], fenced: the transaction also requires the lock key to still be on our
+/// lease, so an apply that lost its lock (stalled past the TTL, another apply took over)
+/// cannot write, however its own checks raced. An empty batch makes no request.
+///
+/// # Errors
+/// [`EtcdError::Fenced`] when the lock is not ours (nothing written); as [`batch`] otherwise.
+pub async fn batch_fenced(client: &mut Client, writes: &[Write], fence: &Fence) -> Result<(), EtcdError> {
+    let Some(first) = writes.first() else { return Ok(()) };
+    let mut seen = BTreeSet::new();
+    for w in writes {
+        if !seen.insert(w.key()) {
+            return Err(EtcdError::DuplicateKey { key: w.key().into() });
+        }
+    }
+    let ops: Vec<TxnOp> = writes
+        .iter()
+        .map(|w| match w {
+            Write::Put { key, value } => TxnOp::put(key.as_str(), value.as_str(), None),
+            Write::Delete { key } => TxnOp::delete(key.as_str(), None),
+        })
+        .collect();
+    let txn = Txn::new().when([Compare::lease(fence.key.as_str(), CompareOp::Equal, fence.lease)]).and_then(ops);
+    let response = client.txn(txn).await.map_err(|e| EtcdError::Batch {
+        count: writes.len(),
+        first: first.key().into(),
+        cause: describe(&e),
+    })?;
+    if !response.succeeded() {
+        return Err(EtcdError::Fenced { lock: fence.key.clone(), key: first.key().into() });
+    }
     Ok(())
 }
 
@@ -462,6 +508,11 @@ impl LockGuard {
     /// take the lock.
     pub fn lost(&self) -> bool {
         self.lease.state.lost()
+    }
+
+    /// The fence for writes made under this lock ([`batch_fenced`], [`record_apply`]).
+    pub fn fence(&self) -> Fence {
+        Fence { key: self.key.clone(), lease: self.lease.id }
     }
 
     /// The lock key, `<prefix>/<env>/lock`.
@@ -736,6 +787,7 @@ pub async fn record_apply(
     prefix: &str,
     env: &str,
     entry: &serde_json::Value,
+    fence: Option<&Fence>,
 ) -> Result<(), EtcdError> {
     let applied = keys::applied(prefix, env);
     let dir = keys::history_dir(prefix, env);
@@ -743,7 +795,11 @@ pub async fn record_apply(
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     for nanos in now..now + 16 {
         let entry_key = format!("{dir}{nanos:020}");
-        let txn = Txn::new().when([Compare::create_revision(entry_key.as_str(), CompareOp::Equal, 0)]).and_then([
+        let mut when = vec![Compare::create_revision(entry_key.as_str(), CompareOp::Equal, 0)];
+        if let Some(f) = fence {
+            when.push(Compare::lease(f.key.as_str(), CompareOp::Equal, f.lease));
+        }
+        let txn = Txn::new().when(when).and_then([
             TxnOp::put(applied.as_str(), value.as_str(), None),
             TxnOp::put(entry_key.as_str(), value.as_str(), None),
         ]);
@@ -753,8 +809,23 @@ pub async fn record_apply(
             tracing::debug!(key = applied, history = entry_key, "recorded the apply");
             return Ok(());
         }
+        // Failed: the history key exists (try the next one), or the lock is not ours.
+        if let Some(f) = fence
+            && !lease_holds(client, f).await?
+        {
+            return Err(EtcdError::Fenced { lock: f.key.clone(), key: applied });
+        }
     }
     Err(EtcdError::Write { key: applied, cause: format!("every history key tried under {dir} already exists") })
+}
+
+/// Whether the lock key is still on the fence's lease.
+async fn lease_holds(client: &mut Client, f: &Fence) -> Result<bool, EtcdError> {
+    let r = client
+        .get(f.key.as_str(), None)
+        .await
+        .map_err(|e| EtcdError::Read { key: f.key.clone(), cause: describe(&e) })?;
+    Ok(r.kvs().first().is_some_and(|kv| kv.lease() == f.lease))
 }
 
 /// The audit log of `env`, newest first, at most `limit` entries (none for 0).

@@ -367,8 +367,8 @@ async fn record_apply_sets_applied_and_appends_history() {
     let first =
         json!({"commit": "aaa", "time": "2026-01-01T00:00:00Z", "who": "alice", "summary": "1 to add", "result": "ok"});
     let second = json!({"commit": "bbb", "time": "2026-01-01T00:01:00Z", "who": "bob", "summary": "1 to replace", "result": "failed"});
-    etcd::record_apply(&mut c, &p, ENV, &first).await.unwrap();
-    etcd::record_apply(&mut c, &p, ENV, &second).await.unwrap();
+    etcd::record_apply(&mut c, &p, ENV, &first, None).await.unwrap();
+    etcd::record_apply(&mut c, &p, ENV, &second, None).await.unwrap();
 
     let applied = c.get(keys::applied(&p, ENV), None).await.unwrap();
     let applied: serde_json::Value = serde_json::from_slice(applied.kvs()[0].value()).unwrap();
@@ -441,4 +441,41 @@ async fn a_wait_longer_than_the_ttl_keeps_the_waiters_lease_alive() {
     tokio::time::sleep(Duration::from_secs(4)).await; // twice B's TTL
     a.release().await.unwrap();
     b.await.unwrap();
+}
+
+#[tokio::test]
+async fn fenced_writes_fail_once_the_lock_is_someone_elses() {
+    let p = prefix("fence");
+    let _cleanup = Cleanup::new(&p);
+    let mut c = client().await;
+    let first = acquire(&c, &p, &holder("first"), Duration::from_secs(5), Duration::ZERO).await.unwrap();
+    let fence = first.fence();
+    let a = format!("{p}/staging/config/web/a");
+    let b = format!("{p}/staging/config/web/b");
+    etcd::batch_fenced(&mut c, &[etcd::Write::Put { key: a.clone(), value: "1".into() }], &fence).await.unwrap();
+    etcd::record_apply(&mut c, &p, ENV, &json!({"kind": "apply"}), Some(&fence)).await.unwrap();
+
+    // The lease goes (expired, or revoked as here) and another apply takes the lock.
+    c.lease_revoke(fence.lease).await.unwrap();
+    let second = acquire(&c, &p, &holder("second"), Duration::from_secs(5), Duration::ZERO).await.unwrap();
+    let e = etcd::batch_fenced(
+        &mut c,
+        &[etcd::Write::Put { key: a.clone(), value: "2".into() }, etcd::Write::Delete { key: b.clone() }],
+        &fence,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, EtcdError::Fenced { .. }), "{e}");
+    assert!(e.to_string().contains("no longer ours"), "{e}");
+    let r = c.get(a.as_str(), None).await.unwrap();
+    assert_eq!(r.kvs()[0].value(), b"1", "nothing written by the fenced-out apply");
+    let history_before = etcd::history(&mut c, &p, ENV, 100).await.unwrap().len();
+    let e = etcd::record_apply(&mut c, &p, ENV, &json!({"kind": "apply"}), Some(&fence)).await.unwrap_err();
+    assert!(matches!(e, EtcdError::Fenced { .. }), "{e}");
+    assert_eq!(etcd::history(&mut c, &p, ENV, 100).await.unwrap().len(), history_before);
+    // The new holder's fence works.
+    etcd::batch_fenced(&mut c, &[etcd::Write::Put { key: a.clone(), value: "3".into() }], &second.fence())
+        .await
+        .unwrap();
+    second.release().await.unwrap();
 }
