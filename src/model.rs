@@ -101,7 +101,7 @@ pub struct HostObservation {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EtcdObservation {
     /// Full key → value (UTF-8), for `<prefix>/<env>/config/…`, `<prefix>/<env>/apps/…`,
-    /// `<prefix>/<env>/health/…` and the registry entries `<registry_prefix>/<app>_<env>/…` of every app that is
+    /// `<prefix>/<env>/health/…`, `<prefix>/<env>/lb/…` and the registry entries `<registry_prefix>/<app>_<env>/…` of every app that is
     /// desired or has a desired copy in etcd.
     pub keys: BTreeMap<String, String>,
 }
@@ -171,6 +171,16 @@ pub mod keys {
     /// `<prefix>/<env>/watch-leader` — held (lease based) by the one `watch` that acts.
     pub fn watch_leader(prefix: &str, env: &str) -> String {
         format!("{}/watch-leader", base(prefix, env))
+    }
+    /// `<prefix>/<env>/lb/` — the LB's state in etcd.
+    pub fn lb_dir(prefix: &str, env: &str) -> String {
+        format!("{}/lb/", base(prefix, env))
+    }
+    /// `<prefix>/<env>/lb/reload-pending`: set by apply before it writes the LB file and
+    /// deleted once the LB reloaded, so that a crash in between is seen (and the reload
+    /// redone) by the next plan.
+    pub fn lb_reload_pending(prefix: &str, env: &str) -> String {
+        format!("{}reload-pending", lb_dir(prefix, env))
     }
     /// `<prefix>/<env>/health/` — health marks written by `watch`.
     pub fn health_dir(prefix: &str, env: &str) -> String {

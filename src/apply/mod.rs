@@ -361,21 +361,46 @@ async fn lb_write_and_reload(
     lbspec: &crate::spec::model::LbSpec,
     content: String,
     force: bool,
+    pending: Option<(&Mutex<etcd::Client>, String, Option<etcd::Fence>)>,
 ) -> Result<bool, String> {
     let (path, check, reload) = (lbspec.path.clone(), lbspec.check.clone(), lbspec.reload.clone());
-    let work = move || -> Result<bool, String> {
-        if lb::read(&path).ok().flatten().as_deref() == Some(content.as_str()) {
-            if !force {
-                return Ok(false);
-            }
-            lb::reload(&reload).map_err(|e| e.to_string())?;
-            return Ok(true);
-        }
-        lb::write_checked(&path, &content, check.as_deref()).map_err(|e| e.to_string())?;
-        lb::reload(&reload).map_err(|e| e.to_string())?;
-        Ok(true)
+    let current = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || lb::read(&path).ok().flatten())
+            .await
+            .map_err(|e| format!("the LB update task failed: {e}"))?
     };
-    tokio::task::spawn_blocking(work).await.map_err(|e| format!("the LB update task failed: {e}"))?
+    let same = current.as_deref() == Some(content.as_str());
+    if same && !force {
+        return Ok(false);
+    }
+    // Mark the reload pending before the file changes: a crash before the reload leaves the
+    // mark, and the next plan reloads. Deleted once the reload command succeeded.
+    let mark = |write: etcd::Write| async {
+        let Some((client, _, fence)) = &pending else { return Ok(()) };
+        let mut c = client.lock().await;
+        let r = match fence {
+            Some(f) => etcd::batch_fenced(&mut c, &[write], f).await,
+            None => etcd::batch(&mut c, &[write]).await,
+        };
+        r.map_err(|e| format!("lb reload-pending mark: {e}"))
+    };
+    if let Some((_, key, _)) = &pending
+        && !same
+    {
+        mark(etcd::Write::Put { key: key.clone(), value: now_rfc3339() }).await?;
+    }
+    let work = move || -> Result<(), String> {
+        if !same {
+            lb::write_checked(&path, &content, check.as_deref()).map_err(|e| e.to_string())?;
+        }
+        lb::reload(&reload).map_err(|e| e.to_string())
+    };
+    tokio::task::spawn_blocking(work).await.map_err(|e| format!("the LB update task failed: {e}"))??;
+    if let Some((_, key, _)) = &pending {
+        mark(etcd::Write::Delete { key: key.clone() }).await?;
+    }
+    Ok(true)
 }
 
 /// Instances that receive traffic before anything changes: the observed running
@@ -449,6 +474,12 @@ impl Shared<'_> {
     /// `Err` once the apply lock's lease can no longer be proven alive (etcd unreachable,
     /// or this process stalled longer than the TTL): another apply may hold the lock
     /// now, so nothing more may be written.
+    /// The etcd client, reload-pending key and fence for LB updates (when there is etcd).
+    fn pending(&self) -> Option<(&Mutex<etcd::Client>, String, Option<etcd::Fence>)> {
+        let (c, spec) = (self.etcd.as_ref()?, self.env.spec.etcd.as_ref()?);
+        Some((c, keys::lb_reload_pending(&spec.prefix, &self.env.name), self.lock.map(etcd::LockGuard::fence)))
+    }
+
     /// Write to etcd, fenced by the apply lock when there is one: a write made after the
     /// lock was lost fails in etcd itself, whatever [`Shared::locked`] saw just before.
     async fn write(&self, client: &mut etcd::Client, writes: &[etcd::Write]) -> Result<(), etcd::EtcdError> {
@@ -606,7 +637,7 @@ impl Shared<'_> {
             self.serving.lock().await.iter().filter(|a| self.env.apps.contains_key(&a.app)).cloned().collect();
         let content = plan::lb_content(self.env, Arc::clone(&self.files), &serving).map_err(|e| e.to_string())?;
         let force = unsure && !self.lb_reloaded.load(std::sync::atomic::Ordering::SeqCst);
-        let reloaded = lb_write_and_reload(lbspec, content, force).await?;
+        let reloaded = lb_write_and_reload(lbspec, content, force, self.pending()).await?;
         if reloaded {
             self.lb_reloaded.store(true, std::sync::atomic::Ordering::SeqCst);
         }
@@ -656,7 +687,10 @@ impl Shared<'_> {
                 }
             }
         };
-        lb_write_and_reload(lbspec, content, false).await.err().map(|e| format!("lb: {e}"))
+        // The plan asks for a reload without a write when an earlier apply left one pending.
+        let force = self.plan.actions.iter().any(|a| matches!(a, Action::ReloadLb))
+            && !self.lb_reloaded.load(std::sync::atomic::Ordering::SeqCst);
+        lb_write_and_reload(lbspec, content, force, self.pending()).await.err().map(|e| format!("lb: {e}"))
     }
 
     /// Start a new container for `new` and wait until it is healthy. On failure the

@@ -163,11 +163,11 @@ pub async fn connect(spec: &EtcdSpec, timeout: Duration) -> Result<Client, EtcdE
 }
 
 /// Everything reconcile manages in etcd for `env`: all keys under
-/// [`keys::config_dir`], [`keys::apps_dir`] and [`keys::health_dir`] (health marks), and the registry entries under
+/// [`keys::config_dir`], [`keys::apps_dir`], [`keys::health_dir`] (health marks) and [`keys::lb_dir`], and the registry entries under
 /// [`keys::registry_dir`] of every app in `apps` (the desired apps) and of every app named
 /// by an existing `<prefix>/<env>/apps/<app>` key. Never `applied`, `history/` or `lock`.
 ///
-/// One round trip when the ranges fit one transaction (up to 125 desired apps) and every
+/// One round trip when the ranges fit one transaction (up to 124 desired apps) and every
 /// app copy in etcd is desired; otherwise a second round of concurrent transactions,
 /// pinned to the first one's revision so the result is one consistent snapshot.
 ///
@@ -186,7 +186,12 @@ pub async fn observe(
     let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
 
     // First round: both namespaces and as many desired registry dirs as fit.
-    let mut first = vec![keys::config_dir(&spec.prefix, env), apps_dir.clone(), keys::health_dir(&spec.prefix, env)];
+    let mut first = vec![
+        keys::config_dir(&spec.prefix, env),
+        apps_dir.clone(),
+        keys::health_dir(&spec.prefix, env),
+        keys::lb_dir(&spec.prefix, env),
+    ];
     let mut rest: Vec<String> = Vec::new();
     for app in apps {
         if first.len() < MAX_TXN_OPS { &mut first } else { &mut rest }.push(registry_dir(app));

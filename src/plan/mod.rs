@@ -575,6 +575,11 @@ pub fn plan_holding(
                 desired.insert(key.clone(), v.clone());
             }
         }
+        // The reload-pending mark is apply's own bookkeeping: apply deletes it after a reload.
+        let pending = keys::lb_reload_pending(&spec.prefix, name);
+        if let Some(v) = obs.keys.get(&pending) {
+            desired.insert(pending, v.clone());
+        }
         for (k, v) in &desired {
             match obs.keys.get(k) {
                 Some(old) if old == v => {}
@@ -593,6 +598,11 @@ pub fn plan_holding(
         let content = lb_content(env, Arc::clone(&d.files), &traffic)?;
         if current.as_deref() != Some(content.as_str()) {
             actions.push(Action::WriteLb { path: lb.path.clone(), content, old: current.clone() });
+            actions.push(Action::ReloadLb);
+        } else if let (Some(spec), Some(obs)) = (&env.spec.etcd, &observed.etcd)
+            && obs.keys.contains_key(&keys::lb_reload_pending(&spec.prefix, name))
+        {
+            // An earlier apply wrote this file but did not see the LB reload it.
             actions.push(Action::ReloadLb);
         }
     }

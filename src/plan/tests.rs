@@ -338,3 +338,15 @@ fn held_instances_are_neither_created_nor_registered() {
     assert!(held.actions.iter().all(|a| !matches!(a, Action::PutKey { key, .. } if key.contains("/app-1_t/"))));
     assert!(held.actions.iter().any(|a| matches!(a, Action::DeleteKey { key, .. } if key.contains("/app-1_t/"))));
 }
+
+#[test]
+fn a_pending_lb_reload_is_planned_and_its_mark_kept_for_apply() {
+    let snap = repo(&[2, 1], &[]);
+    let s = secrets("pw1");
+    let mut o = converged(&snap, &s);
+    let key = keys::lb_reload_pending("/reconcile", "t");
+    o.etcd.as_mut().unwrap().keys.insert(key, "2026-11-29T00:00:00Z".into());
+    let p = plan_for(&snap, &s, &o);
+    assert_eq!(p.actions, vec![Action::ReloadLb], "{:#?}", p.actions);
+    assert!(p.summary.lb_reload && !p.summary.lb_write);
+}

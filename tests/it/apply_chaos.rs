@@ -609,3 +609,53 @@ fn a_frozen_apply_that_lost_its_lock_stops_writing() {
     let bad = crash_invariants(&s, "2", &envs);
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+/// The raw response (status line and headers included) of GET / through the LB.
+fn get_raw(port: u16) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    let _ = std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut out);
+    out
+}
+
+#[test]
+fn an_lb_reload_that_did_not_happen_is_redone_by_the_next_apply() {
+    let s = Stack::new("pending", 18);
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let env_file = s.env_dir().join("environment.yaml");
+    let template = s.env_dir().join("templates/lb.j2");
+    let real_env = std::fs::read_to_string(&env_file).unwrap();
+    let reload_line = real_env.lines().find(|l| l.trim_start().starts_with("reload:")).unwrap().to_string();
+    // A visible LB change, and a reload that does not happen (the command fails, as if the
+    // apply had been killed right after writing the file).
+    let t = std::fs::read_to_string(&template).unwrap();
+    std::fs::write(
+        &template,
+        t.replace("proxy_next_upstream off;", "proxy_next_upstream off; add_header X-Rev two always;"),
+    )
+    .unwrap();
+    std::fs::write(&env_file, real_env.replace(&reload_line, "  reload: ['false']")).unwrap();
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(1), "the reload failed: {}{}", stdout(&o), stderr(&o));
+    assert!(std::fs::read_to_string(s.lb_file()).unwrap().contains("X-Rev"), "the file was written");
+    let pending = format!("{}/{}/lb/reload-pending", s.prefix, s.env);
+    assert_ne!(etcd_get(&pending), "", "the reload is marked pending");
+    assert!(!get_raw(s.lb_port).contains("X-Rev"), "nginx still runs the old config");
+
+    // The next plan (the file already right) reloads; apply does it and clears the mark.
+    std::fs::write(&env_file, &real_env).unwrap();
+    let p = s.plan_json();
+    assert_eq!(p.actions, vec![reconcile::plan::Action::ReloadLb], "{:#?}", p.actions);
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(etcd_get(&pending), "", "the mark is gone after the reload");
+    let t0 = std::time::Instant::now();
+    while !get_raw(s.lb_port).contains("X-Rev: two") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "nginx never loaded the new config: {}", get_raw(s.lb_port));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(s.plan_json().actions.is_empty(), "{:#?}", s.plan_json().actions);
+}
