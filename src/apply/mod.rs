@@ -21,6 +21,8 @@
 //! registry entries and the LB file are recomputed from what runs. The LB file
 //! may have been written by a killed apply that never reloaded, so the first time
 //! an apply takes instances out of traffic it reloads even an unchanged file.
+//! Besides, `<prefix>/<env>/lb/reload-pending` is set before the file is written and
+//! deleted after the reload: a leftover mark makes the next plan reload.
 //! The apply lock ([`lock`], lease TTL [`LOCK_TTL`], `RECONCILE_LOCK_TTL` for tests)
 //! is checked before every write: an apply that lost it (stalled longer than the
 //! TTL, etcd unreachable) stops writing, since another apply may hold it now.
