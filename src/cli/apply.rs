@@ -125,6 +125,16 @@ pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
         writeln!(out, "error: {e}")?;
     }
     writeln!(out, "apply {}: {}", if report.ok() { "complete" } else { "incomplete" }, p.summary)?;
+    if !report.ok() {
+        // The report (stdout) has the details; CI logs that only keep stderr still see why.
+        let failed: Vec<String> = report
+            .apps
+            .iter()
+            .filter_map(|(app, o)| o.error.as_ref().map(|e| format!("app {app}: {e}")))
+            .chain(report.errors.iter().cloned())
+            .collect();
+        eprintln!("error: apply incomplete:\n  {}", failed.join("\n  "));
+    }
     Ok(if report.ok() { ExitCode::Ok } else { ExitCode::Error })
 }
 

@@ -1,4 +1,5 @@
-//! What `watch` exposes on `/metrics` (Prometheus text format 0.0.4) and `/healthz`.
+//! What `watch` exposes on `/metrics` (Prometheus text format 0.0.4) and `/healthz`
+//! (200 `ok`, or 503 once [`UNHEALTHY_AFTER`] runs in a row failed).
 //!
 //! One small struct behind a mutex, rendered on request: the watcher updates it after
 //! each run and each health transition. No label carries a secret (commit ids, app,
@@ -38,7 +39,12 @@ pub struct Metrics {
     pub heals: u64,
     /// Failures by stage: `load`, `observe`, `plan`, `apply`, `lock`, `health_mark`, `events`.
     pub failures: BTreeMap<&'static str, u64>,
+    /// Runs that failed in a row (0 after a run that worked).
+    pub consecutive_failures: u64,
 }
+
+/// `/healthz` answers 503 once this many runs in a row failed.
+pub const UNHEALTHY_AFTER: u64 = 3;
 
 /// Shared between the watcher and the HTTP server.
 pub type Shared = Arc<Mutex<Metrics>>;
@@ -140,7 +146,20 @@ pub async fn serve(
                 async move { ([("content-type", "text/plain; version=0.0.4")], text) }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route(
+            "/healthz",
+            get(move || {
+                let failed = metrics.lock().map(|m| m.consecutive_failures).unwrap_or(u64::MAX);
+                async move {
+                    if failed >= UNHEALTHY_AFTER {
+                        let text = format!("unhealthy: the last {failed} runs failed (see the log)\n");
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, text)
+                    } else {
+                        (axum::http::StatusCode::OK, "ok\n".to_string())
+                    }
+                }
+            }),
+        );
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::warn!(error = %e, "metrics server stopped");
@@ -182,6 +201,7 @@ mod tests {
     #[tokio::test]
     async fn serves_metrics_and_healthz_on_loopback() {
         let m: Shared = Arc::new(Mutex::new(Metrics { env: "e".into(), ..Metrics::default() }));
+        let m2 = Arc::clone(&m);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), m, async {
             let _ = rx.await;
@@ -203,6 +223,10 @@ mod tests {
         assert!(metrics.contains("reconcile_watch_leader{env=\"e\"} 0"));
         assert!(get("/healthz").await.ends_with("ok\n"));
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        // Runs failing in a row make /healthz fail.
+        m2.lock().unwrap().consecutive_failures = UNHEALTHY_AFTER;
+        let h = get("/healthz").await;
+        assert!(h.starts_with("HTTP/1.1 503") && h.contains("the last 3 runs failed"), "{h}");
         tx.send(()).unwrap();
         task.await.unwrap();
     }

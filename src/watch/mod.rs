@@ -338,6 +338,11 @@ impl Watcher {
         let secs = t0.elapsed().as_secs_f64();
         if let Ok(mut m) = self.metrics.lock() {
             *m.runs.entry(result).or_default() += 1;
+            match result {
+                "failed" => m.consecutive_failures += 1,
+                "busy" => {}
+                _ => m.consecutive_failures = 0,
+            }
             m.run_seconds_sum += secs;
             m.run_seconds_last = secs;
         }
