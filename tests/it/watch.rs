@@ -244,7 +244,8 @@ fn of_two_watchers_only_the_leader_acts_and_the_other_takes_over() {
     });
     let (leader, follower) =
         if a.metric("reconcile_watch_leader{") == Some(1.0) { (&mut a, &mut b) } else { (&mut b, &mut a) };
-    assert!(follower.log().contains("standing by"), "{}", follower.log());
+    // (The gauge is 0 before the first campaign too: wait for the follower to see the leader.)
+    wait_for("the follower to stand by", Duration::from_secs(30), follower, || follower.log().contains("standing by"));
 
     // One removal, one re-creation: the follower does nothing.
     let worker = managed(&s).into_iter().find(|m| m.app == "worker").unwrap();
