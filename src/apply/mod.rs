@@ -381,11 +381,7 @@ async fn lb_write_and_reload(
     let mark = |write: etcd::Write| async {
         let Some((client, _, fence)) = &pending else { return Ok(()) };
         let mut c = client.lock().await;
-        let r = match fence {
-            Some(f) => etcd::batch_fenced(&mut c, &[write], f).await,
-            None => etcd::batch(&mut c, &[write]).await,
-        };
-        r.map_err(|e| format!("lb reload-pending mark: {e}"))
+        etcd::batch_fenced(&mut c, &[write], fence.as_ref()).await.map_err(|e| format!("lb reload-pending mark: {e}"))
     };
     if let Some((_, key, _)) = &pending
         && !same
@@ -485,10 +481,7 @@ impl Shared<'_> {
     /// Write to etcd, fenced by the apply lock when there is one: a write made after the
     /// lock was lost fails in etcd itself, whatever [`Shared::locked`] saw just before.
     async fn write(&self, client: &mut etcd::Client, writes: &[etcd::Write]) -> Result<(), etcd::EtcdError> {
-        match self.lock {
-            Some(g) => etcd::batch_fenced(client, writes, &g.fence()).await,
-            None => etcd::batch(client, writes).await,
-        }
+        etcd::batch_fenced(client, writes, self.lock.map(etcd::LockGuard::fence).as_ref()).await
     }
 
     fn locked(&self) -> Result<(), String> {

@@ -296,13 +296,14 @@ pub struct Fence {
     pub lease: i64,
 }
 
-/// [`batch`], fenced: the transaction also requires the lock key to still be on our
-/// lease, so an apply that lost its lock (stalled past the TTL, another apply took over)
-/// cannot write, however its own checks raced. An empty batch makes no request.
+/// [`batch`], fenced when `fence` is given: the transaction also requires the lock key to
+/// still be on our lease, so an apply that lost its lock (stalled past the TTL, another
+/// apply took over) cannot write, however its own checks raced. An empty batch makes no
+/// request.
 ///
 /// # Errors
 /// [`EtcdError::Fenced`] when the lock is not ours (nothing written); as [`batch`] otherwise.
-pub async fn batch_fenced(client: &mut Client, writes: &[Write], fence: &Fence) -> Result<(), EtcdError> {
+pub async fn batch_fenced(client: &mut Client, writes: &[Write], fence: Option<&Fence>) -> Result<(), EtcdError> {
     let Some(first) = writes.first() else { return Ok(()) };
     let mut seen = BTreeSet::new();
     for w in writes {
@@ -317,16 +318,16 @@ pub async fn batch_fenced(client: &mut Client, writes: &[Write], fence: &Fence) 
             Write::Delete { key } => TxnOp::delete(key.as_str(), None),
         })
         .collect();
-    let txn = Txn::new().when([Compare::lease(fence.key.as_str(), CompareOp::Equal, fence.lease)]).and_then(ops);
-    let response = client.txn(txn).await.map_err(|e| EtcdError::Batch {
+    let when: Vec<Compare> = fence.iter().map(|f| Compare::lease(f.key.as_str(), CompareOp::Equal, f.lease)).collect();
+    let response = client.txn(Txn::new().when(when).and_then(ops)).await.map_err(|e| EtcdError::Batch {
         count: writes.len(),
         first: first.key().into(),
         cause: describe(&e),
     })?;
-    if !response.succeeded() {
-        return Err(EtcdError::Fenced { lock: fence.key.clone(), key: first.key().into() });
+    match fence {
+        Some(f) if !response.succeeded() => Err(EtcdError::Fenced { lock: f.key.clone(), key: first.key().into() }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Apply `writes` atomically in one transaction: all of them or none. An empty batch
@@ -337,26 +338,7 @@ pub async fn batch_fenced(client: &mut Client, writes: &[Write], fence: &Fence) 
 /// [`EtcdError::Batch`] when etcd refuses or cannot be reached — including a batch larger
 /// than the server's `--max-txn-ops` ([`MAX_TXN_OPS`] by default). Then nothing was written.
 pub async fn batch(client: &mut Client, writes: &[Write]) -> Result<(), EtcdError> {
-    let Some(first) = writes.first() else { return Ok(()) };
-    let mut seen = BTreeSet::new();
-    for w in writes {
-        if !seen.insert(w.key()) {
-            return Err(EtcdError::DuplicateKey { key: w.key().into() });
-        }
-    }
-    let ops: Vec<TxnOp> = writes
-        .iter()
-        .map(|w| match w {
-            Write::Put { key, value } => TxnOp::put(key.as_str(), value.as_str(), None),
-            Write::Delete { key } => TxnOp::delete(key.as_str(), None),
-        })
-        .collect();
-    client.txn(Txn::new().and_then(ops)).await.map_err(|e| EtcdError::Batch {
-        count: writes.len(),
-        first: first.key().into(),
-        cause: describe(&e),
-    })?;
-    Ok(())
+    batch_fenced(client, writes, None).await
 }
 
 /// How often a waiting [`acquire_lock`] tries again.

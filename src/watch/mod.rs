@@ -119,18 +119,18 @@ pub async fn run(
         tracing::info!(%bound, "serving /metrics and /healthz");
     }
 
+    let backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max, Duration::from_secs(600));
     let mut w = Watcher {
         cfg,
         load,
         metrics: m,
-        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), Duration::from_secs(600)),
+        backoff,
         seen: BTreeSet::new(),
         env_name,
         hosts: None,
         deaths: schedule::Deaths::new(Duration::from_secs(60)),
+        probe_clients: BTreeMap::new(),
     };
-    w.backoff.base = w.cfg.backoff_base;
-    w.backoff.max = w.cfg.backoff_max;
     let mut stop = stop_rx.clone();
     loop {
         if stopped(&stop) {
@@ -201,6 +201,8 @@ struct Watcher {
     /// Instances seen in the last observation (a missing one of these is a heal).
     seen: BTreeSet<String>,
     env_name: String,
+    /// Docker clients for command probes, by host (connected once, kept across runs).
+    probe_clients: BTreeMap<String, docker::Client>,
     /// Recent deaths per instance (crash-loop reports).
     deaths: schedule::Deaths,
     /// The hosts of the last loaded snapshot (to follow host changes in the repo).
@@ -305,6 +307,7 @@ impl Watcher {
                 && hosts != watched_hosts
             {
                 tracing::info!("the environment's hosts changed: following the new hosts' Docker events");
+                self.probe_clients.clear();
                 for t in event_tasks.drain(..) {
                     t.abort();
                 }
@@ -493,23 +496,30 @@ impl Watcher {
         }
     }
 
-    async fn update_targets(&self, env: &Env, observed: &ObservedState, targets: &watch::Sender<Vec<health::Target>>) {
+    async fn update_targets(
+        &mut self,
+        env: &Env,
+        observed: &ObservedState,
+        targets: &watch::Sender<Vec<health::Target>>,
+    ) {
         if self.cfg.dry_run {
             return;
         }
-        // Docker clients only for hosts with command probes.
-        let mut clients = BTreeMap::new();
+        // Docker clients only for hosts with command probes, connected once.
         for h in &env.spec.hosts {
+            if self.probe_clients.contains_key(&h.name) {
+                continue;
+            }
             let needs = observed.hosts.get(&h.name).is_some_and(|o| {
                 o.instances
                     .iter()
                     .any(|i| env.apps.get(&i.app).and_then(|a| a.spec.health.as_ref()).is_some_and(|x| x.cmd.is_some()))
             });
             if needs && let Ok(c) = docker::connect(h, self.cfg.observe.timeout).await {
-                clients.insert(h.name.clone(), c);
+                self.probe_clients.insert(h.name.clone(), c);
             }
         }
-        let _ = targets.send(health::targets(env, observed, &clients));
+        let _ = targets.send(health::targets(env, observed, &self.probe_clients));
     }
 }
 

@@ -60,6 +60,11 @@ impl Managed {
 }
 
 pub fn managed(s: &Stack) -> Vec<Managed> {
+    managed_env(&s.env)
+}
+
+/// The containers of environment `env` on both test daemons.
+pub fn managed_env(env: &str) -> Vec<Managed> {
     let mut out = Vec::new();
     for (daemon, d) in [var("RECONCILE_TEST_DOCKER1"), var("RECONCILE_TEST_DOCKER2")].iter().enumerate() {
         let o = Command::new("docker")
@@ -69,7 +74,7 @@ pub fn managed(s: &Stack) -> Vec<Managed> {
                 "ps",
                 "-a",
                 "--filter",
-                &format!("label=reconcile.env={}", s.env),
+                &format!("label=reconcile.env={env}"),
                 "--format",
                 "{{.ID}}\t{{.Label \"reconcile.app\"}}\t{{.Label \"reconcile.instance\"}}\t{{.State}}\t{{.Label \"reconcile.port\"}}",
             ])
@@ -94,8 +99,13 @@ pub fn managed(s: &Stack) -> Vec<Managed> {
 
 /// Registry entries under the Stack's registry prefix: key → value.
 pub fn registry_values(s: &Stack) -> BTreeMap<String, String> {
+    registry_under(&s.prefix)
+}
+
+/// Registry entries under `<prefix>-reg/` (the test stacks' registry prefix): key → value.
+pub fn registry_under(prefix: &str) -> BTreeMap<String, String> {
     let o = Command::new("etcdctl")
-        .args(["--endpoints", &var("RECONCILE_TEST_ETCD"), "get", "--prefix", &format!("{}-reg/", s.prefix)])
+        .args(["--endpoints", &var("RECONCILE_TEST_ETCD"), "get", "--prefix", &format!("{prefix}-reg/")])
         .output()
         .unwrap();
     assert!(o.status.success(), "etcdctl: {}", stderr(&o));

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::apply::{http_get_at, var};
+use super::apply_chaos::{Managed, managed_env, registry_under};
 use super::{stderr, stdout};
 
 const LB_PORT: u16 = 28130;
@@ -235,49 +236,14 @@ impl HaStack {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
-    /// The environment's containers on both daemons: (daemon index, id, instance, state, port).
-    fn managed(&self) -> Vec<(usize, String, String, String, Option<u16>)> {
-        let mut out = Vec::new();
-        for (daemon, d) in [var("RECONCILE_TEST_DOCKER1"), var("RECONCILE_TEST_DOCKER2")].iter().enumerate() {
-            let o = Command::new("docker")
-                .args([
-                    "-H",
-                    d,
-                    "ps",
-                    "-a",
-                    "--filter",
-                    &format!("label=reconcile.env={}", self.env),
-                    "--format",
-                    "{{.ID}}\t{{.Label \"reconcile.instance\"}}\t{{.State}}\t{{.Label \"reconcile.port\"}}",
-                ])
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "docker ps: {}", stderr(&o));
-            for l in String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.is_empty()) {
-                let f: Vec<&str> = l.split('\t').collect();
-                out.push((
-                    daemon,
-                    f[0].to_string(),
-                    f.get(1).copied().unwrap_or_default().to_string(),
-                    f.get(2).copied().unwrap_or_default().to_string(),
-                    f.get(3).and_then(|p| p.parse().ok()),
-                ));
-            }
-        }
-        out.sort_by(|a, b| (&a.2, &a.1).cmp(&(&b.2, &b.1)));
-        out
+    /// The environment's containers on both daemons.
+    fn managed(&self) -> Vec<Managed> {
+        managed_env(&self.env)
     }
 
     /// Registry entries: key → `address:port`.
     fn registry(&self) -> BTreeMap<String, String> {
-        let o = Command::new("etcdctl")
-            .args(["--endpoints", &var("RECONCILE_TEST_ETCD"), "get", "--prefix", &format!("{}-reg/", self.prefix)])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "etcdctl: {}", stderr(&o));
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let lines: Vec<&str> = text.lines().collect();
-        lines.chunks(2).filter(|kv| kv.len() == 2).map(|kv| (kv[0].to_string(), kv[1].to_string())).collect()
+        registry_under(&self.prefix)
     }
 
     /// `address:port` of every `server` line of the LB file.
@@ -390,11 +356,10 @@ fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
     s.wait_serving("version=1 instance=web-");
     let v1 = s.managed();
     assert_eq!(v1.len(), 2, "{v1:?}");
-    assert!(v1.iter().all(|c| c.3 == "running"), "{v1:?}");
-    assert_eq!(v1.iter().map(|c| c.0).collect::<std::collections::BTreeSet<_>>().len(), 2, "spread: {v1:?}");
+    assert!(v1.iter().all(|c| c.state == "running"), "{v1:?}");
+    assert_eq!(v1.iter().map(|c| c.daemon).collect::<std::collections::BTreeSet<_>>().len(), 2, "spread: {v1:?}");
     let running: Vec<String> = {
-        let mut v: Vec<String> =
-            v1.iter().map(|c| format!("{}:{}", ["127.0.0.1", "127.0.0.2"][c.0], c.4.unwrap())).collect();
+        let mut v: Vec<String> = v1.iter().map(|c| format!("{}:{}", c.address(), c.port.unwrap())).collect();
         v.sort();
         v
     };
@@ -447,10 +412,9 @@ fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
     s.wait_serving("version=2 ");
     let v2 = s.managed();
     assert_eq!(v2.len(), 2, "old containers are gone: {v2:?}");
-    assert!(v2.iter().all(|c| c.3 == "running" && v1.iter().all(|old| old.1 != c.1)), "{v2:?} vs {v1:?}");
+    assert!(v2.iter().all(|c| c.state == "running" && v1.iter().all(|old| old.id != c.id)), "{v2:?} vs {v1:?}");
     let running2: Vec<String> = {
-        let mut v: Vec<String> =
-            v2.iter().map(|c| format!("{}:{}", ["127.0.0.1", "127.0.0.2"][c.0], c.4.unwrap())).collect();
+        let mut v: Vec<String> = v2.iter().map(|c| format!("{}:{}", c.address(), c.port.unwrap())).collect();
         v.sort();
         v
     };
@@ -490,7 +454,7 @@ fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
     assert_eq!(std::fs::read_to_string(s.lb_file()).unwrap(), before, "the LB file changed");
     assert_eq!(std::fs::metadata(s.lb_file()).unwrap().modified().unwrap(), mtime, "the LB file was rewritten");
     assert_eq!(files_in(&s.haproxy_dir()), files, "no candidate or backup left behind");
-    assert_eq!(s.managed().iter().map(|c| &c.1).collect::<Vec<_>>(), v2.iter().map(|c| &c.1).collect::<Vec<_>>());
+    assert_eq!(s.managed().iter().map(|c| &c.id).collect::<Vec<_>>(), v2.iter().map(|c| &c.id).collect::<Vec<_>>());
     assert_eq!(s.haproxy_pid().unwrap(), master);
     s.wait_serving("version=2 ");
 
@@ -504,8 +468,8 @@ fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
     assert_eq!(o.status.code(), Some(1), "{all}");
     assert!(all.contains("the new instances were removed, the old ones keep serving"), "{all}");
     assert_eq!(
-        s.managed().iter().map(|c| &c.1).collect::<Vec<_>>(),
-        v2.iter().map(|c| &c.1).collect::<Vec<_>>(),
+        s.managed().iter().map(|c| &c.id).collect::<Vec<_>>(),
+        v2.iter().map(|c| &c.id).collect::<Vec<_>>(),
         "only the old containers run: {all}"
     );
     assert_eq!(s.registry(), reg_before, "the registry holds the old instances only");

@@ -452,7 +452,7 @@ async fn fenced_writes_fail_once_the_lock_is_someone_elses() {
     let fence = first.fence();
     let a = format!("{p}/staging/config/web/a");
     let b = format!("{p}/staging/config/web/b");
-    etcd::batch_fenced(&mut c, &[etcd::Write::Put { key: a.clone(), value: "1".into() }], &fence).await.unwrap();
+    etcd::batch_fenced(&mut c, &[etcd::Write::Put { key: a.clone(), value: "1".into() }], Some(&fence)).await.unwrap();
     etcd::record_apply(&mut c, &p, ENV, &json!({"kind": "apply"}), Some(&fence)).await.unwrap();
 
     // The lease goes (expired, or revoked as here) and another apply takes the lock.
@@ -461,7 +461,7 @@ async fn fenced_writes_fail_once_the_lock_is_someone_elses() {
     let e = etcd::batch_fenced(
         &mut c,
         &[etcd::Write::Put { key: a.clone(), value: "2".into() }, etcd::Write::Delete { key: b.clone() }],
-        &fence,
+        Some(&fence),
     )
     .await
     .unwrap_err();
@@ -474,7 +474,7 @@ async fn fenced_writes_fail_once_the_lock_is_someone_elses() {
     assert!(matches!(e, EtcdError::Fenced { .. }), "{e}");
     assert_eq!(etcd::history(&mut c, &p, ENV, 100).await.unwrap().len(), history_before);
     // The new holder's fence works.
-    etcd::batch_fenced(&mut c, &[etcd::Write::Put { key: a.clone(), value: "3".into() }], &second.fence())
+    etcd::batch_fenced(&mut c, &[etcd::Write::Put { key: a.clone(), value: "3".into() }], Some(&second.fence()))
         .await
         .unwrap();
     second.release().await.unwrap();
