@@ -902,7 +902,7 @@ pub async fn still_running(docker: &Docker, host: &str, id: &str) -> Result<(), 
 ///
 /// # Errors
 /// [`DockerError::NotRunning`] describing the state (`exited with code 1`, `restarting
-/// (exited with code 1, restarted 2 times)`, `gone`); [`DockerError::Inspect`] if the
+/// (exited with code 1, restarted 2 time(s))`, `restarted 2 time(s), running again (it crashed)`, `gone`); [`DockerError::Inspect`] if the
 /// daemon cannot say.
 pub async fn check_running(docker: &Docker, host: &str, id: &str) -> Result<(), DockerError> {
     let not_running =
@@ -914,11 +914,21 @@ pub async fn check_running(docker: &Docker, host: &str, id: &str) -> Result<(), 
             return Err(DockerError::Inspect { host: host.to_string(), container: id.to_string(), cause: cause(&e) });
         }
     };
-    let state = info.state.unwrap_or_default();
-    let restarts = info.restart_count.unwrap_or(0);
-    let running = state.running == Some(true) && state.restarting != Some(true);
-    if running && restarts == 0 {
-        return Ok(());
+    match describe_state(&info.state.unwrap_or_default(), info.restart_count.unwrap_or(0)) {
+        None => Ok(()),
+        Some(text) => Err(not_running(text)),
+    }
+}
+
+/// What is wrong with a container in `state` that was restarted `restarts` times, or
+/// `None` when it runs as started. Docker resets the exit code and error when a
+/// restart policy starts the container again, so a container that is running after a
+/// restart is described by its restart count alone: its last exit code is gone.
+fn describe_state(state: &bollard::models::ContainerState, restarts: i64) -> Option<String> {
+    let restarting = state.restarting == Some(true);
+    let running = state.running == Some(true) && !restarting;
+    if running {
+        return (restarts > 0).then(|| format!("restarted {restarts} time(s), running again (it crashed)"));
     }
     let mut exit = match state.exit_code {
         Some(code) => format!("exited with code {code}"),
@@ -927,15 +937,10 @@ pub async fn check_running(docker: &Docker, host: &str, id: &str) -> Result<(), 
     if state.oom_killed == Some(true) {
         exit.push_str(", out of memory");
     }
-    if let Some(error) = state.error.filter(|e| !e.is_empty()) {
+    if let Some(error) = state.error.as_ref().filter(|e| !e.is_empty()) {
         exit.push_str(&format!(": {error}"));
     }
-    let text = match (running, state.restarting == Some(true)) {
-        (true, _) => format!("restarted {restarts} time(s) (last {exit})"),
-        (false, true) => format!("restarting ({exit}, restarted {restarts} time(s))"),
-        (false, false) => exit,
-    };
-    Err(not_running(text))
+    Some(if restarting { format!("restarting ({exit}, restarted {restarts} time(s))") } else { exit })
 }
 
 #[cfg(test)]
@@ -955,6 +960,30 @@ mod tests {
             labels: Some(label_pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn container_states_are_described_without_stale_exit_codes() {
+        use bollard::models::ContainerState as S;
+        let running = S { running: Some(true), exit_code: Some(0), ..Default::default() };
+        assert_eq!(describe_state(&running, 0), None);
+        // Running again after a crash: Docker reset the exit code to 0, so none is claimed.
+        assert_eq!(describe_state(&running, 2).as_deref(), Some("restarted 2 time(s), running again (it crashed)"));
+        let restarting = S { running: Some(true), restarting: Some(true), exit_code: Some(3), ..Default::default() };
+        assert_eq!(
+            describe_state(&restarting, 1).as_deref(),
+            Some("restarting (exited with code 3, restarted 1 time(s))")
+        );
+        let oom = S {
+            running: Some(false),
+            exit_code: Some(137),
+            oom_killed: Some(true),
+            error: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(describe_state(&oom, 0).as_deref(), Some("exited with code 137, out of memory"));
+        let failed = S { running: Some(false), error: Some("exec: not found".into()), ..Default::default() };
+        assert_eq!(describe_state(&failed, 0).as_deref(), Some("exited: exec: not found"));
     }
 
     #[test]
