@@ -188,7 +188,7 @@ async fn unreachable_etcd_is_a_connect_error_naming_the_endpoint() {
     let timeout = Duration::from_secs(3);
     let start = Instant::now();
     let err = etcd::connect(&spec, timeout).await.err().expect("connecting to port 1 must fail");
-    assert!(start.elapsed() < timeout + Duration::from_millis(500), "took {:?}", start.elapsed());
+    assert!(start.elapsed() < timeout + Duration::from_secs(3), "took {:?}", start.elapsed());
     assert!(matches!(err, EtcdError::Connect { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("http://127.0.0.1:1"), "{msg}");
@@ -204,7 +204,7 @@ async fn silent_etcd_is_a_timeout_naming_the_endpoint() {
     let timeout = Duration::from_millis(800);
     let start = Instant::now();
     let err = etcd::connect(&spec, timeout).await.err().expect("a silent endpoint must fail");
-    assert!(start.elapsed() < timeout + Duration::from_millis(500), "took {:?}", start.elapsed());
+    assert!(start.elapsed() < timeout + Duration::from_secs(3), "took {:?}", start.elapsed());
     assert!(matches!(&err, EtcdError::Timeout { after, .. } if *after == timeout), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains(&url), "{msg}");
