@@ -351,14 +351,27 @@ pub fn plan_holding(
             }),
         }
     }
+    // A duplicate whose address is in the etcd registry is serving traffic.
+    let registered = |o: &ObservedInstance| match (&env.spec.etcd, &observed.etcd, o.port) {
+        (Some(spec), Some(obs), Some(p)) => {
+            obs.keys.contains_key(&keys::registry(&spec.registry_prefix, &o.app, name, &address_of(&o.host), p))
+        }
+        _ => false,
+    };
     let mut primary: BTreeMap<(String, u32), &ObservedInstance> = BTreeMap::new();
     for (k, list) in &groups {
         let mut list = list.clone();
-        // Running first, then the OLDEST, then by id: after an interrupted rolling replace the
-        // old, proven instance stays and the half-made new one goes; deterministic whatever
-        // the observation order.
+        // Running first, then registered (serving), then the OLDEST, then by id: after an
+        // interrupted rolling replace the old, proven instance stays and the half-made new
+        // one goes, even when both were created within the same second (Docker's list gives
+        // whole seconds); deterministic whatever the observation order.
         list.sort_by(|a, b| {
-            (b.state.is_running(), a.created, &a.container_id).cmp(&(a.state.is_running(), b.created, &b.container_id))
+            (b.state.is_running(), registered(b), a.created, &a.container_id).cmp(&(
+                a.state.is_running(),
+                registered(a),
+                b.created,
+                &b.container_id,
+            ))
         });
         primary.insert(k.clone(), list[0]);
         for dup in &list[1..] {

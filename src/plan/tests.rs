@@ -141,6 +141,33 @@ fn stopped_instance_is_started_and_duplicates_removed() {
 }
 
 #[test]
+fn of_two_duplicates_created_in_the_same_second_the_registered_one_stays() {
+    // An apply killed mid-replace leaves the old instance (serving, in the registry) and a
+    // half-made new one on a fresh port, both running and, when fast, with the same
+    // whole-second `created`. The serving one stays whatever the container ids.
+    let snap = repo(&[1], &[]);
+    let s = secrets("pw");
+    let mut o = converged(&snap, &s);
+    let h = o.hosts.values_mut().find(|h| !h.instances.is_empty()).unwrap();
+    let old = h.instances[0].clone();
+    let mut new = old.clone();
+    new.container_id = "0".into();
+    new.port = Some(old.port.unwrap() + 1);
+    assert!(new.container_id < old.container_id, "the id alone would keep the new one");
+    h.instances.push(new);
+    let p = plan_for(&snap, &s, &o);
+    let removed: Vec<&str> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Remove { reason: Reason::Duplicate, old, .. } => Some(old.container_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed, ["0"], "{:#?}", p.actions);
+}
+
+#[test]
 fn markdown_is_split_into_valid_parts() {
     let snap = repo(&[40, 40, 40, 40, 40, 40, 40, 40], &[]);
     let p = plan_for(&snap, &secrets("pw"), &empty_observed());
