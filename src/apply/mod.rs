@@ -12,7 +12,8 @@
 //! Drain: an LB reload is asynchronous (nginx's old workers, haproxy's old process
 //! keep routing with the old upstreams for a moment after the reload command
 //! returns), so after a reload that took instances out of traffic the executor waits
-//! [`LB_DRAIN`] (1.5 s; `RECONCILE_LB_DRAIN`, e.g. `0s` or `5s`) before stopping them.
+//! the environment's `lb.drain` (default [`LB_DRAIN`], 1.5 s; `RECONCILE_LB_DRAIN`, e.g.
+//! `0s` or `5s`, overrides it) before stopping them.
 //! Only LB-backed apps wait, and only when the LB was reloaded.
 //!
 //! Crash safety (safe to re-run after a kill at any step): every step is
@@ -98,7 +99,8 @@ impl Report {
 pub enum ApplyError {
     #[error(transparent)]
     Etcd(#[from] etcd::EtcdError),
-    /// A tuning variable of the process environment has a bad value.
+    /// A tuning value (a `RECONCILE_*` variable of the process environment, or `lb.drain`)
+    /// is bad.
     #[error("{name}={value:?}: {message}")]
     Setting { name: &'static str, value: String, message: String },
 }
@@ -110,14 +112,28 @@ pub const LOCK_TTL: Duration = Duration::from_secs(15);
 const LOCK_TTL_VAR: &str = "RECONCILE_LOCK_TTL";
 
 /// How long the executor waits after an LB reload that took instances out of traffic
-/// before it stops them (see the module docs). `RECONCILE_LB_DRAIN` (a
-/// duration, `0s` disables it) overrides it.
+/// before it stops them (see the module docs), unless the environment's `lb.drain`
+/// says otherwise. `RECONCILE_LB_DRAIN` (a duration, `0s` disables it) overrides both.
 pub const LB_DRAIN: Duration = Duration::from_millis(1500);
 const LB_DRAIN_VAR: &str = "RECONCILE_LB_DRAIN";
 
 /// The lease TTL of locks: [`LOCK_TTL`], or `RECONCILE_LOCK_TTL` when it is valid.
 pub fn lock_ttl() -> Duration {
     duration_var(LOCK_TTL_VAR, LOCK_TTL, Duration::from_secs(2)).unwrap_or(LOCK_TTL)
+}
+
+/// The drain wait: `RECONCILE_LB_DRAIN` if set, else the environment's `lb.drain`, else
+/// [`LB_DRAIN`].
+fn lb_drain(env: &Env) -> Result<Duration, ApplyError> {
+    let default = match env.spec.lb.as_ref().and_then(|lb| lb.drain.as_deref()) {
+        Some(text) => crate::spec::units::duration(text).map_err(|e| ApplyError::Setting {
+            name: "lb.drain",
+            value: text.to_string(),
+            message: e.message,
+        })?,
+        None => LB_DRAIN,
+    };
+    duration_var(LB_DRAIN_VAR, default, Duration::ZERO)
 }
 
 /// A duration from the process environment, `default` when unset.
@@ -183,7 +199,7 @@ pub async fn apply(
     let started = Instant::now();
     // A way out before any work still frees the lock at once (else it blocks the next
     // apply until its lease expires).
-    let drain = match duration_var(LB_DRAIN_VAR, LB_DRAIN, Duration::ZERO) {
+    let drain = match lb_drain(env) {
         Ok(d) => d,
         Err(e) => return Err(release_on_error(guard, e).await),
     };
@@ -326,7 +342,7 @@ impl Shared<'_> {
 /// `RECONCILE_LOCK_TTL` / `RECONCILE_LB_DRAIN`.
 pub async fn lock(env: &Env, opts: Options, progress: Progress) -> Result<Option<etcd::LockGuard>, ApplyError> {
     // Bad tuning values are errors before anything is planned or asked.
-    duration_var(LB_DRAIN_VAR, LB_DRAIN, Duration::ZERO)?;
+    lb_drain(env)?;
     let Some(spec) = &env.spec.etcd else { return Ok(None) };
     let ttl = duration_var(LOCK_TTL_VAR, LOCK_TTL, Duration::from_secs(2))?;
     let client = etcd::connect(spec, opts.timeout).await?;

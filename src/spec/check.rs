@@ -31,6 +31,9 @@ pub fn check(env: &Env, files: &Arc<BTreeMap<String, Vec<u8>>>, display: &dyn Fn
     let mut c = Checker { env, out: Vec::new(), display, files };
     let templates = Templates::new(env.dirs.clone(), Arc::clone(files));
     let hosts = c.hosts();
+    if let Some(Err(e)) = env.spec.lb.as_ref().and_then(|lb| lb.drain.as_deref()).map(units::duration) {
+        c.invalid(&env.doc, "/lb/drain", e);
+    }
     c.apps(&hosts);
     c.dependencies();
     let assignments = c.placement(&hosts);

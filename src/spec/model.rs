@@ -84,6 +84,9 @@ pub struct LbSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<Vec<String>>,
     pub reload: Vec<String>,
+    /// Wait after a reload that took instances out of traffic, before stopping them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,8 @@
 //! environment's template; `check: [haproxy, -c, -f, "{file}"]` (the candidate is
 //! checked before it replaces the file) and `reload: [pkill, -USR2, -F, <pid file>]`
 //! (SIGUSR2 to the master: it re-executes, new workers take over, old ones finish their
-//! requests), as README.md and tests/it/lb.rs describe them.
+//! requests), as README.md and tests/it/lb.rs describe them; `drain: 3s` before old
+//! instances stop.
 //!
 //! Ports: the LB on 28130, the hosts' pool 23500-23549 (slot 30 of `apply::Stack`'s
 //! scheme, which no other test uses).
@@ -166,7 +167,7 @@ impl HaStack {
         std::fs::write(
             e.join("environment.yaml"),
             format!(
-                "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nvars: {{version: '{version}'}}\nhosts:\n  - {{name: node-1, docker: '{d1}', address: 127.0.0.1, ports: {a}-{b}}}\n  - {{name: node-2, docker: '{d2}', address: 127.0.0.2, ports: {a}-{b}}}\netcd: {{endpoints: ['{etcd}'], prefix: '{prefix}', registry_prefix: '{prefix}-reg'}}\nlb:\n  template: templates/lb.j2\n  path: '{lb}'\n  check: [haproxy, -c, -f, '{{file}}']\n  reload: [pkill, -USR2, -F, '{pid}']\n",
+                "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nvars: {{version: '{version}'}}\nhosts:\n  - {{name: node-1, docker: '{d1}', address: 127.0.0.1, ports: {a}-{b}}}\n  - {{name: node-2, docker: '{d2}', address: 127.0.0.2, ports: {a}-{b}}}\netcd: {{endpoints: ['{etcd}'], prefix: '{prefix}', registry_prefix: '{prefix}-reg'}}\nlb:\n  template: templates/lb.j2\n  path: '{lb}'\n  check: [haproxy, -c, -f, '{{file}}']\n  reload: [pkill, -USR2, -F, '{pid}']\n  drain: 3s\n",
                 env = self.env,
                 d1 = var("RECONCILE_TEST_DOCKER1"),
                 d2 = var("RECONCILE_TEST_DOCKER2"),
@@ -407,6 +408,9 @@ fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
         stderr(&o)
     );
     assert!(during >= 100, "too few requests during the rollout to prove anything: {during}");
+    // The environment's `lb.drain: 3s` (longer than the 1.5 s default: a haproxy starved
+    // of CPU takes longer to hand over to its new worker) paced the stopping of old ones.
+    assert!(stderr(&o).contains("lb: waiting 3s for the reload to drain web's leaving instances"), "{}", stderr(&o));
     assert!(r.versions.get("version=1").is_some_and(|n| *n > 0), "{:?}", r.versions);
     assert!(r.versions.get("version=2").is_some_and(|n| *n > 0), "{:?}", r.versions);
     s.wait_serving("version=2 ");
