@@ -75,7 +75,7 @@ impl Metrics {
         family(&mut o, "reconcile_watch_last_run_duration_seconds", "gauge", "Duration of the last run.");
         let _ = writeln!(o, "reconcile_watch_last_run_duration_seconds{{env=\"{env}\"}} {}", self.run_seconds_last);
         family(&mut o, "reconcile_watch_triggers_total", "counter", "Triggers received, by kind.");
-        for k in ["repo", "docker", "health", "resync", "backoff"] {
+        for k in ["repo", "docker", "health", "resync", "backoff", "retry"] {
             let n = self.triggers.get(k).copied().unwrap_or(0);
             let _ = writeln!(o, "reconcile_watch_triggers_total{{env=\"{env}\",kind=\"{k}\"}} {n}");
         }

@@ -314,15 +314,15 @@ impl Watcher {
                 event_tasks = spawn_events(&hosts);
                 watched_hosts = hosts;
             }
-            // Back-off expiry wakes the loop once more.
-            if let Some(at) = next_wake {
+            // A back-off's end or a retry wakes the loop once more.
+            if let Some((at, why)) = next_wake {
                 if let Some(h) = wake.take() {
                     h.abort();
                 }
                 let tx = tx.clone();
                 wake = Some(tokio::spawn(async move {
                     tokio::time::sleep_until(at).await;
-                    let _ = tx.send(Trigger::BackoffEnded).await;
+                    let _ = tx.send(why).await;
                 }));
             }
             if stop.borrow().to_owned() {
@@ -334,11 +334,14 @@ impl Watcher {
         }
     }
 
-    /// One full run. Returns when the next back-off ends, if any instance is held.
-    async fn run_once(&mut self, targets: &watch::Sender<Vec<health::Target>>) -> Option<Instant> {
+    /// One full run. Returns when the loop must run again without a trigger, and why:
+    /// a held instance's back-off ends (or, when the lock was busy, a retry after 5 s), or
+    /// this run failed and is retried after [`schedule::retry_delay`].
+    async fn run_once(&mut self, targets: &watch::Sender<Vec<health::Target>>) -> Option<(Instant, Trigger)> {
         let t0 = Instant::now();
         let (result, wake) = self.converge(targets).await;
         let secs = t0.elapsed().as_secs_f64();
+        let mut failures = 0;
         if let Ok(mut m) = self.metrics.lock() {
             *m.runs.entry(result).or_default() += 1;
             match result {
@@ -346,15 +349,29 @@ impl Watcher {
                 "busy" => {}
                 _ => m.consecutive_failures = 0,
             }
+            failures = m.consecutive_failures;
             m.run_seconds_sum += secs;
             m.run_seconds_last = secs;
         }
         tracing::info!(result, seconds = secs, "run done");
-        wake
+        let retry = match result {
+            "failed" => {
+                let cap = self.cfg.interval.min(self.cfg.backoff_max);
+                let delay = schedule::retry_delay(failures.max(1), self.cfg.backoff_base, cap);
+                tracing::info!(?delay, failures, "retrying");
+                Some((Instant::now() + delay, Trigger::Retry))
+            }
+            _ => None,
+        };
+        let wake = wake.map(|at| (at, Trigger::BackoffEnded));
+        match (wake, retry) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
     }
 
     fn fail(&self, stage: &'static str, e: impl std::fmt::Display) -> (&'static str, Option<Instant>) {
-        tracing::error!(stage, error = %e, "watch run failed; retrying at the next trigger or resync");
+        tracing::error!(stage, error = %e, "watch run failed; retrying with back-off");
         if let Ok(mut m) = self.metrics.lock() {
             *m.failures.entry(stage).or_default() += 1;
         }

@@ -24,6 +24,8 @@ pub enum Trigger {
     Resync,
     /// A crash-looping instance's back-off ended.
     BackoffEnded,
+    /// The last run failed; try again ([`retry_delay`] after it).
+    Retry,
 }
 
 impl Trigger {
@@ -35,8 +37,16 @@ impl Trigger {
             Trigger::Health { .. } => "health",
             Trigger::Resync => "resync",
             Trigger::BackoffEnded => "backoff",
+            Trigger::Retry => "retry",
         }
     }
+}
+
+/// After `failures` failed runs in a row, how long until the next try: `base`, doubling
+/// with each further failure, at most `max` (the resync would come by then anyway).
+pub fn retry_delay(failures: u64, base: Duration, max: Duration) -> Duration {
+    let doublings = u32::try_from(failures.saturating_sub(1)).unwrap_or(u32::MAX).min(31);
+    base.checked_mul(1u32 << doublings).unwrap_or(max).min(max)
 }
 
 /// Wait for a trigger, then gather the ones that follow until `quiet` passes without a
@@ -274,6 +284,15 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn failed_runs_are_retried_with_a_doubling_delay_up_to_the_cap() {
+        let delays: Vec<Duration> = (1..=7).map(|n| retry_delay(n, S, 30 * S)).collect();
+        assert_eq!(delays, [S, 2 * S, 4 * S, 8 * S, 16 * S, 30 * S, 30 * S]);
+        // Absurd failure counts neither overflow nor exceed the cap.
+        assert_eq!(retry_delay(u64::MAX, S, 30 * S), 30 * S);
+        assert_eq!(retry_delay(0, S, 30 * S), S);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_coalesces_into_one_batch() {

@@ -44,13 +44,18 @@ impl Watcher {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn metrics(&self) -> String {
+    /// The whole HTTP response (status line first) to `GET path` on the metrics address.
+    fn http(&self, path: &str) -> String {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.metrics_port)) else { return String::new() };
         s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes());
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
+    }
+
+    fn metrics(&self) -> String {
+        self.http("/metrics")
     }
 
     /// The value of the sample whose line starts with `prefix` (e.g. `reconcile_watch_leader{`).
@@ -331,4 +336,40 @@ fn a_crash_looping_app_is_reported_and_never_restarted_in_a_tight_loop() {
     let line = super::stdout(&status).lines().find(|l| l.starts_with("crash ")).unwrap_or_default().to_string();
     assert!(!line.is_empty(), "status shows the crashing instance: {}", super::stdout(&status));
     println!("watch: status of the crash-looping instance: {line}");
+}
+
+#[test]
+fn failed_runs_are_retried_with_back_off_and_turn_healthz_unhealthy_until_one_succeeds() {
+    let s = Stack::new("wretry", 19);
+    // A reload command that always fails: every run fails (and leaves the reload pending,
+    // so the next plan is never empty). The resync is 60 s away: only retries run again.
+    let env_file = s.env_dir().join("environment.yaml");
+    let real_env = std::fs::read_to_string(&env_file).unwrap();
+    let reload_line = real_env.lines().find(|l| l.trim_start().starts_with("reload:")).unwrap().to_string();
+    std::fs::write(&env_file, real_env.replace(&reload_line, "  reload: ['false']")).unwrap();
+    let mut w = Watcher::start(&s, "r", 28192, &[]);
+    let failed = format!("reconcile_watch_runs_total{{env=\"{}\",result=\"failed\"}}", s.env);
+    let t = wait_for("/healthz to answer 503", Duration::from_secs(45), &w, || {
+        w.http("/healthz").starts_with("HTTP/1.1 503")
+    });
+    println!("watch: /healthz unhealthy {t:?} after start (3 failed runs, retried after 1 s, 2 s)");
+    assert!(w.metric(&failed).unwrap_or(0.0) >= 3.0, "{}", w.metrics());
+    let retries =
+        w.metric(&format!("reconcile_watch_triggers_total{{env=\"{}\",kind=\"retry\"}}", s.env)).unwrap_or(0.0);
+    assert!(retries >= 2.0, "the runs after the first came from retries: {}", w.metrics());
+    assert!(w.log().contains("retrying"), "{}", w.log());
+
+    // The repo fixed: the next retry succeeds and /healthz is healthy again.
+    std::fs::write(&env_file, &real_env).unwrap();
+    let t0 = Instant::now();
+    wait_for("/healthz to answer 200 again", Duration::from_secs(60), &w, || {
+        w.http("/healthz").starts_with("HTTP/1.1 200")
+    });
+    println!("watch: healthy again {:?} after the fix", t0.elapsed());
+    assert_eq!(etcd_get(&format!("{}/{}/lb/reload-pending", s.prefix, s.env)), "", "the reload was done");
+    wait_for("web serving through the LB", Duration::from_secs(10), &w, || {
+        s.get().is_ok_and(|b| b.contains("version=1"))
+    });
+    assert_eq!(registry_values(&s).len(), 2);
+    assert_eq!(w.terminate(), Some(0), "{}", w.log());
 }
