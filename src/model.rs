@@ -122,6 +122,23 @@ pub struct HealthMark {
     pub error: String,
 }
 
+/// A rollback's hold on an environment (`<prefix>/<env>/pin`): `watch` converges to
+/// `commit` instead of the repo's head, and `apply` of any other commit is refused, until
+/// `reconcile rollback --release` deletes it. Argo CD answers the same conflict by
+/// refusing rollbacks while auto-sync is on; a pin keeps self-healing working during the
+/// incident that caused the rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// The `--to` revision as given (branch, tag or commit).
+    pub reference: String,
+    /// The commit it resolved to.
+    pub commit: String,
+    pub who: String,
+    pub host: String,
+    /// RFC 3339.
+    pub time: String,
+}
+
 /// Everything observed for one environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedState {
@@ -167,6 +184,10 @@ pub mod keys {
     /// `<prefix>/<env>/lock`.
     pub fn lock(prefix: &str, env: &str) -> String {
         format!("{}/lock", base(prefix, env))
+    }
+    /// `<prefix>/<env>/pin` — a rollback's [`Pin`](super::Pin).
+    pub fn pin(prefix: &str, env: &str) -> String {
+        format!("{}/pin", base(prefix, env))
     }
     /// `<prefix>/<env>/watch-leader` — held (lease based) by the one `watch` that acts.
     pub fn watch_leader(prefix: &str, env: &str) -> String {

@@ -94,9 +94,19 @@ impl Report {
     }
 }
 
+pub mod pin;
+
 /// Apply could not start at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// A rollback pinned the environment to another commit.
+    #[error(
+        "environment `{env}` is pinned to {} ({}) by a rollback ({} on {} at {}); applying {commit} would \
+         undo it. Once the environment may follow the repo again, release the pin: \
+         `reconcile rollback --env {env} --release`",
+        pin::short(&pin.commit), pin.reference, pin.who, pin.host, pin.time
+    )]
+    Pinned { env: String, pin: Box<crate::model::Pin>, commit: String },
     #[error(transparent)]
     Etcd(#[from] etcd::EtcdError),
     /// A tuning value (a `RECONCILE_*` variable of the process environment, or `lb.drain`)

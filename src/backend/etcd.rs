@@ -57,7 +57,7 @@ use etcd_client::{
     SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 
-use crate::model::{EtcdObservation, keys};
+use crate::model::{EtcdObservation, Pin, keys};
 use crate::spec::model::EtcdSpec;
 
 /// etcd 3.4's default `--max-txn-ops`: the most operations one transaction may hold.
@@ -465,6 +465,11 @@ impl std::fmt::Debug for LockGuard {
 }
 
 impl LockGuard {
+    /// A client on the lock's connection (for reads and fenced writes under the lock).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// Release the lock: stop the keep-alive and revoke the lease, which deletes the key.
     /// A lease that already expired is not an error (the lock is free either way).
     ///
@@ -776,8 +781,35 @@ pub async fn record_apply(
     entry: &serde_json::Value,
     fence: Option<&Fence>,
 ) -> Result<(), EtcdError> {
+    append_history(client, prefix, env, entry, fence, true).await
+}
+
+/// A history entry alone, `applied` unchanged (an event that applied nothing, such as a
+/// released pin). Errors as [`record_apply`], naming the history directory.
+///
+/// # Errors
+/// As [`record_apply`].
+pub async fn record_event(
+    client: &mut Client,
+    prefix: &str,
+    env: &str,
+    entry: &serde_json::Value,
+    fence: Option<&Fence>,
+) -> Result<(), EtcdError> {
+    append_history(client, prefix, env, entry, fence, false).await
+}
+
+async fn append_history(
+    client: &mut Client,
+    prefix: &str,
+    env: &str,
+    entry: &serde_json::Value,
+    fence: Option<&Fence>,
+    also_applied: bool,
+) -> Result<(), EtcdError> {
     let applied = keys::applied(prefix, env);
     let dir = keys::history_dir(prefix, env);
+    let named = if also_applied { applied.clone() } else { dir.clone() };
     let value = entry.to_string();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     for nanos in now..now + 16 {
@@ -786,24 +818,42 @@ pub async fn record_apply(
         if let Some(f) = fence {
             when.push(Compare::lease(f.key.as_str(), CompareOp::Equal, f.lease));
         }
-        let txn = Txn::new().when(when).and_then([
-            TxnOp::put(applied.as_str(), value.as_str(), None),
-            TxnOp::put(entry_key.as_str(), value.as_str(), None),
-        ]);
+        let mut ops = vec![TxnOp::put(entry_key.as_str(), value.as_str(), None)];
+        if also_applied {
+            ops.push(TxnOp::put(applied.as_str(), value.as_str(), None));
+        }
+        let txn = Txn::new().when(when).and_then(ops);
         let response =
-            client.txn(txn).await.map_err(|e| EtcdError::Write { key: applied.clone(), cause: describe(&e) })?;
+            client.txn(txn).await.map_err(|e| EtcdError::Write { key: named.clone(), cause: describe(&e) })?;
         if response.succeeded() {
-            tracing::debug!(key = applied, history = entry_key, "recorded the apply");
+            tracing::debug!(key = named, history = entry_key, "recorded in the history");
             return Ok(());
         }
         // Failed: the history key exists (try the next one), or the lock is not ours.
         if let Some(f) = fence
             && !lease_holds(client, f).await?
         {
-            return Err(EtcdError::Fenced { lock: f.key.clone(), key: applied });
+            return Err(EtcdError::Fenced { lock: f.key.clone(), key: named });
         }
     }
-    Err(EtcdError::Write { key: applied, cause: format!("every history key tried under {dir} already exists") })
+    Err(EtcdError::Write { key: named, cause: format!("every history key tried under {dir} already exists") })
+}
+
+/// The environment's rollback [`Pin`], if one is set.
+///
+/// # Errors
+/// [`EtcdError::Read`] naming the key when etcd cannot be reached or the value is not a
+/// pin; [`EtcdError::NotUtf8`].
+pub async fn pin(client: &mut Client, prefix: &str, env: &str) -> Result<Option<Pin>, EtcdError> {
+    let key = keys::pin(prefix, env);
+    let response =
+        client.get(key.as_str(), None).await.map_err(|e| EtcdError::Read { key: key.clone(), cause: describe(&e) })?;
+    let Some(kv) = response.kvs().first() else { return Ok(None) };
+    let text = std::str::from_utf8(kv.value()).map_err(|_| EtcdError::NotUtf8 { key: key.clone() })?;
+    serde_json::from_str(text).map(Some).map_err(|e| EtcdError::Read {
+        cause: format!("the value is not a rollback pin ({e}); fix or delete it (`etcdctl del {key}`)"),
+        key,
+    })
 }
 
 /// Whether the lock key is still on the fence's lease.

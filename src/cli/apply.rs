@@ -90,10 +90,27 @@ pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
         }
     };
     let prepared = (|| -> anyhow::Result<_> {
+        // Under the lock: a rollback's pin holds the environment at its commit.
+        let pinned = rt.block_on(apply::pin::read(env, guard.as_ref(), args.observe.timeout))?;
+        if record_as != "rollback" {
+            apply::pin::check(&env_name, pinned.as_ref(), &l.snap.origin)?;
+        }
         let observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
         let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets };
         let (p, specs) = plan::plan_with_specs(&d, &observed)?;
-        Ok(check_and_confirm(args, saved.as_ref(), &p, &env_name)?.map(|()| (observed, p, specs)))
+        let confirmed = check_and_confirm(args, saved.as_ref(), &p, &env_name)?;
+        if record_as == "rollback"
+            && let Some(g) = &guard
+            && let Some(pin) = rt.block_on(apply::pin::set(env, g, &l.snap.origin))?
+        {
+            eprintln!(
+                "pinned environment `{env_name}` to {} ({}): watch keeps it there and apply of another commit is \
+                 refused until `reconcile rollback --env {env_name} --release`",
+                apply::pin::short(&pin.commit),
+                pin.reference
+            );
+        }
+        Ok(confirmed.map(|()| (observed, p, specs)))
     })();
     let (observed, p, specs) = match prepared {
         Ok(Some(x)) => x,

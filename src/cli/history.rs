@@ -82,9 +82,15 @@ pub struct RollbackArgs {
     /// The environment to roll back.
     #[arg(long)]
     pub env: String,
-    /// The earlier revision (commit, tag or branch) to apply.
+    /// The earlier revision (commit, tag or branch) to apply. The environment is then
+    /// pinned to it: `watch` keeps it there and `apply` of another commit is refused
+    /// until `--release`.
+    #[arg(long, required_unless_present = "release", conflicts_with = "release")]
+    pub to: Option<String>,
+    /// End a rollback's pin: `watch` follows the repo again and `apply` is allowed.
+    /// Applies nothing by itself.
     #[arg(long)]
-    pub to: String,
+    pub release: bool,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
@@ -100,8 +106,9 @@ pub struct RollbackArgs {
 /// # Errors
 /// As `apply`.
 pub fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
+    let Some(to) = &args.to else { return release(args) };
     let mut repo = args.repo.clone();
-    repo.reference = Some(args.to.clone());
+    repo.reference = Some(to.clone());
     let a = super::apply::Args {
         repo,
         env: Some(args.env.clone()),
@@ -111,4 +118,40 @@ pub fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
         observe: args.observe.clone(),
     };
     super::apply::run(&a, "rollback")
+}
+
+/// `rollback --release`: delete the pin under the apply lock, recorded in the history.
+fn release(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
+    let l = load_env(&args.repo, &args.env, None)?;
+    let env = l.env();
+    if env.spec.etcd.is_none() {
+        bail!("environment `{}` has no etcd, so it has no rollback pin to release", args.env);
+    }
+    let rt = runtime()?;
+    let opts = crate::apply::Options {
+        parallelism: 1,
+        timeout: args.observe.timeout,
+        lock_timeout: args.lock_timeout,
+        record_as: "release",
+    };
+    let progress: crate::apply::Progress = std::sync::Arc::new(|line: String| eprintln!("{line}"));
+    let Some(guard) = rt.block_on(crate::apply::lock(env, opts, progress))? else {
+        bail!("environment `{}` has no etcd lock", args.env);
+    };
+    let released = rt.block_on(crate::apply::pin::release(env, &guard));
+    if let Err(e) = rt.block_on(guard.release()) {
+        eprintln!("warning: releasing the apply lock: {e} (it expires with its lease)");
+    }
+    match released? {
+        Some(pin) => println!(
+            "released the pin of `{}` to {} ({}, set by {} at {}); watch follows the repo again and apply is allowed",
+            args.env,
+            crate::apply::pin::short(&pin.commit),
+            pin.reference,
+            pin.who,
+            pin.time
+        ),
+        None => println!("environment `{}` is not pinned; nothing to release", args.env),
+    }
+    Ok(ExitCode::Ok)
 }

@@ -60,6 +60,7 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     let secrets = resolve_secrets(env)?;
     let rt = runtime()?;
     let observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
+    let pin = rt.block_on(crate::apply::pin::read(env, None, args.observe.timeout))?;
     let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets };
     let p = plan::plan(&d, &observed)?;
     let ids: BTreeMap<String, Vec<String>> = observed
@@ -139,10 +140,24 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => {
-            let v = serde_json::json!({"format_version": 1, "env": env.name, "origin": l.snap.origin, "instances": rows, "summary": p.summary});
+            let v = serde_json::json!({"format_version": 1, "env": env.name, "origin": l.snap.origin, "pin": pin, "instances": rows, "summary": p.summary});
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         }
-        Format::Table => write!(out, "{}", table(&rows, &p.summary.to_string()))?,
+        Format::Table => {
+            write!(out, "{}", table(&rows, &p.summary.to_string()))?;
+            if let Some(pin) = &pin {
+                writeln!(
+                    out,
+                    "pinned by a rollback to {} ({}) by {} at {}: drift above is against the repo's head; watch keeps the \
+                     pinned commit. `reconcile rollback --env {} --release` to follow the repo again.",
+                    crate::apply::pin::short(&pin.commit),
+                    pin.reference,
+                    pin.who,
+                    pin.time,
+                    env.name
+                )?;
+            }
+        }
     }
     Ok(ExitCode::Ok)
 }

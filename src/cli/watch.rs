@@ -58,8 +58,8 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let repo = args.repo.clone();
     let env = args.env.clone();
-    let load: watch::Loader = Arc::new(move || {
-        let l = load_env(&repo, &env, None)?;
+    let load: watch::Loader = Arc::new(move |commit: Option<String>| {
+        let l = load_env(&repo, &env, commit.as_deref())?;
         let secrets = resolve_secrets(l.env())?;
         Ok(Snapshot { env: l.env().clone(), files: l.files(), origin: l.snap.origin.clone(), secrets })
     });

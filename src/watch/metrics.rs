@@ -41,6 +41,8 @@ pub struct Metrics {
     pub failures: BTreeMap<&'static str, u64>,
     /// Runs that failed in a row (0 after a run that worked).
     pub consecutive_failures: u64,
+    /// A rollback pins the environment.
+    pub pinned: bool,
 }
 
 /// `/healthz` answers 503 once this many runs in a row failed.
@@ -63,6 +65,8 @@ impl Metrics {
         };
         family(&mut o, "reconcile_watch_leader", "gauge", "1 when this watcher is the one that acts.");
         let _ = writeln!(o, "reconcile_watch_leader{{env=\"{env}\"}} {}", u8::from(self.leader));
+        family(&mut o, "reconcile_watch_pinned", "gauge", "1 while a rollback pins the environment to a commit.");
+        let _ = writeln!(o, "reconcile_watch_pinned{{env=\"{env}\"}} {}", u8::from(self.pinned));
         family(&mut o, "reconcile_watch_runs_total", "counter", "Watch runs by result.");
         for r in ["ok", "failed", "dry_run", "busy"] {
             let n = self.runs.get(r).copied().unwrap_or(0);

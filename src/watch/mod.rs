@@ -48,8 +48,9 @@ pub struct Snapshot {
     pub secrets: BTreeMap<String, Secret>,
 }
 
-/// Reads the repo (fetching a remote) and validates the environment. Blocking.
-pub type Loader = Arc<dyn Fn() -> anyhow::Result<Snapshot> + Send + Sync>;
+/// Reads the repo (fetching a remote) and validates the environment, at the watched ref,
+/// or at the given commit (a rollback's pin). Blocking.
+pub type Loader = Arc<dyn Fn(Option<String>) -> anyhow::Result<Snapshot> + Send + Sync>;
 
 /// Knobs of `watch`.
 #[derive(Debug, Clone)]
@@ -97,7 +98,7 @@ pub async fn run(
 ) -> Result<(), WatchError> {
     let first = {
         let load = Arc::clone(&load);
-        tokio::task::spawn_blocking(move || load()).await.map_err(|e| WatchError::Load(e.into()))?
+        tokio::task::spawn_blocking(move || load(None)).await.map_err(|e| WatchError::Load(e.into()))?
     }
     .map_err(WatchError::Load)?;
     let env_name = first.env.name.clone();
@@ -379,21 +380,17 @@ impl Watcher {
     }
 
     async fn converge(&mut self, targets: &watch::Sender<Vec<health::Target>>) -> (&'static str, Option<Instant>) {
-        let load = Arc::clone(&self.load);
-        let snap = match tokio::task::spawn_blocking(move || load()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return self.fail("load", format!("{e:#}")),
+        let snap = match self.load(None).await {
+            Ok(s) => s,
             Err(e) => return self.fail("load", e),
         };
-        let env = &snap.env;
-        self.hosts = Some(env.spec.hosts.clone());
         let progress: apply::Progress = Arc::new(|line: String| tracing::info!("{line}"));
         let mut opts = self.cfg.apply;
         opts.record_as = "watch";
         let guard = if self.cfg.dry_run {
             None
         } else {
-            match apply::lock(env, opts, Arc::clone(&progress)).await {
+            match apply::lock(&snap.env, opts, Arc::clone(&progress)).await {
                 Ok(g) => g,
                 Err(apply::ApplyError::Etcd(etcd::EtcdError::LockTimeout { holder, .. })) => {
                     tracing::info!(%holder, "the apply lock is held; this run is skipped");
@@ -402,11 +399,55 @@ impl Watcher {
                 Err(e) => return self.fail("lock", e),
             }
         };
+        // Under the lock: a rollback's pin holds the environment at its commit.
+        let snap = match self.pinned(snap, guard.as_ref()).await {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(g) = guard
+                    && let Err(e) = g.release().await
+                {
+                    tracing::warn!(error = %e, "releasing the apply lock (it expires with its lease)");
+                }
+                return self.fail("pin", e);
+            }
+        };
+        self.hosts = Some(snap.env.spec.hosts.clone());
         let outcome = self.plan_and_apply(&snap, guard, opts, progress, targets).await;
         match outcome {
             Ok((r, w)) => (r, w),
             Err((stage, e)) => self.fail(stage, e),
         }
+    }
+
+    /// Load the repo (at `commit`, else the watched ref) off the async threads.
+    async fn load(&self, commit: Option<String>) -> Result<Snapshot, String> {
+        let load = Arc::clone(&self.load);
+        match tokio::task::spawn_blocking(move || load(commit)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// `snap`, or the snapshot of the commit a rollback pinned the environment to.
+    async fn pinned(&self, snap: Snapshot, guard: Option<&etcd::LockGuard>) -> Result<Snapshot, String> {
+        let pin = apply::pin::read(&snap.env, guard, self.cfg.observe.timeout).await.map_err(|e| e.to_string())?;
+        if let Ok(mut m) = self.metrics.lock() {
+            m.pinned = pin.is_some();
+        }
+        let Some(pin) = pin else { return Ok(snap) };
+        tracing::warn!(
+            commit = apply::pin::short(&pin.commit),
+            reference = pin.reference,
+            by = pin.who,
+            since = pin.time,
+            "pinned by a rollback: converging to the pinned commit, not the repo's head \
+             (`reconcile rollback --release` ends it)"
+        );
+        if snap.origin.commit.as_deref() == Some(pin.commit.as_str()) && !snap.origin.dirty {
+            return Ok(snap);
+        }
+        self.load(Some(pin.commit.clone())).await.map_err(|e| format!("loading the pinned commit {}: {e}", pin.commit))
     }
 
     async fn plan_and_apply(

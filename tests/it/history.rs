@@ -1,7 +1,9 @@
 //! `history` and `rollback` end to end: two versions committed to a Git config
-//! repo, applied in turn, then rolled back; the audit log records all three.
+//! repo, applied in turn, then rolled back; the rollback pins the environment (apply of
+//! the head is refused) until `rollback --release`; the audit log records it all.
 
 use super::apply::Stack;
+use super::apply_chaos::{etcd_get, managed};
 use super::{stderr, stdout};
 
 #[test]
@@ -22,15 +24,58 @@ fn rollback_applies_an_earlier_commit_and_history_records_it() {
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(s.get().unwrap().starts_with("version=1"), "{:?}", s.get());
 
+    // The rollback pinned the environment to v1's commit.
+    let v1 = String::from_utf8(
+        std::process::Command::new("git").args(["-C", &repo, "rev-parse", "HEAD~1"]).output().unwrap().stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let pin_key = format!("{}/{}/pin", s.prefix, s.env);
+    let pin: serde_json::Value = serde_json::from_str(&etcd_get(&pin_key)).expect("a pin in etcd");
+    assert_eq!((pin["reference"].as_str(), pin["commit"].as_str()), (Some("HEAD~1"), Some(v1.as_str())), "{pin}");
+    assert!(stderr(&o).contains("pinned environment"), "{}", stderr(&o));
+    let status = super::reconcile(&["status", "--env", &s.env, "--repo", &repo]);
+    assert!(
+        stdout(&status).contains(&format!("pinned by a rollback to {} (HEAD~1)", &v1[..12])),
+        "{}",
+        stdout(&status)
+    );
+
+    // While pinned, apply of the head is refused and changes nothing.
+    let before: Vec<String> = managed(&s).into_iter().map(|m| m.id).collect();
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("environment `{}` is pinned to {} (HEAD~1) by a rollback", s.env, &v1[..12])),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains(&format!("reconcile rollback --env {} --release", s.env)), "{}", stderr(&o));
+    assert_eq!(managed(&s).into_iter().map(|m| m.id).collect::<Vec<_>>(), before, "containers changed");
+    assert!(s.get().unwrap().starts_with("version=1"));
+    assert_eq!(etcd_get(&format!("{}/{}/lock", s.prefix, s.env)), "", "the refused apply left its lock");
+
+    // Released: the pin is gone and apply of the head goes through.
+    let o = super::reconcile(&["rollback", "--env", &s.env, "--repo", &repo, "--release"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("released the pin"), "{}", stdout(&o));
+    assert_eq!(etcd_get(&pin_key), "");
+    let o = super::reconcile(&["rollback", "--env", &s.env, "--repo", &repo, "--release"]);
+    assert!(stdout(&o).contains("is not pinned"), "{}", stdout(&o));
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(s.get().unwrap().starts_with("version=2"));
+
     let o = super::reconcile(&["history", "--env", &s.env, "--repo", &repo, "--format", "json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let entries = v["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 3, "{v:#}");
-    assert_eq!(entries[0]["kind"], "rollback");
-    assert_eq!(entries[0]["reference"], "HEAD~1");
-    assert_eq!((entries[1]["kind"].as_str(), entries[2]["kind"].as_str()), (Some("apply"), Some("apply")));
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds, ["apply", "release", "rollback", "apply", "apply"], "{v:#}");
+    assert_eq!(entries[2]["reference"], "HEAD~1");
+    assert_eq!(entries[1]["commit"].as_str(), Some(v1.as_str()));
     assert!(entries.iter().all(|e| e["result"] == "ok" && e["commit"].is_string() && e["who"].is_string()), "{v:#}");
     let table = stdout(&super::reconcile(&["history", "--env", &s.env, "--repo", &repo]));
-    assert!(table.lines().count() == 3 && table.contains("rollback"), "{table}");
+    assert!(table.lines().count() == 5 && table.contains("rollback") && table.contains("release"), "{table}");
 }
