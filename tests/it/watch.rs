@@ -373,3 +373,51 @@ fn failed_runs_are_retried_with_back_off_and_turn_healthz_unhealthy_until_one_su
     assert_eq!(registry_values(&s).len(), 2);
     assert_eq!(w.terminate(), Some(0), "{}", w.log());
 }
+
+#[test]
+fn a_rollback_pins_what_watch_converges_to_until_it_is_released() {
+    let s = Stack::new("wpin", 20);
+    let repo = s.root().join("repo");
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "v1"]);
+    s.write_repo("2", "/", 2);
+    git(&repo, &["commit", "-qam", "v2"]);
+    let mut w = Watcher::start(&s, "p", 28193, &[]);
+    wait_for("version 2 to serve", Duration::from_secs(90), &w, || s.get().is_ok_and(|b| b.contains("version=2")));
+
+    // Roll back while watch runs: it waits for watch's lock, pins, applies v1.
+    let o = super::reconcile(&["rollback", "--env", &s.env, "--repo", &s.repo(), "--to", "HEAD~1", "--yes"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", super::stdout(&o), stderr(&o));
+    assert!(s.get().unwrap().starts_with("version=1"), "{:?}", s.get());
+
+    // Watch runs again (a killed container to heal) and keeps v1: the pin, not the head.
+    let ok_runs = format!("reconcile_watch_runs_total{{env=\"{}\",result=\"ok\"}}", s.env);
+    let runs_before = w.metric(&ok_runs).unwrap_or(0.0);
+    let web0 = managed(&s).into_iter().find(|m| m.instance == "web-0").unwrap();
+    docker(web0.daemon, &["rm", "-f", &web0.id]);
+    wait_for("web-0 re-created", Duration::from_secs(30), &w, || {
+        running(&s, "web-0").is_some_and(|id| !web0.id.starts_with(&id) && !id.starts_with(&web0.id))
+    });
+    wait_for("the healing run to finish", Duration::from_secs(30), &w, || {
+        w.metric(&ok_runs).unwrap_or(0.0) > runs_before && registry_values(&s).len() == 2
+    });
+    assert_eq!(w.metric("reconcile_watch_pinned{"), Some(1.0), "{}", w.metrics());
+    assert!(w.log().contains("pinned by a rollback"), "{}", w.log());
+    // The environment is exactly the pinned commit: nothing to do against HEAD~1.
+    let o = super::reconcile(&["plan", "--env", &s.env, "--repo", &s.repo(), "--ref", "HEAD~1", "--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", super::stdout(&o), stderr(&o));
+    let pages: Vec<String> = (0..6).filter_map(|_| s.get().ok()).collect();
+    assert!(pages.iter().all(|p| p.starts_with("version=1")), "watch left the pinned version: {pages:?}");
+
+    // Released, the next commit is followed again.
+    let o = super::reconcile(&["rollback", "--env", &s.env, "--repo", &s.repo(), "--release"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", super::stdout(&o), stderr(&o));
+    s.write_repo("3", "/", 2);
+    git(&repo, &["commit", "-qam", "v3"]);
+    wait_for("version 3 to serve", Duration::from_secs(90), &w, || s.get().is_ok_and(|b| b.contains("version=3")));
+    wait_for("the pin gone from the metrics", Duration::from_secs(30), &w, || {
+        w.metric("reconcile_watch_pinned{") == Some(0.0)
+    });
+    assert_eq!(w.terminate(), Some(0), "{}", w.log());
+}
