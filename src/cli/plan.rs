@@ -45,10 +45,16 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     let l = load_env(&args.repo, &args.env, None)?;
     let env = l.env();
     let secrets = resolve_secrets(env)?;
-    let observed = runtime()?.block_on(crate::observe::observe(env, args.observe.options()))?;
+    let rt = runtime()?;
+    let observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
+    let pin = rt.block_on(crate::apply::pin::read(env, None, args.observe.timeout))?;
     let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets };
     let p = plan::plan(&d, &observed)?;
     print_plan(&p, args.format)?;
+    // A plan that apply would refuse says so where CI logs show it.
+    if let Err(e) = crate::apply::pin::check(&args.env, pin.as_ref(), &l.snap.origin) {
+        eprintln!("warning: {e}");
+    }
     if let Some(path) = &args.out {
         std::fs::write(path, render::json(&p)).with_context(|| format!("cannot write plan to {}", path.display()))?;
         eprintln!("plan saved to {}", path.display());

@@ -42,7 +42,11 @@ fn rollback_applies_an_earlier_commit_and_history_records_it() {
         stdout(&status)
     );
 
-    // While pinned, apply of the head is refused and changes nothing.
+    // While pinned, plan of the head warns that apply would be refused...
+    let o = super::reconcile(&["plan", "--env", &s.env, "--repo", &repo]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning: environment") && stderr(&o).contains("is pinned"), "{}", stderr(&o));
+    // ... and apply of the head is refused and changes nothing.
     let before: Vec<String> = managed(&s).into_iter().map(|m| m.id).collect();
     let o = s.apply(&[]);
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
