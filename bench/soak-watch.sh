@@ -68,7 +68,7 @@ trap cleanup EXIT
 running() { docker ps -q --filter "label=reconcile.env=$ENV" --filter status=running | wc -l; }
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$WPID/status"; }
 
-"$WORK/reconcile" watch --env "$ENV" --repo "$REPO" --interval 30s --metrics-addr "$METRICS" \
+NO_COLOR=1 "$WORK/reconcile" watch --env "$ENV" --repo "$REPO" --interval 30s --metrics-addr "$METRICS" \
   >"$WORK/watch.log" 2>&1 &
 WPID=$!
 t0=$(date +%s)
@@ -100,7 +100,9 @@ while [ $(($(date +%s) - start)) -lt "$DURATION" ]; do
   sleep "$KILL_EVERY"
 done
 RSS+=("$(rss_kb)")
-METRICS_TEXT=$(curl -s "http://$METRICS/metrics" | grep -E '^reconcile_watch_(heals_total|runs_total|failures_total)' || true)
+# Why runs failed, if any did (the watcher retries them; the reasons belong in the record).
+FAILED_RUNS=$(grep -E 'watch run failed|app failed' "$WORK/watch.log" | cut -c1-400 | tail -10 || true)
+METRICS_TEXT=$(curl -s "http://$METRICS/metrics" | grep -E '^reconcile_watch_(heals_total|runs_total|failures_total|triggers_total)' || true)
 
 stats() {
   printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{ if (NR) { p=int(NR*0.9); if (p<1) p=1; printf "median %d ms, p90 %d ms, max %d ms (n=%d)", a[int((NR+1)/2)], a[p], a[NR], NR } }'
@@ -132,6 +134,16 @@ awk -v g="$GROWTH" 'BEGIN{exit !(g > 20)}' && VERDICT=fail
   echo '```'
   echo "$METRICS_TEXT"
   echo '```'
+  echo
+  if [ -n "$FAILED_RUNS" ]; then
+    echo "Failed runs (watch log, last 10):"
+    echo
+    echo '```'
+    echo "$FAILED_RUNS"
+    echo '```'
+  else
+    echo "No run failed."
+  fi
 } >"$OUT"
 cat "$OUT"
 [ "$VERDICT" = pass ]

@@ -88,6 +88,21 @@ impl Checker<'_> {
                     .hint("add tls: {ca, cert, key}, or use ssh://"),
                 ),
                 Ok(units::Endpoint::Tcp { .. }) | Err(_) => {}
+                Ok(units::Endpoint::Ssh { port: Some(port), .. }) if port != 22 => self.at(
+                    doc,
+                    &format!("{p}/docker"),
+                    Diagnostic::error(
+                        "endpoint",
+                        format!(
+                            "host `{}`: ssh on port {port} is not supported in the endpoint (the Docker client \
+                             library passes HOST:{port} to ssh as a host name)",
+                            h.name
+                        ),
+                    )
+                    .hint(format!(
+                        "give the port in ~/.ssh/config (Host ALIAS / HostName … / Port {port}) and write ssh://[USER@]ALIAS"
+                    )),
+                ),
                 Ok(_) if h.tls.is_some() => self.at(
                     doc,
                     &format!("{p}/tls"),

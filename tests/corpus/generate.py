@@ -154,6 +154,7 @@ CASES = {
     "invalid-image": (sub(API, "image: registry.example/api:1.5.0", "image: Registry.example/API:1.5.0"), f"{API}:4", "invalid image reference"),
     "invalid-duration": (sub(BAPI, "interval: 1s", "interval: 1 sec"), f"{BAPI}:10", "invalid duration"),
     "invalid-lb-drain": (sub("environments/base/environment.yaml", "reload: [nginx, -s, reload]\n", "reload: [nginx, -s, reload]\n  drain: a while\n"), "environments/base/environment.yaml:16", "invalid duration"),
+    "ssh-port": (sub(ENV, "docker: unix:///var/run/docker.sock", "docker: ssh://deploy@10.0.0.9:2222"), f"{ENV}:9", "ssh on port 2222", "~/.ssh/config"),
     "invalid-cpus": (sub(BAPI, "cpus: 0.5", "cpus: lots"), f"{BAPI}:11", "invalid CPU quantity"),
     "invalid-memory": (sub(BAPI, "memory: 256Mi", "memory: 256MB"), f"{BAPI}:11", "invalid memory quantity"),
     "invalid-docker-endpoint": (sub(ENV, "docker: unix:///var/run/docker.sock", "docker: unix://var/run/docker.sock"), f"{ENV}:9", "invalid Docker endpoint"),
