@@ -3,12 +3,14 @@
 #
 #   scripts/test-env.sh [up]   install missing Debian packages, start (when not
 #                              already answering) dockerd #1, a second dockerd
-#                              for multi-host tests, etcd on 127.0.0.1:23790;
+#                              for multi-host tests, etcd on 127.0.0.1:23790,
+#                              an sshd on 127.0.0.1:24022 (ssh alias
+#                              reconcile-test-ssh, for the ssh:// transport);
 #                              import the test images; write /run/reconcile-test/env
 #   scripts/test-env.sh check  up + smoke tests (host-network httpd on both daemons
 #                              at once, --init, nginx -t / haproxy -c on temp configs)
-#   scripts/test-env.sh stop   stop the second dockerd, etcd, and dockerd #1 if
-#                              this script started it
+#   scripts/test-env.sh stop   stop the second dockerd, etcd, our sshd, and
+#                              dockerd #1 if this script started it
 #
 # Idempotent: a second `up` changes nothing and takes about a second. Nothing is
 # pulled from any registry (there is none reachable): images are `docker import`s
@@ -36,6 +38,14 @@ ETCD=http://127.0.0.1:23790
 ETCD_PEER=http://127.0.0.1:23800
 ETCD_PIDFILE=$RUN_DIR/etcd.pid
 ETCD_DATADIR_FILE=$RUN_DIR/etcd.datadir
+SSH_PORT=24022                               # outside every test's port pool (tests/it)
+SSH_DIR=$LIB_DIR/ssh                         # keys + config, kept across runs (stable host key)
+SSH_CONFIG=$SSH_DIR/sshd_config
+SSH_PIDFILE=$RUN_DIR/sshd.pid
+SSH_ALIAS=reconcile-test-ssh                 # Host entry in the system-wide client config
+SSH_CLIENT_CONFIG=/etc/ssh/ssh_config.d/reconcile-test.conf
+SSH=ssh://$SSH_ALIAS
+SSH_API=                                     # the daemon's API version as seen through ssh
 IMAGE_REPO=reconcile-test/busybox
 IMAGE_VERSIONS=(1 2)
 WAIT_SECS=30
@@ -47,6 +57,7 @@ PACKAGES=(
   etcd-server etcd-client       # etcd 3.4 + etcdctl
   nginx-light haproxy           # the load balancers the tests drive
   docker-registry docker-compose  # installed, not started (later benchmarks)
+  openssh-server openssh-client   # our own sshd on $SSH_PORT (tests/it/ssh.rs), not Debian's
 )
 
 # /usr/sbin holds dockerd, nginx, haproxy; append so that a newer docker client
@@ -336,6 +347,107 @@ ensure_no_default_nginx() {
   fi
 }
 
+# --- 7. sshd for the ssh:// transport (tests/it/ssh.rs) ---------------------
+# Our own sshd instance on 127.0.0.1:$SSH_PORT (Debian's service is never started:
+# ensure_packages installs under policy-rc.d), root logs in with a key of its own.
+# The Docker client library cannot take a port in ssh://HOST:PORT, so clients reach it
+# through the alias $SSH_ALIAS in the system-wide ssh config (OpenSSH reads the
+# user's config from the passwd home, not $HOME; root's ~/.ssh is left alone).
+# Keys, known_hosts and config live in $SSH_DIR and are created once.
+
+# ensure_file PATH MODE CONTENT: write PATH (with a final newline) only when its
+# content differs; returns 0 if it wrote.
+ensure_file() {
+  local path=$1 mode=$2 want=$3
+  if [[ -f $path && $(cat "$path") == "$want" ]]; then chmod "$mode" "$path"; return 1; fi
+  say "writing $path"
+  printf '%s\n' "$want" >"$path.tmp" && chmod "$mode" "$path.tmp" && mv "$path.tmp" "$path"
+  CHANGED=1
+}
+
+# sshd_answers: something on the port speaks SSH (reads the server's banner).
+sshd_answers() {
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SSH_PORT && head -c 4 <&3" 2>/dev/null | grep -q '^SSH-'
+}
+
+# ssh_docker_api: the API version of dockerd #1 (the remote side's default socket),
+# asked through the alias, as the ssh transport's `docker system dial-stdio` reaches it.
+ssh_docker_api() {
+  timeout 15 ssh "$SSH_ALIAS" docker version --format "'{{.Server.APIVersion}}'"
+}
+
+ensure_ssh() {
+  [[ -x /usr/sbin/sshd ]] || die "/usr/sbin/sshd missing (package openssh-server)"
+  install -d -m 700 "$SSH_DIR"
+  install -d -m 755 /run/sshd                  # privilege separation directory
+  local key
+  for key in ssh_host_ed25519_key id_ed25519; do
+    [[ -f $SSH_DIR/$key && -f $SSH_DIR/$key.pub ]] && continue
+    say "generating $SSH_DIR/$key"
+    CHANGED=1
+    rm -f "$SSH_DIR/$key" "$SSH_DIR/$key.pub"
+    ssh-keygen -q -t ed25519 -N '' -C "reconcile-test-$key" -f "$SSH_DIR/$key" >/dev/null
+  done
+  ensure_file "$SSH_DIR/authorized_keys" 600 "$(cat "$SSH_DIR/id_ed25519.pub")" || true
+  # Pre-seeded, so the client checks the host key strictly from the first connection.
+  ensure_file "$SSH_DIR/known_hosts" 600 \
+    "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$SSH_DIR/ssh_host_ed25519_key.pub")" || true
+  local config_changed=0
+  ensure_file "$SSH_CONFIG" 600 "# written by scripts/test-env.sh: the test environment's own sshd
+ListenAddress 127.0.0.1:$SSH_PORT
+HostKey $SSH_DIR/ssh_host_ed25519_key
+AuthorizedKeysFile $SSH_DIR/authorized_keys
+PidFile $SSH_PIDFILE
+AllowUsers root
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes yes
+X11Forwarding no
+PrintMotd no
+PrintLastLog no" && config_changed=1
+  ensure_file "$SSH_CLIENT_CONFIG" 644 "# written by scripts/test-env.sh: the test environment's sshd (ssh://$SSH_ALIAS)
+Host $SSH_ALIAS
+  HostName 127.0.0.1
+  Port $SSH_PORT
+  User root
+  IdentityFile $SSH_DIR/id_ed25519
+  IdentitiesOnly yes
+  UserKnownHostsFile $SSH_DIR/known_hosts
+  StrictHostKeyChecking yes
+  BatchMode yes" || true
+  grep -qsE '^[[:space:]]*Include[[:space:]]+/etc/ssh/ssh_config\.d/\*\.conf' /etc/ssh/ssh_config ||
+    die "/etc/ssh/ssh_config does not include /etc/ssh/ssh_config.d/*.conf (needed for $SSH_ALIAS)"
+  /usr/sbin/sshd -t -f "$SSH_CONFIG" || die "sshd -t -f $SSH_CONFIG failed"
+
+  local pid; pid=$(pid_from "$SSH_PIDFILE")
+  if sshd_answers; then
+    if ((config_changed)) && pid_alive "$pid" sshd; then
+      say "sshd config changed; reloading sshd (pid $pid)"
+      kill -HUP "$pid"
+      sleep 0.5
+      wait_for sshd "" "$LOG_DIR/sshd.log" sshd_answers
+    fi
+  elif pid_alive "$pid" sshd; then
+    say "sshd (pid $pid) is running but not answering yet; waiting"
+    wait_for sshd "$pid" "$LOG_DIR/sshd.log" sshd_answers
+  else
+    say "starting sshd on 127.0.0.1:$SSH_PORT"
+    CHANGED=1
+    # -D: stay in the foreground (spawn detaches it); -e: log to stderr = the log file.
+    pid=$(spawn "$LOG_DIR/sshd.log" /usr/sbin/sshd -D -e -f "$SSH_CONFIG")
+    wait_for sshd "$pid" "$LOG_DIR/sshd.log" sshd_answers
+  fi
+  if ! SSH_API=$(ssh_docker_api 2>"$RUN_DIR/ssh-check.err"); then
+    echo "--- ssh $SSH_ALIAS docker version ---" >&2; cat "$RUN_DIR/ssh-check.err" >&2
+    echo "--- last lines of $LOG_DIR/sshd.log ---" >&2; tail -n 25 "$LOG_DIR/sshd.log" >&2
+    die "ssh $SSH_ALIAS docker version failed (sshd log: $LOG_DIR/sshd.log)"
+  fi
+  rm -f "$RUN_DIR/ssh-check.err"
+}
+
 # --- 8. env file + summary ---------------------------------------------------
 write_env() {
   local want
@@ -344,6 +456,7 @@ write_env() {
 export RECONCILE_TEST_DOCKER1=$DOCKER1
 export RECONCILE_TEST_DOCKER2=$DOCKER2
 export RECONCILE_TEST_ETCD=$ETCD
+export RECONCILE_TEST_SSH=$SSH
 export RECONCILE_TEST_IMAGE=$IMAGE_REPO:1
 export RECONCILE_TEST_IMAGE2=$IMAGE_REPO:2
 EOF
@@ -359,6 +472,7 @@ summary() {
   echo "  docker1:  $DOCKER1  API $(docker_api "$DOCKER1")"
   echo "  docker2:  $DOCKER2  API $(docker_api "$DOCKER2")"
   echo "  etcd:     $(etcd --version | head -n1)  at $ETCD"
+  echo "  ssh:      $SSH  (sshd on 127.0.0.1:$SSH_PORT, docker1 through it: API $SSH_API)"
   echo "  nginx:    $(nginx -v 2>&1)"
   echo "  haproxy:  $(haproxy -v | head -n1)"
   echo "  images:   $IMAGE_REPO:1 $IMAGE_REPO:2 (on both daemons)"
@@ -448,6 +562,9 @@ do_stop() {
     rm -rf "$(cat "$ETCD_DATADIR_FILE")"; rm -f "$ETCD_DATADIR_FILE"
   fi
   rm -f "$ETCD_PIDFILE"
+  # keys, configs and the client alias stay (stable host key across runs)
+  stop_pid sshd "$(pid_from "$SSH_PIDFILE")" sshd
+  rm -f "$SSH_PIDFILE"
   if [[ -f $DOCKER1_OURS ]]; then
     stop_pid "dockerd #1" "$(pid_from "$DOCKER1_OURS")" dockerd
     unmount_leftovers /run/docker/netns/default /var/lib/docker
@@ -474,6 +591,7 @@ case ${1:-up} in
     ensure_docker2
     ensure_etcd
     ensure_images
+    ensure_ssh
     write_env
     if [[ ${1:-up} == check ]] || ((CHANGED)); then smoke; fi
     summary

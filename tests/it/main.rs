@@ -19,6 +19,7 @@ mod history;
 mod lb;
 mod plan;
 mod plan_live;
+mod ssh;
 mod tidy;
 mod watch;
 
