@@ -66,7 +66,7 @@ pub enum Command {
     Watch(watch::Args),
     /// The audit log of applies (from etcd): time, kind, commit, who, summary, result.
     History(history::Args),
-    /// Apply an earlier revision (`--to REF`), recorded as a rollback.
+    /// Apply an earlier revision (`--to REF`) and pin the environment to it; `--release` ends the pin.
     Rollback(history::RollbackArgs),
     /// Print the JSON Schemas of the spec files (for editors and CI).
     Schema(schema::Args),
