@@ -129,6 +129,7 @@ pub async fn run(
         seen: BTreeSet::new(),
         env_name,
         hosts: None,
+        pin: None,
         deaths: schedule::Deaths::new(Duration::from_secs(60)),
         probe_clients: BTreeMap::new(),
     };
@@ -208,6 +209,8 @@ struct Watcher {
     deaths: schedule::Deaths,
     /// The hosts of the last loaded snapshot (to follow host changes in the repo).
     hosts: Option<Vec<crate::spec::model::HostSpec>>,
+    /// The rollback pin seen by the last run (logged when it changes).
+    pin: Option<crate::model::Pin>,
 }
 
 impl Watcher {
@@ -430,20 +433,26 @@ impl Watcher {
     }
 
     /// `snap`, or the snapshot of the commit a rollback pinned the environment to.
-    async fn pinned(&self, snap: Snapshot, guard: Option<&etcd::LockGuard>) -> Result<Snapshot, String> {
+    async fn pinned(&mut self, snap: Snapshot, guard: Option<&etcd::LockGuard>) -> Result<Snapshot, String> {
         let pin = apply::pin::read(&snap.env, guard, self.cfg.observe.timeout).await.map_err(|e| e.to_string())?;
         if let Ok(mut m) = self.metrics.lock() {
             m.pinned = pin.is_some();
         }
+        if pin != self.pin {
+            match &pin {
+                Some(p) => tracing::warn!(
+                    commit = apply::pin::short(&p.commit),
+                    reference = p.reference,
+                    by = p.who,
+                    since = p.time,
+                    "pinned by a rollback: converging to the pinned commit, not the repo's head \
+                     (`reconcile rollback --release` ends it)"
+                ),
+                None => tracing::info!("the rollback pin was released: following the repo again"),
+            }
+            self.pin.clone_from(&pin);
+        }
         let Some(pin) = pin else { return Ok(snap) };
-        tracing::warn!(
-            commit = apply::pin::short(&pin.commit),
-            reference = pin.reference,
-            by = pin.who,
-            since = pin.time,
-            "pinned by a rollback: converging to the pinned commit, not the repo's head \
-             (`reconcile rollback --release` ends it)"
-        );
         if snap.origin.commit.as_deref() == Some(pin.commit.as_str()) && !snap.origin.dirty {
             return Ok(snap);
         }
