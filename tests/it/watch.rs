@@ -419,5 +419,7 @@ fn a_rollback_pins_what_watch_converges_to_until_it_is_released() {
     wait_for("the pin gone from the metrics", Duration::from_secs(30), &w, || {
         w.metric("reconcile_watch_pinned{") == Some(0.0)
     });
+    assert!(w.log().contains("the rollback pin was released"), "{}", w.log());
+    assert_eq!(w.log().matches("pinned by a rollback").count(), 1, "logged once, not every run:\n{}", w.log());
     assert_eq!(w.terminate(), Some(0), "{}", w.log());
 }
