@@ -28,7 +28,7 @@ fn unique(test: &str) -> String {
     format!("it-docker-{}-{test}", std::process::id())
 }
 
-fn host(name: &str, docker: &str) -> HostSpec {
+pub fn host(name: &str, docker: &str) -> HostSpec {
     HostSpec {
         name: name.into(),
         docker: docker.into(),

@@ -7,7 +7,6 @@
 //! `$RECONCILE_TEST_DOCKER1`: what goes through ssh is checked with the docker CLI on
 //! the unix socket. Fails, never skips, when the environment is missing.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -26,14 +25,25 @@ const SSHD_PORT: u16 = 24022;
 const POOL: (u16, u16) = (24600, 24649);
 
 fn ssh_host(name: &str, docker: &str) -> HostSpec {
-    HostSpec {
-        name: name.into(),
-        docker: docker.into(),
-        tls: None,
-        address: "127.0.0.1".into(),
-        labels: BTreeMap::new(),
-        ports: format!("{}-{}", POOL.0, POOL.1),
-    }
+    HostSpec { ports: format!("{}-{}", POOL.0, POOL.1), ..super::docker::host(name, docker) }
+}
+
+/// A config repo in `dir` with environment `env`: one host `node-ssh` on `endpoint`
+/// (this file's pool), plus `extra` (more top-level YAML).
+fn write_env(dir: &std::path::Path, env: &str, endpoint: &str, extra: &str) -> std::path::PathBuf {
+    let e = dir.join("environments").join(env);
+    std::fs::create_dir_all(e.join("apps")).unwrap();
+    std::fs::create_dir_all(e.join("templates")).unwrap();
+    std::fs::write(
+        e.join("environment.yaml"),
+        format!(
+            "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\n{extra}hosts:\n  - {{name: node-ssh, docker: '{endpoint}', address: 127.0.0.1, ports: {a}-{b}}}\n",
+            a = POOL.0,
+            b = POOL.1,
+        ),
+    )
+    .unwrap();
+    e
 }
 
 /// `docker -H $RECONCILE_TEST_DOCKER1 …` (the unix socket, not ssh); stdout trimmed.
@@ -136,18 +146,7 @@ fn apply_plan_and_status_through_an_ssh_alias() {
     let _cleanup = EnvContainers(env.clone());
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().to_string_lossy().into_owned();
-    let e = dir.path().join("environments").join(&env);
-    std::fs::create_dir_all(e.join("apps")).unwrap();
-    std::fs::create_dir_all(e.join("templates")).unwrap();
-    std::fs::write(
-        e.join("environment.yaml"),
-        format!(
-            "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nvars: {{greeting: hello}}\nhosts:\n  - {{name: node-ssh, docker: '{endpoint}', address: 127.0.0.1, ports: {a}-{b}}}\n",
-            a = POOL.0,
-            b = POOL.1,
-        ),
-    )
-    .unwrap();
+    let e = write_env(dir.path(), &env, &endpoint, "vars: {greeting: hello}\n");
     std::fs::write(
         e.join("templates/index.html.j2"),
         "{{ vars.greeting }} via ssh from {{ instance.name }} on {{ instance.host }}\n",
@@ -216,17 +215,7 @@ fn apply_plan_and_status_through_an_ssh_alias() {
 fn an_ssh_port_in_the_endpoint_is_refused_with_the_ssh_config_hint() {
     let env = format!("it-ssh-port-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
-    let e = dir.path().join("environments").join(&env);
-    std::fs::create_dir_all(e.join("apps")).unwrap();
-    std::fs::write(
-        e.join("environment.yaml"),
-        format!(
-            "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nhosts:\n  - {{name: node-ssh, docker: 'ssh://root@127.0.0.1:{SSHD_PORT}', address: 127.0.0.1, ports: {a}-{b}}}\n",
-            a = POOL.0,
-            b = POOL.1,
-        ),
-    )
-    .unwrap();
+    let e = write_env(dir.path(), &env, &format!("ssh://root@127.0.0.1:{SSHD_PORT}"), "");
     std::fs::write(
         e.join("apps/web.yaml"),
         format!(
