@@ -43,6 +43,16 @@ impl Drop for Stack {
     }
 }
 
+/// `apps/web.yaml` of the test stacks: busybox httpd serving the rendered
+/// `index.html.j2` on its pool port, LB-backed and registered, checked over http at
+/// `health`; `version` goes into its config key.
+pub fn web_app(version: &str, health: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {img}\ncommand: [/bin/busybox, httpd, -f, -p, '{{{{ instance.address }}}}:{{{{ instance.port }}}}', -h, /www]\nenv: {{VERSION: '{{{{ vars.version }}}}'}}\nreplicas: {replicas}\nport: 8080\nhealth: {{http: '{health}', interval: 200ms, timeout: 1s, retries: 10}}\nfiles: [{{template: templates/index.html.j2, path: /www/index.html}}]\nlb: {{host: web.test}}\nregistry: true\nconfig: {{version: '{version}'}}\nstop_timeout: 2s\n",
+        img = var("RECONCILE_TEST_IMAGE"),
+    )
+}
+
 impl Stack {
     /// `tag` makes names unique; `slot` picks disjoint ports per test (0..20).
     pub fn new(tag: &str, slot: u16) -> Self {
@@ -118,14 +128,7 @@ impl Stack {
         .unwrap();
         std::fs::write(e.join("templates/index.html.j2"), "version={{ vars.version }} instance={{ instance.name }}\n")
             .unwrap();
-        std::fs::write(
-            e.join("apps/web.yaml"),
-            format!(
-                "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {img}\ncommand: [/bin/busybox, httpd, -f, -p, '{{{{ instance.address }}}}:{{{{ instance.port }}}}', -h, /www]\nenv: {{VERSION: '{{{{ vars.version }}}}'}}\nreplicas: {replicas}\nport: 8080\nhealth: {{http: '{health}', interval: 200ms, timeout: 1s, retries: 10}}\nfiles: [{{template: templates/index.html.j2, path: /www/index.html}}]\nlb: {{host: web.test}}\nregistry: true\nconfig: {{version: '{version}'}}\nstop_timeout: 2s\n",
-                img = var("RECONCILE_TEST_IMAGE"),
-            ),
-        )
-        .unwrap();
+        std::fs::write(e.join("apps/web.yaml"), web_app(version, health, replicas)).unwrap();
         std::fs::write(
             e.join("apps/worker.yaml"),
             format!("apiVersion: reconcile/v1\nkind: App\nname: worker\nimage: {}\ncommand: [/bin/busybox, sleep, '3600']\ndepends_on: [web]\nstop_timeout: 1s\n", var("RECONCILE_TEST_IMAGE2")),

@@ -187,14 +187,7 @@ impl HaStack {
         .unwrap();
         std::fs::write(e.join("templates/index.html.j2"), "version={{ vars.version }} instance={{ instance.name }}\n")
             .unwrap();
-        std::fs::write(
-            e.join("apps/web.yaml"),
-            format!(
-                "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {img}\ncommand: [/bin/busybox, httpd, -f, -p, '{{{{ instance.address }}}}:{{{{ instance.port }}}}', -h, /www]\nenv: {{VERSION: '{{{{ vars.version }}}}'}}\nreplicas: 2\nport: 8080\nhealth: {{http: /, interval: 200ms, timeout: 1s, retries: 10}}\nfiles: [{{template: templates/index.html.j2, path: /www/index.html}}]\nlb: {{host: web.test}}\nregistry: true\nconfig: {{version: '{version}'}}\nstop_timeout: 2s\n",
-                img = var("RECONCILE_TEST_IMAGE"),
-            ),
-        )
-        .unwrap();
+        std::fs::write(e.join("apps/web.yaml"), super::apply::web_app(version, "/", 2)).unwrap();
     }
 
     fn apply(&self) -> Output {
