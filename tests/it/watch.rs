@@ -399,14 +399,19 @@ fn a_rollback_pins_what_watch_converges_to_until_it_is_released() {
     wait_for("web-0 re-created", Duration::from_secs(30), &w, || {
         running(&s, "web-0").is_some_and(|id| !web0.id.starts_with(&id) && !id.starts_with(&web0.id))
     });
-    wait_for("the healing run to finish", Duration::from_secs(30), &w, || {
-        w.metric(&ok_runs).unwrap_or(0.0) > runs_before && registry_values(&s).len() == 2
+    // The healing run converges to exactly the pinned commit: nothing to do against HEAD~1.
+    // (Polled: a run queued by the rollback's own container events may finish first, and
+    // the healing run registers the re-created instance at its end.)
+    let plan_pinned =
+        || super::reconcile(&["plan", "--env", &s.env, "--repo", &s.repo(), "--ref", "HEAD~1", "--detailed-exitcode"]);
+    wait_for("the healing run to converge to the pinned commit", Duration::from_secs(30), &w, || {
+        w.metric(&ok_runs).unwrap_or(0.0) > runs_before && plan_pinned().status.code() == Some(0)
     });
     assert_eq!(w.metric("reconcile_watch_pinned{"), Some(1.0), "{}", w.metrics());
     assert!(w.log().contains("pinned by a rollback"), "{}", w.log());
-    // The environment is exactly the pinned commit: nothing to do against HEAD~1.
-    let o = super::reconcile(&["plan", "--env", &s.env, "--repo", &s.repo(), "--ref", "HEAD~1", "--detailed-exitcode"]);
+    let o = plan_pinned();
     assert_eq!(o.status.code(), Some(0), "{}{}", super::stdout(&o), stderr(&o));
+    assert_eq!(registry_values(&s).len(), 2);
     let pages: Vec<String> = (0..6).filter_map(|_| s.get().ok()).collect();
     assert!(pages.iter().all(|p| p.starts_with("version=1")), "watch left the pinned version: {pages:?}");
 
