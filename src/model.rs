@@ -27,6 +27,66 @@ pub mod labels {
     pub const SPEC: &str = "reconcile.spec";
 }
 
+/// One instance of an app: `(app, ordinal)`, written `<app>-<ordinal>` (the
+/// `reconcile.instance` label, the plan's `instance`). Built and parsed only here.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct InstanceId {
+    pub app: String,
+    pub ordinal: u32,
+}
+
+/// A string that is not `<app>-<ordinal>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not an instance name (`<app>-<ordinal>`, e.g. `api-0`)")]
+pub struct InstanceIdError {
+    pub text: String,
+}
+
+impl InstanceId {
+    pub fn new(app: impl Into<String>, ordinal: u32) -> Self {
+        Self { app: app.into(), ordinal }
+    }
+
+    /// Parse `<app>-<ordinal>`; app names may contain `-`, so the ordinal is the part
+    /// after the last one.
+    ///
+    /// # Errors
+    /// No `-`, an empty app, or an ordinal that is not a `u32`.
+    pub fn parse(text: &str) -> Result<Self, InstanceIdError> {
+        let bad = || InstanceIdError { text: text.to_string() };
+        let (app, ordinal) = text.rsplit_once('-').ok_or_else(bad)?;
+        if app.is_empty() || ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        Ok(Self { app: app.to_string(), ordinal: ordinal.parse().map_err(|_| bad())? })
+    }
+
+    /// `text` names an instance of `app` (not merely any instance).
+    pub fn parse_of(app: &str, text: &str) -> Option<Self> {
+        Self::parse(text).ok().filter(|id| id.app == app)
+    }
+}
+
+impl std::fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.app, self.ordinal)
+    }
+}
+
+impl From<InstanceId> for String {
+    fn from(id: InstanceId) -> String {
+        id.to_string()
+    }
+}
+
+impl TryFrom<String> for InstanceId {
+    type Error = InstanceIdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
 /// Container state as Docker reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,7 +146,12 @@ pub struct ObservedInstance {
 impl ObservedInstance {
     /// Parse `<app>-<ordinal>` into the ordinal.
     pub fn ordinal_of(app: &str, instance: &str) -> Option<u32> {
-        instance.strip_prefix(app)?.strip_prefix('-')?.parse().ok()
+        InstanceId::parse_of(app, instance).map(|id| id.ordinal)
+    }
+
+    /// The instance this container is, when its labels name one consistently.
+    pub fn id(&self) -> Option<InstanceId> {
+        InstanceId::parse_of(&self.app, &self.instance).filter(|id| Some(id.ordinal) == self.ordinal)
     }
 }
 
@@ -224,6 +289,21 @@ pub mod keys {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn instance_ids_round_trip_and_refuse_what_is_not_one() {
+            use crate::model::InstanceId;
+            let id = InstanceId::parse("my-api-12").unwrap();
+            assert_eq!((id.app.as_str(), id.ordinal), ("my-api", 12));
+            assert_eq!(id.to_string(), "my-api-12");
+            for bad in ["", "api", "api-", "-3", "api-x", "api-+1", "api-99999999999"] {
+                assert!(InstanceId::parse(bad).is_err(), "{bad:?} parsed");
+            }
+            assert_eq!(InstanceId::parse_of("api", "my-api-1"), None);
+            let json = serde_json::to_string(&InstanceId::new("web", 3)).unwrap();
+            assert_eq!(json, "\"web-3\"");
+            assert!(serde_json::from_str::<InstanceId>("\"web\"").is_err());
+        }
 
         #[test]
         fn layout() {
