@@ -33,6 +33,45 @@ impl Serialize for Secret {
     }
 }
 
+// -- etcdsec: age file format checks (pure; decryption lives in backend::secrets) --
+
+/// Check that `bytes` start with a valid age header (armored or binary), without
+/// decrypting.
+///
+/// # Errors
+/// What is wrong with the header.
+pub fn check_age_header(bytes: &[u8]) -> Result<(), String> {
+    match age::Decryptor::new(age::armor::ArmoredReader::new(bytes)) {
+        Ok(d) if d.is_scrypt() => {
+            Err("it is passphrase-encrypted; reconcile decrypts files for X25519 recipients only".into())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(describe_age(e)),
+    }
+}
+
+/// A one-line cause for an age error (never containing key material).
+pub fn describe_age(e: age::DecryptError) -> String {
+    match e {
+        age::DecryptError::NoMatchingKeys => "it is not encrypted to any of the age identities given".into(),
+        age::DecryptError::InvalidHeader | age::DecryptError::UnknownFormat => {
+            "it is not an age file (no valid age-encryption.org/v1 header)".into()
+        }
+        age::DecryptError::InvalidMac | age::DecryptError::DecryptionFailed => "the file is damaged".into(),
+        age::DecryptError::Io(e) => format!("it is not an age file, or it is truncated ({})", e.kind()),
+        other => other.to_string(),
+    }
+}
+
+/// An X25519 recipient (`age1…`).
+///
+/// # Errors
+/// Not a valid recipient (wrong prefix, length or checksum).
+pub fn parse_recipient(r: &str) -> Result<age::x25519::Recipient, String> {
+    use std::str::FromStr as _;
+    age::x25519::Recipient::from_str(r).map_err(|_| format!("`{r}` is not a valid age X25519 recipient (age1…)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,12 +53,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use etcd_client::Client;
 use etcd_client::{
-    Compare, CompareOp, ConnectOptions, GetOptions, KvClient, LeaseKeepAliveStream, LeaseKeeper, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse,
+    Certificate, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 
 use crate::model::{EtcdObservation, Pin, keys};
-use crate::spec::model::EtcdSpec;
+use crate::spec::model::{EtcdSpec, EtcdTls};
 
 /// etcd 3.4's default `--max-txn-ops`: the most operations one transaction may hold.
 /// Reads are chunked to it; a [`batch`] larger than the server's limit is refused by etcd.
@@ -107,6 +107,19 @@ pub enum EtcdError {
          lease within seconds"
     )]
     LockTimeout { key: String, holder: Box<Holder>, waited: Duration },
+    #[error(
+        "etcd tls {field} file `{path}`: {cause}; check `etcd.tls.{field}` in environment.yaml (a relative \
+         path is relative to the directory reconcile runs in)"
+    )]
+    TlsFile { field: &'static str, path: String, cause: String },
+    #[error("cannot get the password of etcd user `{user}`: {cause}")]
+    Password { user: String, cause: String },
+    #[error(
+        "etcd at {} refused user `{user}`: {cause}; check `etcd.username` and the secret named by \
+         `etcd.password` (`etcdctl user passwd {user}` sets a new one)",
+        endpoints.join(", ")
+    )]
+    Auth { endpoints: Vec<String>, user: String, cause: String },
     /// A fenced write found the lock key no longer on our lease: another apply may hold
     /// it. Nothing was written.
     #[error(
@@ -143,10 +156,21 @@ pub async fn connect(spec: &EtcdSpec, timeout: Duration) -> Result<Client, EtcdE
     if endpoints.is_empty() {
         return Err(EtcdError::NoEndpoints);
     }
-    let options = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
+    let mut options = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
+    if let Some(tls) = &spec.tls {
+        options = options.with_tls(tls_options(tls)?);
+    }
+    if let Some(user) = &spec.username {
+        let password = password(spec, user).await?;
+        options = options.with_user(user.clone(), password.expose());
+    }
+    remember_user(spec);
+    let user = spec.username.clone();
     let failed = |e: etcd_client::Error| {
         if is_timeout(&e) {
             EtcdError::Timeout { endpoints: endpoints.clone(), after: timeout }
+        } else if let Some(user) = user.as_ref().filter(|_| is_auth_failure(&e)) {
+            EtcdError::Auth { endpoints: endpoints.clone(), user: user.clone(), cause: describe(&e) }
         } else {
             EtcdError::Connect { endpoints: endpoints.clone(), cause: describe(&e) }
         }
@@ -160,6 +184,87 @@ pub async fn connect(spec: &EtcdSpec, timeout: Duration) -> Result<Client, EtcdE
         Ok(result) => result,
         Err(_) => Err(EtcdError::Timeout { endpoints: endpoints.clone(), after: timeout }),
     }
+}
+
+// -- etcdsec: TLS, auth and permission errors --
+
+/// The TLS options of `etcd.tls`: the files are read here, each error naming its field.
+fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, EtcdError> {
+    let read = |field: &'static str, path: &str| {
+        std::fs::read(path).map_err(|e| EtcdError::TlsFile { field, path: path.into(), cause: e.kind().to_string() })
+    };
+    let mut options = TlsOptions::new();
+    if let Some(ca) = &tls.ca {
+        options = options.ca_certificate(Certificate::from_pem(read("ca", ca)?));
+    }
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            options = options.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?))
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(EtcdError::TlsFile {
+                field: "key",
+                path: String::new(),
+                cause: "missing (cert needs key)".into(),
+            });
+        }
+        (None, Some(_)) => {
+            return Err(EtcdError::TlsFile {
+                field: "cert",
+                path: String::new(),
+                cause: "missing (key needs cert)".into(),
+            });
+        }
+    }
+    Ok(options)
+}
+
+/// The etcd user's password from its secret (a `from_command` runs off the async threads).
+async fn password(spec: &EtcdSpec, user: &str) -> Result<crate::secret::Secret, EtcdError> {
+    let Some(secret) = spec.password_secret.clone() else {
+        return Err(EtcdError::Password {
+            user: user.into(),
+            cause: format!(
+                "`etcd.password` names no entry in `secrets` ({})",
+                spec.password.as_deref().unwrap_or("not set")
+            ),
+        });
+    };
+    let resolved = tokio::task::spawn_blocking(move || crate::backend::secrets::resolve(&secret)).await;
+    match resolved {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(EtcdError::Password { user: user.into(), cause: format!("{e}; {}", e.hint()) }),
+        Err(e) => Err(EtcdError::Password { user: user.into(), cause: e.to_string() }),
+    }
+}
+
+/// Who this process talks to etcd as, for permission errors (one environment per process).
+fn who() -> &'static std::sync::Mutex<Option<String>> {
+    static WHO: std::sync::OnceLock<std::sync::Mutex<Option<String>>> = std::sync::OnceLock::new();
+    WHO.get_or_init(|| std::sync::Mutex::new(None))
+}
+
+fn remember_user(spec: &EtcdSpec) {
+    let user = match (&spec.username, spec.tls.as_ref().and_then(|t| t.cert.as_ref())) {
+        (Some(u), _) => format!("etcd user `{u}`"),
+        (None, Some(cert)) => format!("the etcd user named by the common name of client certificate {cert}"),
+        (None, None) => "an unauthenticated client (no etcd.username, no etcd.tls.cert)".into(),
+    };
+    if let Ok(mut w) = who().lock() {
+        *w = Some(user);
+    }
+}
+
+/// gRPC PERMISSION_DENIED: etcd's RBAC refused the request.
+fn is_permission_denied(e: &etcd_client::Error) -> bool {
+    const PERMISSION_DENIED: i32 = 7;
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() as i32 == PERMISSION_DENIED)
+}
+
+/// etcd refused the user name or password.
+fn is_auth_failure(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("authentication failed"))
 }
 
 /// Everything reconcile manages in etcd for `env`: all keys under
@@ -927,6 +1032,14 @@ fn is_timeout(e: &etcd_client::Error) -> bool {
 /// A one-line cause: the gRPC code and message (without tonic's metadata dump) or the
 /// error, followed by its source chain (where "connection refused" lives).
 fn describe(e: &etcd_client::Error) -> String {
+    if is_permission_denied(e) {
+        let user = who().lock().ok().and_then(|w| w.clone()).unwrap_or_else(|| "this etcd user".into());
+        return format!(
+            "permission denied: {user} may not access it; grant the user's role readwrite on \
+             <prefix>/<env>/ and <registry_prefix>/<app>_<env>/ (`etcdctl role grant-permission --prefix ROLE \
+             readwrite KEY`, see README \"etcd TLS and RBAC\"); nothing was changed"
+        );
+    }
     let (mut text, mut source) = match e {
         etcd_client::Error::GRpcStatus(s) => (format!("{:?}: {}", s.code(), s.message()), std::error::Error::source(s)),
         other => (other.to_string(), std::error::Error::source(other)),

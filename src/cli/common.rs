@@ -82,7 +82,7 @@ pub fn load_env(repo: &RepoArgs, env: &str, reference: Option<&str>) -> anyhow::
 /// # Errors
 /// Lists every missing secret by name and source (never a value).
 pub fn resolve_secrets(env: &Env) -> anyhow::Result<BTreeMap<String, Secret>> {
-    let (ok, errs) = secrets::resolve_all(&env.spec.secrets);
+    let (ok, errs) = secrets::resolve_all(&env.secret_refs);
     if errs.is_empty() {
         return Ok(ok);
     }

@@ -7,6 +7,7 @@ pub mod diff;
 pub mod history;
 pub mod plan;
 pub mod schema;
+pub mod secret;
 pub mod status;
 pub mod validate;
 pub mod watch;
@@ -27,6 +28,10 @@ pub struct Cli {
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// age identity file (as age-keygen writes it) for `from_age` secrets; also
+    /// RECONCILE_AGE_IDENTITY_FILE, or RECONCILE_AGE_IDENTITY holding the key itself.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub age_identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,6 +75,9 @@ pub enum Command {
     Rollback(history::RollbackArgs),
     /// Print the JSON Schemas of the spec files (for editors and CI).
     Schema(schema::Args),
+    /// Encrypted secrets in the repo: `set` (encrypt stdin with age), `list` (names and sources).
+    #[command(subcommand)]
+    Secret(secret::Command),
 }
 
 /// Exit codes of the contract.
@@ -86,6 +94,9 @@ pub enum ExitCode {
 /// Anything that stops the command from producing its report (unreadable repo,
 /// unknown environment); reported by `main` with exit code 1.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &cli.age_identity {
+        crate::backend::secrets::set_identity_file(path.clone());
+    }
     match cli.command {
         Command::Validate(args) => validate::exec(&args),
         Command::Plan(args) => plan::exec(&args),
@@ -96,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History(args) => history::exec(&args),
         Command::Rollback(args) => history::rollback(&args),
         Command::Schema(args) => schema::exec(&args),
+        Command::Secret(cmd) => secret::exec(&cmd),
     }
 }
 

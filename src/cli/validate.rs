@@ -18,7 +18,8 @@ pub struct Args {
     /// Report format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Also resolve every secret (from_env / from_file) and report those that are missing.
+    /// Also resolve every secret (from_env, from_file, from_command; from_age decrypted) and
+    /// report those that fail.
     /// Values are never printed.
     #[arg(long)]
     pub check_secrets: bool,
@@ -42,13 +43,9 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
             if env.spec.is_abstract || args.env.as_deref().is_some_and(|e| e != name) {
                 continue;
             }
-            let (_, errors) = secrets::resolve_all(&env.spec.secrets);
+            let (_, errors) = secrets::resolve_all(&env.secret_refs);
             for e in errors {
-                let secret = match &e {
-                    secrets::SecretError::MissingEnv { name, .. }
-                    | secrets::SecretError::EmptyEnv { name, .. }
-                    | secrets::SecretError::File { name, .. } => name.clone(),
-                };
+                let secret = e.secret().to_string();
                 let (file, pos) = env.doc.locate(&format!("/secrets/{}", spec::yaml::escape(&secret)));
                 diags.push(
                     Diagnostic::error("secret", format!("environment `{name}`: {e}"))

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::load::{Env, Merged};
-use super::model::{AppSpec, Strategy};
+use super::model::{AppSpec, SecretSource, Strategy};
 use super::template::{PathProblem, TemplateError, Templates};
 use super::units::{self, Invalid};
 use super::yaml::escape;
@@ -35,6 +35,7 @@ pub fn check(env: &Env, files: &Arc<BTreeMap<String, Vec<u8>>>, display: &dyn Fn
         c.invalid(&env.doc, "/lb/drain", e);
     }
     c.apps(&hosts);
+    c.secrets_and_etcd();
     c.dependencies();
     let assignments = c.placement(&hosts);
     c.templates(&templates, &hosts, &assignments);
@@ -553,6 +554,182 @@ pub fn demand(s: &AppSpec) -> Demand {
         spread: s.placement.spread,
         needs_port: s.port.is_some(),
     }
+}
+
+// -- etcdsec: secrets (from_age, from_command, in app env) and etcd TLS/auth --
+impl Checker<'_> {
+    fn secrets_and_etcd(&mut self) {
+        let env = self.env;
+        for (name, source) in &env.spec.secrets {
+            let ptr = format!("/secrets/{}", escape(name));
+            match source {
+                SecretSource::FromAge(rel) => self.age_secret(name, &ptr, rel),
+                SecretSource::FromCommand(argv) if argv.first().is_none_or(|p| p.trim().is_empty()) => self.at(
+                    &env.doc,
+                    &format!("{ptr}/from_command"),
+                    Diagnostic::error("secret", format!("secret `{name}`: from_command has no program"))
+                        .hint("write the program and its arguments, e.g. [vault, kv, get, -field=password, secret/db]"),
+                ),
+                _ => {}
+            }
+        }
+        if let Some(age) = &env.spec.age {
+            for (i, r) in age.recipients.iter().enumerate() {
+                if let Err(e) = crate::secret::parse_recipient(r) {
+                    self.at(
+                        &env.doc,
+                        &format!("/age/recipients/{i}"),
+                        Diagnostic::error("age", e).hint("copy the recipient that `age-keygen -y KEYFILE` prints"),
+                    );
+                }
+            }
+        }
+        self.etcd_auth();
+        self.secrets_in_env();
+    }
+
+    fn age_secret(&mut self, name: &str, ptr: &str, rel: &str) {
+        let env = self.env;
+        let at = format!("{ptr}/from_age");
+        let clean = rel.trim_start_matches("./");
+        if clean.starts_with('/') || clean.split('/').any(|c| c == "..") {
+            return self.at(
+                &env.doc,
+                &at,
+                Diagnostic::error(
+                    "secret",
+                    format!("secret `{name}`: from_age {rel} leaves the environment directory"),
+                )
+                .hint("write a path relative to the environment directory without `..`, e.g. secrets/db.age"),
+            );
+        }
+        match env.secret_refs.get(name).and_then(|r| r.age_file.as_ref()) {
+            None => self.at(
+                &env.doc,
+                &at,
+                Diagnostic::error(
+                    "secret",
+                    format!("secret `{name}`: age file {clean} is in none of {}", env.dirs.join(", ")),
+                )
+                .hint(format!("create it with `reconcile secret set --env {} {name}` and commit it", env.name)),
+            ),
+            Some(f) => {
+                if let Err(e) = crate::secret::check_age_header(&f.bytes) {
+                    self.at(
+                        &env.doc,
+                        &at,
+                        Diagnostic::error("secret", format!("secret `{name}`: {}: {e}", (self.display)(&f.path)))
+                            .hint("write it with `age -r RECIPIENT` or `reconcile secret set`"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn etcd_auth(&mut self) {
+        let env = self.env;
+        let Some(etcd) = &env.spec.etcd else { return };
+        let doc = &env.doc;
+        match (&etcd.username, &etcd.password) {
+            (Some(_), None) => self.at(
+                doc,
+                "/etcd/username",
+                Diagnostic::error("etcd", "etcd.username is set without etcd.password")
+                    .hint("add `password: NAME`, the name of an entry in `secrets` holding the user's password"),
+            ),
+            (None, Some(_)) => self.at(
+                doc,
+                "/etcd/password",
+                Diagnostic::error("etcd", "etcd.password is set without etcd.username")
+                    .hint("add `username: USER`, the etcd user the password belongs to"),
+            ),
+            _ => {}
+        }
+        if let Some(p) = &etcd.password
+            && !env.spec.secrets.contains_key(p)
+        {
+            let known: Vec<&str> = env.spec.secrets.keys().map(String::as_str).collect();
+            self.at(
+                doc,
+                "/etcd/password",
+                Diagnostic::error("etcd", format!("etcd.password names `{p}`, which is not an entry in `secrets`"))
+                    .hint(if known.is_empty() {
+                        format!("add `secrets: {{{p}: {{from_env: ETCD_PASSWORD}}}}` (or from_age, from_command)")
+                    } else {
+                        format!("the secrets are: {}; or add `{p}` to `secrets`", known.join(", "))
+                    }),
+            );
+        }
+        let https = etcd.endpoints.iter().filter(|e| e.starts_with("https://")).count();
+        match &etcd.tls {
+            Some(tls) => {
+                if tls.cert.is_some() != tls.key.is_some() {
+                    let (have, missing) = if tls.cert.is_some() { ("cert", "key") } else { ("key", "cert") };
+                    self.at(
+                        doc,
+                        &format!("/etcd/tls/{have}"),
+                        Diagnostic::error("etcd", format!("etcd.tls has {have} without {missing}"))
+                            .hint("client-certificate auth needs both cert and key; give both or neither"),
+                    );
+                }
+                if https < etcd.endpoints.len() {
+                    self.at(
+                        doc,
+                        "/etcd/endpoints",
+                        Diagnostic::error("etcd", "etcd.tls is set but some endpoints are http://")
+                            .hint("TLS needs https:// endpoints; write https://HOST:PORT for every endpoint"),
+                    );
+                }
+            }
+            None if https > 0 => self.at(
+                doc,
+                "/etcd/endpoints",
+                Diagnostic::error("etcd", "https:// etcd endpoints need etcd.tls")
+                    .hint("add `tls: {ca: /path/to/etcd-ca.pem}` (and cert + key for client-certificate auth)"),
+            ),
+            None => {}
+        }
+    }
+
+    /// A secret in an app's `env` is visible to anyone who can `docker inspect` the container.
+    fn secrets_in_env(&mut self) {
+        let env = self.env;
+        let names: Vec<&String> = env.spec.secrets.keys().collect();
+        for app in env.apps.values() {
+            for (key, value) in &app.spec.env {
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let used: Vec<&str> = names.iter().filter(|n| mentions_secret(&text, n)).map(|n| n.as_str()).collect();
+                if used.is_empty() {
+                    continue;
+                }
+                self.at(
+                    &app.doc,
+                    &format!("/env/{}", escape(key)),
+                    Diagnostic::warning(
+                        "secret-in-env",
+                        format!(
+                            "app `{}`: env {key} carries secret {}: anyone who can `docker inspect` the container reads it",
+                            app.spec.name,
+                            used.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                        ),
+                    )
+                    .hint("deliver it in a file instead (`files:` with a template using the secret; files are uploaded through the API and are not in docker inspect), and point the app at the file"),
+                );
+            }
+        }
+    }
+}
+
+/// Whether template text refers to `secrets.NAME` / `secrets['NAME']` / `secrets["NAME"]`.
+fn mentions_secret(text: &str, name: &str) -> bool {
+    let dotted = format!("secrets.{name}");
+    let by_dot = text
+        .match_indices(&dotted)
+        .any(|(i, m)| text[i + m.len()..].chars().next().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_')));
+    by_dot || text.contains(&format!("secrets['{name}']")) || text.contains(&format!("secrets[\"{name}\"]"))
 }
 
 /// `env`, `vars`, and `secrets` (placeholders) for template rendering.

@@ -83,6 +83,8 @@ pub struct Env {
     /// `environments/<name>` for each of `chain`.
     pub dirs: Vec<String>,
     pub spec: EnvironmentSpec,
+    /// Every secret with what resolving it needs (`from_age` files from the snapshot).
+    pub secret_refs: BTreeMap<String, crate::spec::model::SecretRef>,
     pub doc: Merged,
     pub apps: BTreeMap<String, App>,
     /// Apps whose files are present but broken (already reported).
@@ -381,7 +383,7 @@ fn build_env(
     if !is_abstract && !validate_merged(cx, Kind::Environment, &doc) {
         return None;
     }
-    let spec: EnvironmentSpec = match serde_json::from_value(doc.value.clone()) {
+    let mut spec: EnvironmentSpec = match serde_json::from_value(doc.value.clone()) {
         Ok(s) => s,
         Err(e) => {
             let (file, pos) = doc.locate("");
@@ -440,15 +442,9 @@ fn build_env(
         }
     }
 
-    Some(Env {
-        name: name.to_string(),
-        chain: chain.to_vec(),
-        dirs: chain.iter().map(|e| format!("environments/{e}")).collect(),
-        spec,
-        doc,
-        apps,
-        broken_apps,
-    })
+    let dirs: Vec<String> = chain.iter().map(|e| format!("environments/{e}")).collect();
+    let secret_refs = crate::spec::model::link_secrets(&mut spec, &dirs, &cx.snap.files);
+    Some(Env { name: name.to_string(), chain: chain.to_vec(), dirs, spec, secret_refs, doc, apps, broken_apps })
 }
 
 fn report_misses(cx: &mut Ctx<'_>, path: &str, index: &SpanIndex, misses: &[String], root: bool) {

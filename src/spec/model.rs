@@ -31,6 +31,9 @@ pub struct EnvironmentSpec {
     pub etcd: Option<EtcdSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lb: Option<LbSpec>,
+    // -- etcdsec: age recipients --
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age: Option<AgeSpec>,
 }
 
 /// Where a secret's value comes from. Never holds the value itself.
@@ -39,6 +42,39 @@ pub struct EnvironmentSpec {
 pub enum SecretSource {
     FromEnv(String),
     FromFile(String),
+    /// An age-encrypted file, relative to the environment directory (looked up along the
+    /// extends chain, child first).
+    FromAge(String),
+    /// argv of a program (no shell) whose standard output is the value.
+    FromCommand(Vec<String>),
+}
+
+// -- etcdsec: secrets as handed to the backends --
+
+/// Who can decrypt this environment's `from_age` secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgeSpec {
+    /// X25519 recipients (`age1…`), as `age-keygen -y` prints them.
+    pub recipients: Vec<String>,
+}
+
+/// An age-encrypted file of the config repo, as found along the extends chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgeFile {
+    /// Repo-relative path, e.g. `environments/prod/secrets/db.age`.
+    pub path: String,
+    pub bytes: std::sync::Arc<Vec<u8>>,
+}
+
+/// A secret with everything needed to resolve it outside the spec layer: its name, its
+/// source and, for `from_age`, the encrypted file (`None` when it is not in the repo).
+/// Made by `spec::load`; never deserialised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    pub name: String,
+    pub source: SecretSource,
+    pub age_file: Option<AgeFile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +98,7 @@ pub struct TlsSpec {
     pub key: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSpec {
     pub endpoints: Vec<String>,
@@ -70,6 +106,68 @@ pub struct EtcdSpec {
     pub prefix: String,
     #[serde(default)]
     pub registry_prefix: String,
+    // -- etcdsec: TLS and auth --
+    /// CA, client certificate and key (PEM), paths on the machine running reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EtcdTls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The name of an entry in `secrets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// `password` linked to its secret by `spec::load` (not part of the document).
+    #[serde(skip)]
+    pub password_secret: Option<SecretRef>,
+}
+
+/// Every secret of `spec` as a [`SecretRef`], `from_age` files looked up in `files` along
+/// `dirs` (the chain's directories, child first); links `etcd.password` to its secret.
+pub fn link_secrets(
+    spec: &mut EnvironmentSpec,
+    dirs: &[String],
+    files: &BTreeMap<String, Vec<u8>>,
+) -> BTreeMap<String, SecretRef> {
+    let refs: BTreeMap<String, SecretRef> = spec
+        .secrets
+        .iter()
+        .map(|(name, source)| {
+            let age_file = match source {
+                SecretSource::FromAge(rel) => age_file(rel, dirs, files),
+                _ => None,
+            };
+            (name.clone(), SecretRef { name: name.clone(), source: source.clone(), age_file })
+        })
+        .collect();
+    if let Some(etcd) = spec.etcd.as_mut() {
+        etcd.password_secret = etcd.password.as_ref().and_then(|p| refs.get(p)).cloned();
+    }
+    refs
+}
+
+/// The file `rel` (relative to an environment directory) of the nearest directory of the
+/// chain that has it. Absolute paths and `..` find nothing (the checks report them).
+pub fn age_file(rel: &str, dirs: &[String], files: &BTreeMap<String, Vec<u8>>) -> Option<AgeFile> {
+    let rel = rel.trim_start_matches("./");
+    if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
+        return None;
+    }
+    dirs.iter().find_map(|d| {
+        let path = format!("{d}/{rel}");
+        files.get(&path).map(|b| AgeFile { path, bytes: std::sync::Arc::new(b.clone()) })
+    })
+}
+
+/// etcd client TLS: `ca` alone verifies the server; `cert` + `key` add client-certificate
+/// auth. Relative paths are relative to the working directory of reconcile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 fn default_prefix() -> String {

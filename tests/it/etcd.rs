@@ -26,7 +26,12 @@ fn prefix(test: &str) -> String {
 }
 
 fn spec(prefix: &str, registry_prefix: &str) -> EtcdSpec {
-    EtcdSpec { endpoints: vec![endpoint()], prefix: prefix.into(), registry_prefix: registry_prefix.into() }
+    EtcdSpec {
+        endpoints: vec![endpoint()],
+        prefix: prefix.into(),
+        registry_prefix: registry_prefix.into(),
+        ..Default::default()
+    }
 }
 
 fn set(apps: &[&str]) -> BTreeSet<String> {
@@ -183,8 +188,12 @@ async fn empty_registry_prefix_reads_only_the_apps_dirs_at_the_root() {
 
 #[tokio::test]
 async fn unreachable_etcd_is_a_connect_error_naming_the_endpoint() {
-    let spec =
-        EtcdSpec { endpoints: vec!["http://127.0.0.1:1".into()], prefix: "/x".into(), registry_prefix: "".into() };
+    let spec = EtcdSpec {
+        endpoints: vec!["http://127.0.0.1:1".into()],
+        prefix: "/x".into(),
+        registry_prefix: "".into(),
+        ..Default::default()
+    };
     let timeout = Duration::from_secs(3);
     let start = Instant::now();
     let err = etcd::connect(&spec, timeout).await.err().expect("connecting to port 1 must fail");
@@ -200,7 +209,12 @@ async fn silent_etcd_is_a_timeout_naming_the_endpoint() {
     // Accepts TCP connections (the kernel's backlog does) but never speaks HTTP/2.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let spec = EtcdSpec { endpoints: vec![url.clone()], prefix: "/x".into(), registry_prefix: "".into() };
+    let spec = EtcdSpec {
+        endpoints: vec![url.clone()],
+        prefix: "/x".into(),
+        registry_prefix: "".into(),
+        ..Default::default()
+    };
     let timeout = Duration::from_millis(800);
     let start = Instant::now();
     let err = etcd::connect(&spec, timeout).await.err().expect("a silent endpoint must fail");
@@ -214,7 +228,7 @@ async fn silent_etcd_is_a_timeout_naming_the_endpoint() {
 
 #[tokio::test]
 async fn no_endpoints_is_an_error() {
-    let spec = EtcdSpec { endpoints: vec![], prefix: "/x".into(), registry_prefix: "".into() };
+    let spec = EtcdSpec { endpoints: vec![], prefix: "/x".into(), registry_prefix: "".into(), ..Default::default() };
     assert_eq!(etcd::connect(&spec, TIMEOUT).await.err(), Some(EtcdError::NoEndpoints));
 }
 

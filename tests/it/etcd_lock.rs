@@ -36,7 +36,12 @@ fn prefix(test: &str) -> String {
 }
 
 async fn client() -> Client {
-    let spec = EtcdSpec { endpoints: vec![endpoint()], prefix: String::new(), registry_prefix: String::new() };
+    let spec = EtcdSpec {
+        endpoints: vec![endpoint()],
+        prefix: String::new(),
+        registry_prefix: String::new(),
+        ..Default::default()
+    };
     etcd::connect(&spec, TIMEOUT).await.unwrap()
 }
 
