@@ -58,6 +58,7 @@ PACKAGES=(
   nginx-light haproxy           # the load balancers the tests drive
   docker-registry docker-compose  # installed, not started (later benchmarks)
   openssh-server openssh-client   # our own sshd on $SSH_PORT (tests/it/ssh.rs), not Debian's
+  age                             # etcdsec: age/age-keygen, interop with from_age (tests/it/secrets.rs)
 )
 
 # /usr/sbin holds dockerd, nginx, haproxy; append so that a newer docker client
@@ -332,6 +333,134 @@ ensure_etcd() {
   wait_for etcd "$pid" "$LOG_DIR/etcd.log" etcd_healthy
 }
 
+# --- 5b. etcdsec: a secured etcd (TLS, client-cert auth, RBAC) and a 3-member cluster
+# Secured etcd on https://127.0.0.1:23791 (peer 23801): --client-cert-auth, auth
+# enabled, users `root` and `reconcile-ci` (role reconcile-ci: readwrite on
+# /reconcile/sec-ci/ and /services/web_sec-ci/ only). Certificates from a CA made
+# once with openssl, cached in $ETCD_TLS (server, root, reconcile-ci, reconcile-nobody
+# and a client of another CA). Passwords are generated once and kept beside them.
+ETCD_TLS=$LIB_DIR/etcd-tls
+ETCD_SECURE=https://127.0.0.1:23791
+ETCD_SECURE_PEER=http://127.0.0.1:23801
+ETCD_SECURE_PIDFILE=$RUN_DIR/etcd-secure.pid
+ETCD_SECURE_DATA=$LIB_DIR/etcd-secure-data
+ETCD_CLUSTER_DIR=$LIB_DIR/etcd-cluster
+
+etcd_tls_cert() { # NAME CN CA: key + cert signed by CA (both usages, SAN 127.0.0.1)
+  local name=$1 cn=$2 ca=$3
+  [[ -s $ETCD_TLS/$name.pem ]] && return 0
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$ETCD_TLS/$name-key.pem" -subj "/CN=$cn" \
+    -out "$ETCD_TLS/$name.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >"$ETCD_TLS/$name.ext"
+  openssl x509 -req -in "$ETCD_TLS/$name.csr" -CA "$ETCD_TLS/$ca.pem" -CAkey "$ETCD_TLS/$ca-key.pem" \
+    -CAcreateserial -days 3650 -extfile "$ETCD_TLS/$name.ext" -out "$ETCD_TLS/$name.pem" 2>/dev/null
+  rm -f "$ETCD_TLS/$name.csr" "$ETCD_TLS/$name.ext"
+}
+
+ensure_etcd_tls() {
+  mkdir -p "$ETCD_TLS"; chmod 700 "$ETCD_TLS"
+  local ca
+  for ca in ca other-ca; do
+    [[ -s $ETCD_TLS/$ca.pem ]] && continue
+    CHANGED=1
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=reconcile-test-etcd-$ca" \
+      -keyout "$ETCD_TLS/$ca-key.pem" -out "$ETCD_TLS/$ca.pem" 2>/dev/null
+  done
+  etcd_tls_cert server reconcile-test-etcd ca
+  etcd_tls_cert root root ca
+  etcd_tls_cert reconcile-ci reconcile-ci ca
+  etcd_tls_cert reconcile-nobody reconcile-nobody ca
+  etcd_tls_cert other-client reconcile-ci other-ca
+  local u
+  for u in root reconcile-ci; do
+    [[ -s $ETCD_TLS/$u.password ]] || { openssl rand -hex 16 >"$ETCD_TLS/$u.password"; }
+  done
+}
+
+# etcdctl as root on the secured etcd
+etcdctl_secure() {
+  ETCDCTL_API=3 etcdctl --endpoints="$ETCD_SECURE" --cacert "$ETCD_TLS/ca.pem" \
+    --cert "$ETCD_TLS/root.pem" --key "$ETCD_TLS/root-key.pem" "$@"
+}
+etcd_secure_healthy() { etcdctl_secure --command-timeout=2s endpoint health; }
+
+ensure_etcd_secure() {
+  ensure_etcd_tls
+  etcd_secure_healthy >/dev/null 2>&1 && return 0
+  local pid; pid=$(pid_from "$ETCD_SECURE_PIDFILE")
+  if pid_alive "$pid" etcd; then
+    wait_for "secured etcd" "$pid" "$LOG_DIR/etcd-secure.log" etcd_secure_healthy
+    return 0
+  fi
+  say "starting the secured etcd on $ETCD_SECURE"
+  CHANGED=1
+  rm -rf "$ETCD_SECURE_DATA"   # fresh each start: users and roles are made below
+  local unset=() v
+  for v in $(compgen -e); do [[ $v == ETCD_* ]] && unset+=(-u "$v"); done
+  pid=$(spawn "$LOG_DIR/etcd-secure.log" env "${unset[@]}" \
+        etcd --name reconcile-secure --data-dir "$ETCD_SECURE_DATA" \
+        --listen-client-urls "$ETCD_SECURE" --advertise-client-urls "$ETCD_SECURE" \
+        --listen-peer-urls "$ETCD_SECURE_PEER" --initial-advertise-peer-urls "$ETCD_SECURE_PEER" \
+        --initial-cluster "reconcile-secure=$ETCD_SECURE_PEER" --initial-cluster-state new \
+        --client-cert-auth --trusted-ca-file "$ETCD_TLS/ca.pem" \
+        --cert-file "$ETCD_TLS/server.pem" --key-file "$ETCD_TLS/server-key.pem")
+  echo "$pid" >"$ETCD_SECURE_PIDFILE"
+  wait_for "secured etcd" "$pid" "$LOG_DIR/etcd-secure.log" etcd_secure_healthy
+  {
+    etcdctl_secure user add "root:$(cat "$ETCD_TLS/root.password")"
+    etcdctl_secure user grant-role root root
+    etcdctl_secure role add reconcile-ci
+    etcdctl_secure role grant-permission --prefix reconcile-ci readwrite /reconcile/sec-ci/
+    etcdctl_secure role grant-permission --prefix reconcile-ci readwrite /services/web_sec-ci/
+    etcdctl_secure user add "reconcile-ci:$(cat "$ETCD_TLS/reconcile-ci.password")"
+    etcdctl_secure user grant-role reconcile-ci reconcile-ci
+    etcdctl_secure auth enable
+  } >>"$LOG_DIR/etcd-secure.log" 2>&1 || die "cannot set up users on the secured etcd (log: $LOG_DIR/etcd-secure.log)"
+}
+
+# Three members on loopback: clients 23792-23794, peers 23802-23804, persistent data
+# dirs (a killed member rejoins with its data). `etcd-cluster` (re)starts missing ones.
+ETCD_CLUSTER_INITIAL=m1=http://127.0.0.1:23802,m2=http://127.0.0.1:23803,m3=http://127.0.0.1:23804
+etcd_member_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$((23791 + $1))/health" 2>/dev/null | grep -q '"health":"true"'; }
+
+ensure_etcd_cluster() {
+  local i pid started=()
+  mkdir -p "$ETCD_CLUSTER_DIR"
+  local unset=() v
+  for v in $(compgen -e); do [[ $v == ETCD_* ]] && unset+=(-u "$v"); done
+  for i in 1 2 3; do
+    pid=$(pid_from "$RUN_DIR/etcd-m$i.pid")
+    pid_alive "$pid" etcd && continue
+    CHANGED=1
+    say "starting etcd cluster member m$i on 127.0.0.1:$((23791 + i))"
+    pid=$(spawn "$LOG_DIR/etcd-m$i.log" env "${unset[@]}" \
+          etcd --name "m$i" --data-dir "$ETCD_CLUSTER_DIR/m$i" \
+          --listen-client-urls "http://127.0.0.1:$((23791 + i))" --advertise-client-urls "http://127.0.0.1:$((23791 + i))" \
+          --listen-peer-urls "http://127.0.0.1:$((23801 + i))" --initial-advertise-peer-urls "http://127.0.0.1:$((23801 + i))" \
+          --initial-cluster "$ETCD_CLUSTER_INITIAL" --initial-cluster-state new --initial-cluster-token reconcile-test \
+          --heartbeat-interval 100 --election-timeout 1000)
+    echo "$pid" >"$RUN_DIR/etcd-m$i.pid"
+    started+=("$i:$pid")
+  done
+  local e
+  for e in "${started[@]}"; do
+    wait_for "etcd member m${e%%:*}" "${e#*:}" "$LOG_DIR/etcd-m${e%%:*}.log" etcd_member_healthy "${e%%:*}"
+  done
+}
+
+stop_etcdsec() {
+  local i
+  for i in 1 2 3; do stop_pid "etcd m$i" "$(pid_from "$RUN_DIR/etcd-m$i.pid")" etcd; rm -f "$RUN_DIR/etcd-m$i.pid"; done
+  stop_pid "secured etcd" "$(pid_from "$ETCD_SECURE_PIDFILE")" etcd
+  rm -rf "$ETCD_SECURE_DATA"; rm -f "$ETCD_SECURE_PIDFILE"
+}
+
+write_env_etcdsec() {
+  echo "export RECONCILE_TEST_ETCD_SECURE=$ETCD_SECURE"
+  echo "export RECONCILE_TEST_ETCD_TLS=$ETCD_TLS"
+  echo "export RECONCILE_TEST_ETCD_CLUSTER=http://127.0.0.1:23792,http://127.0.0.1:23793,http://127.0.0.1:23794"
+}
+
 # --- 6. nginx / haproxy: binaries only, no package-started default instance --
 ensure_no_default_nginx() {
   command -v nginx >/dev/null || die "nginx not on PATH"
@@ -459,6 +588,7 @@ export RECONCILE_TEST_ETCD=$ETCD
 export RECONCILE_TEST_SSH=$SSH
 export RECONCILE_TEST_IMAGE=$IMAGE_REPO:1
 export RECONCILE_TEST_IMAGE2=$IMAGE_REPO:2
+$(write_env_etcdsec)
 EOF
 )
   if [[ ! -f $ENV_FILE || $(cat "$ENV_FILE") != "$want" ]]; then
@@ -558,6 +688,7 @@ do_stop() {
   unmount_leftovers "$RUN_DIR/docker2-exec/netns/default" "$LIB_DIR/docker2"
   ip link del "$DOCKER2_BRIDGE" 2>/dev/null || true
   stop_pid etcd "$(pid_from "$ETCD_PIDFILE")" etcd
+  stop_etcdsec
   if [[ -f $ETCD_DATADIR_FILE ]]; then
     rm -rf "$(cat "$ETCD_DATADIR_FILE")"; rm -f "$ETCD_DATADIR_FILE"
   fi
@@ -590,6 +721,8 @@ case ${1:-up} in
     ensure_docker1
     ensure_docker2
     ensure_etcd
+    ensure_etcd_secure
+    ensure_etcd_cluster
     ensure_images
     ensure_ssh
     write_env
@@ -597,5 +730,7 @@ case ${1:-up} in
     summary
     ;;
   stop) do_stop ;;
-  *) die "usage: $0 [up|check|stop]" ;;
+  etcd-cluster) ensure_etcd_cluster ;;   # restart killed members (tests/it/etcd_cluster.rs)
+  etcdsec) ensure_packages; ensure_etcd_secure; ensure_etcd_cluster ;;   # only these, env file untouched
+  *) die "usage: $0 [up|check|stop|etcd-cluster|etcdsec]" ;;
 esac
