@@ -336,7 +336,7 @@ ensure_etcd() {
 # --- 5b. etcdsec: a secured etcd (TLS, client-cert auth, RBAC) and a 3-member cluster
 # Secured etcd on https://127.0.0.1:23791 (peer 23801): --client-cert-auth, auth
 # enabled, users `root` and `reconcile-ci` (role reconcile-ci: readwrite on
-# /reconcile/sec-ci/ and /services/web_sec-ci/ only). Certificates from a CA made
+# /reconcile/sec-ci/ and /services/sleeper_sec-ci/ only). Certificates from a CA made
 # once with openssl, cached in $ETCD_TLS (server, root, reconcile-ci, reconcile-nobody
 # and a client of another CA). Passwords are generated once and kept beside them.
 ETCD_TLS=$LIB_DIR/etcd-tls
@@ -411,7 +411,7 @@ ensure_etcd_secure() {
     etcdctl_secure user grant-role root root
     etcdctl_secure role add reconcile-ci
     etcdctl_secure role grant-permission --prefix reconcile-ci readwrite /reconcile/sec-ci/
-    etcdctl_secure role grant-permission --prefix reconcile-ci readwrite /services/web_sec-ci/
+    etcdctl_secure role grant-permission --prefix reconcile-ci readwrite /services/sleeper_sec-ci/
     etcdctl_secure user add "reconcile-ci:$(cat "$ETCD_TLS/reconcile-ci.password")"
     etcdctl_secure user grant-role reconcile-ci reconcile-ci
     etcdctl_secure auth enable

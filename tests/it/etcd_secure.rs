@@ -1,0 +1,283 @@
+//! etcd with TLS, client-certificate auth and RBAC (the secured etcd of
+//! `scripts/test-env.sh` on 127.0.0.1:23791): apply through a client certificate, through
+//! a password, through both; a confined user may not touch another environment's keys
+//! (exit 1, the key and the user named, no container created); a certificate of another CA
+//! and a wrong password are clear errors. The README's RBAC commands are run verbatim.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use super::apply::var;
+use super::{stderr, stdout};
+
+/// The tests share the environment `sec-ci` (the fixed grants of test-env.sh), and a
+/// change to etcd's auth store (the RBAC test) fails requests in flight with "revision of
+/// auth store is old": they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn endpoint() -> String {
+    std::env::var("RECONCILE_TEST_ETCD_SECURE").unwrap_or_else(|_| "https://127.0.0.1:23791".into())
+}
+
+fn tls_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("RECONCILE_TEST_ETCD_TLS").unwrap_or_else(|_| "/var/lib/reconcile-test/etcd-tls".into()),
+    )
+}
+
+fn tls(name: &str) -> String {
+    tls_dir().join(name).to_string_lossy().into_owned()
+}
+
+/// etcdctl as root (client certificate CN=root).
+fn etcdctl_root(args: &[&str]) -> Output {
+    let ca = tls("ca.pem");
+    let cert = tls("root.pem");
+    let key = tls("root-key.pem");
+    let o = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &endpoint(), "--cacert", &ca, "--cert", &cert, "--key", &key])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        tls_dir().join("ca.pem").exists(),
+        "the secured etcd's CA is missing: run scripts/test-env.sh (it makes {})",
+        tls_dir().display()
+    );
+    o
+}
+
+/// A config repo with one environment and one sleeping app, its etcd the secured one.
+struct SecureEnv {
+    dir: tempfile::TempDir,
+    env: String,
+}
+
+impl Drop for SecureEnv {
+    fn drop(&mut self) {
+        let d = var("RECONCILE_TEST_DOCKER1");
+        if let Ok(o) = Command::new("docker")
+            .args(["-H", &d, "ps", "-aq", "--filter", &format!("label=reconcile.env={}", self.env)])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["-H", &d, "rm", "-f", id]).output();
+            }
+        }
+        let _ = etcdctl_root(&["del", "--prefix", &format!("/reconcile/{}/", self.env)]);
+    }
+}
+
+impl SecureEnv {
+    /// `etcd_auth` is the YAML inside `etcd: {…}` after endpoints (tls, username, password).
+    fn new(env: &str, etcd_auth: &str, secrets: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let e = dir.path().join("environments").join(env);
+        std::fs::create_dir_all(e.join("apps")).unwrap();
+        std::fs::write(
+            e.join("environment.yaml"),
+            format!(
+                "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\n{secrets}hosts:\n  - {{name: node-1, docker: '{d1}', address: 127.0.0.1, ports: 29600-29609}}\netcd: {{endpoints: ['{ep}'], {etcd_auth}}}\n",
+                d1 = var("RECONCILE_TEST_DOCKER1"),
+                ep = endpoint(),
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            e.join("apps/sleeper.yaml"),
+            format!(
+                "apiVersion: reconcile/v1\nkind: App\nname: sleeper\nimage: {}\ncommand: [/bin/busybox, sleep, '3600']\nconfig: {{color: blue}}\nstop_timeout: 1s\n",
+                var("RECONCILE_TEST_IMAGE")
+            ),
+        )
+        .unwrap();
+        SecureEnv { dir, env: env.to_string() }
+    }
+
+    fn repo(&self) -> String {
+        self.dir.path().to_string_lossy().into_owned()
+    }
+
+    fn run(&self, cmd: &str, envs: &[(&str, &str)]) -> Output {
+        let repo = self.repo();
+        let mut args = vec![cmd, "--env", &self.env, "--repo", &repo, "--timeout", "10s"];
+        if cmd == "apply" {
+            args.push("--yes");
+        }
+        let mut c = Command::new(env!("CARGO_BIN_EXE_reconcile"));
+        c.args(&args).env("NO_COLOR", "1").env_remove("RUST_LOG");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    fn containers(&self) -> usize {
+        let o = Command::new("docker")
+            .args([
+                "-H",
+                &var("RECONCILE_TEST_DOCKER1"),
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=reconcile.env={}", self.env),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).split_whitespace().count()
+    }
+}
+
+fn cert_auth(cert: &str) -> String {
+    format!(
+        "tls: {{ca: '{}', cert: '{}', key: '{}'}}",
+        tls("ca.pem"),
+        tls(&format!("{cert}.pem")),
+        tls(&format!("{cert}-key.pem"))
+    )
+}
+
+#[test]
+fn client_certificate_auth_applies_within_the_users_prefix() {
+    let _serial = serial();
+    // reconcile-ci (CN of its certificate) may write /reconcile/sec-ci/ only (test-env.sh).
+    let auth = format!("{}, registry_prefix: /services", cert_auth("reconcile-ci"));
+    let s = SecureEnv::new("sec-ci", &auth, "");
+    let o = s.run("apply", &[]);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", stdout(&o), stderr(&o));
+    assert_eq!(s.containers(), 1);
+    let got = etcdctl_root(&["get", "--print-value-only", "/reconcile/sec-ci/config/sleeper/color"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "blue", "{}", String::from_utf8_lossy(&got.stderr));
+    let o = s.run("plan", &[]);
+    assert_eq!(o.status.code(), Some(0), "a second plan is empty: {}{}", stdout(&o), stderr(&o));
+}
+
+#[test]
+fn a_user_without_permission_fails_before_any_host_is_touched() {
+    let _serial = serial();
+    let env = format!("sec-denied-{}", std::process::id());
+    let s = SecureEnv::new(&env, &cert_auth("reconcile-ci"), "");
+    let o = s.run("apply", &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{}{err}", stdout(&o));
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(err.contains(&format!("/reconcile/{env}/")), "names the key: {err}");
+    assert!(err.contains("reconcile-ci"), "names the user (its certificate): {err}");
+    assert_eq!(s.containers(), 0, "no container may be created when the lock cannot be taken");
+    let keys = etcdctl_root(&["get", "--prefix", "--keys-only", &format!("/reconcile/{env}/")]);
+    assert_eq!(String::from_utf8_lossy(&keys.stdout).trim(), "", "nothing written to etcd");
+}
+
+#[test]
+fn a_certificate_of_another_ca_and_a_wrong_password_are_clear_errors() {
+    let _serial = serial();
+    let s = SecureEnv::new("sec-ci", &cert_auth("other-client"), "");
+    let o = s.run("plan", &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot connect to etcd at https://127.0.0.1:23791"), "{err}");
+
+    let auth = format!("{}, username: reconcile-ci, password: etcd_pw", cert_auth("reconcile-nobody"));
+    let s = SecureEnv::new("sec-ci", &auth, "secrets: {etcd_pw: {from_env: IT_ETCD_PW}}\n");
+    let o = s.run("plan", &[("IT_ETCD_PW", "not-the-password")]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused user `reconcile-ci`"), "{err}");
+    assert!(!err.contains("not-the-password"), "the password is never shown: {err}");
+
+    let o = s.run("plan", &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("IT_ETCD_PW") && err.contains("etcd_pw"), "names the secret and its source: {err}");
+}
+
+/// The commands of README "etcd TLS and RBAC", run verbatim (with this test's names),
+/// then an apply as that user (password + the certificate of a user without roles: the
+/// password decides), and proof the user is confined to its own keys.
+#[test]
+fn readme_rbac_commands_confine_a_ci_user_to_its_environment() {
+    let _serial = serial();
+    let pid = std::process::id();
+    let env = format!("sec-rbac-{pid}");
+    let user = format!("ci-{env}");
+    let role = user.clone();
+    let password = format!("pw-{pid}-x");
+    let prefix = "/reconcile";
+    let registry_prefix = "/services";
+    let app = "sleeper";
+    // --- README commands (etcdctl as root) ---
+    let steps: Vec<Vec<String>> = vec![
+        vec!["role".into(), "add".into(), role.clone()],
+        vec![
+            "role".into(),
+            "grant-permission".into(),
+            "--prefix".into(),
+            role.clone(),
+            "readwrite".into(),
+            format!("{prefix}/{env}/"),
+        ],
+        vec![
+            "role".into(),
+            "grant-permission".into(),
+            "--prefix".into(),
+            role.clone(),
+            "readwrite".into(),
+            format!("{registry_prefix}/{app}_{env}/"),
+        ],
+        vec!["user".into(), "add".into(), format!("{user}:{password}")],
+        vec!["user".into(), "grant-role".into(), user.clone(), role.clone()],
+    ];
+    for step in &steps {
+        let args: Vec<&str> = step.iter().map(String::as_str).collect();
+        let o = etcdctl_root(&args);
+        assert!(o.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    // `auth enable` was run by test-env.sh; running it again is harmless and part of the README.
+    let o = etcdctl_root(&["auth", "enable"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = etcdctl_root(&["user", "delete", &self.0]);
+            let _ = etcdctl_root(&["role", "delete", &self.1]);
+        }
+    }
+    let _cleanup = Cleanup(user.clone(), role.clone());
+
+    let auth = format!(
+        "{}, username: '{user}', password: etcd_password, registry_prefix: '{registry_prefix}'",
+        cert_auth("reconcile-nobody")
+    );
+    let s = SecureEnv::new(&env, &auth, "secrets: {etcd_password: {from_env: IT_ETCD_PASSWORD}}\n");
+    let o = s.run("apply", &[("IT_ETCD_PASSWORD", &password)]);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", stdout(&o), stderr(&o));
+    assert_eq!(s.containers(), 1);
+    assert!(!stdout(&o).contains(&password) && !stderr(&o).contains(&password));
+
+    // The user may not read or write outside its prefixes.
+    let ca = tls("ca.pem");
+    let cert = tls("reconcile-nobody.pem");
+    let key = tls("reconcile-nobody-key.pem");
+    let as_user = |args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoint(), "--cacert", &ca, "--cert", &cert, "--key", &key])
+            .args(["--user", &format!("{user}:{password}")])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let own = as_user(&["put", &format!("{prefix}/{env}/probe"), "x"]);
+    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
+    for key in ["/reconcile/sec-ci/probe".to_string(), format!("{registry_prefix}/other_{env}/x")] {
+        let o = as_user(&["put", &key, "x"]);
+        assert!(!o.status.success(), "{key} must be refused");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("permission denied"));
+    }
+}
