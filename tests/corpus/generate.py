@@ -34,7 +34,7 @@ name: api
 image: registry.example/api:1.4.2
 command: [/app/api, --log-level, "{{ vars.log_level }}"]
 env:
-  DB_PASSWORD: "{{ secrets.db_password }}"
+  DB_PASSWORD_FILE: /etc/worker.ini
 replicas: 2
 port: 8080
 health: {http: /healthz, interval: 1s, timeout: 2s, retries: 10}
@@ -60,6 +60,7 @@ upstream {{ app.name }} {
     "environments/base/templates/worker.ini.j2": """[worker]
 env = {{ env.name }}
 host = {{ instance.host }}
+db_password = {{ secrets.db_password }}
 """,
     "environments/staging/environment.yaml": """apiVersion: reconcile/v1
 kind: Environment
@@ -88,6 +89,7 @@ replicas: 3
 }
 
 ENV = "environments/staging/environment.yaml"
+BENV = "environments/base/environment.yaml"
 API = "environments/staging/apps/api.yaml"
 BAPI = "environments/base/apps/api.yaml"
 WORKER = "environments/base/apps/worker.yaml"
@@ -173,6 +175,20 @@ CASES = {
     "invalid-volume": (sub(API, "replicas: 3", "replicas: 3\nvolumes: [relative/path:/data]"), f"{API}:6", "invalid volume"),
     "null-deletes-required": (both(sub(API, "image: registry.example/api:1.5.0", "image: null"), drop(BAPI), sub(WORKER, "depends_on: [api]\n", "")), f"{API}:1", "missing required field `image`"),
     "address-not-ip": (sub(ENV, "address: 127.0.0.2", "address: node-2.local"), f"{ENV}:15", "not an IP address"),
+    # etcdsec: etcd TLS/auth, age, from_age, from_command, secrets in env
+    "etcd-tls-cert-without-key": (sub(BENV, "  endpoints: [http://127.0.0.1:23790]", "  endpoints: [https://127.0.0.1:23790]\n  tls: {ca: /etc/reconcile/ca.pem, cert: /etc/reconcile/etcd.pem}"), f"{BENV}:11", "etcd.tls has cert without key"),
+    "etcd-tls-unknown-field": (sub(BENV, "  endpoints: [http://127.0.0.1:23790]", "  endpoints: [https://127.0.0.1:23790]\n  tls: {ca: /etc/reconcile/ca.pem, crt: /etc/reconcile/etcd.pem}"), f"{BENV}:11", "crt"),
+    "etcd-tls-with-http-endpoint": (sub(BENV, "  endpoints: [http://127.0.0.1:23790]", "  endpoints: [http://127.0.0.1:23790]\n  tls: {ca: /etc/reconcile/ca.pem}"), f"{BENV}:10", "some endpoints are http://"),
+    "etcd-https-without-tls": (sub(BENV, "  endpoints: [http://127.0.0.1:23790]", "  endpoints: [https://127.0.0.1:23790]"), f"{BENV}:10", "need etcd.tls"),
+    "etcd-password-unknown-secret": (sub(BENV, "  endpoints: [http://127.0.0.1:23790]", "  endpoints: [http://127.0.0.1:23790]\n  username: ci-staging\n  password: etcd_pasword"), f"{BENV}:12", "names `etcd_pasword`, which is not an entry in `secrets`"),
+    "etcd-username-without-password": (sub(BENV, "  endpoints: [http://127.0.0.1:23790]", "  endpoints: [http://127.0.0.1:23790]\n  username: ci-staging"), f"{BENV}:11", "without etcd.password"),
+    "age-bad-recipient": (sub(BENV, "vars:", "age: {recipients: [age1notarecipient]}\nvars:"), f"{BENV}:5", "recipients"),
+    "age-not-a-list": (sub(BENV, "vars:", "age: {recipients: age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq}\nvars:"), f"{BENV}:5", "is not of type"),
+    "from-age-missing-file": (sub(BENV, "{from_env: DB_PASSWORD}", "{from_age: secrets/db_password.age}"), f"{BENV}:8", "age file secrets/db_password.age is in none of"),
+    "from-age-not-an-age-file": (both(sub(BENV, "{from_env: DB_PASSWORD}", "{from_age: secrets/db_password.age}"), put("environments/base/secrets/db_password.age", "hunter2\n")), f"{BENV}:8", "not an age file"),
+    "from-age-escapes": (sub(BENV, "{from_env: DB_PASSWORD}", "{from_age: ../../db_password.age}"), f"{BENV}:8", "leaves the environment directory"),
+    "from-command-empty": (sub(BENV, "{from_env: DB_PASSWORD}", "{from_command: []}"), f"{BENV}:8", "from_command"),
+    "from-command-not-a-list": (sub(BENV, "{from_env: DB_PASSWORD}", "{from_command: vault kv get secret/db}"), f"{BENV}:8", "is not of type"),
 }
 
 
