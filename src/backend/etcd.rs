@@ -176,7 +176,8 @@ pub async fn connect(spec: &EtcdSpec, timeout: Duration) -> Result<Client, EtcdE
         }
     };
     let attempt = async {
-        let mut client = Client::connect(&endpoints, Some(options)).await.map_err(failed)?;
+        let live = live_endpoints(&endpoints, &options).await;
+        let mut client = Client::connect(live, Some(options)).await.map_err(failed)?;
         client.status().await.map_err(failed)?;
         Ok(client)
     };
@@ -184,6 +185,25 @@ pub async fn connect(spec: &EtcdSpec, timeout: Duration) -> Result<Client, EtcdE
         Ok(result) => result,
         Err(_) => Err(EtcdError::Timeout { endpoints: endpoints.clone(), after: timeout }),
     }
+}
+
+/// The endpoints of a cluster that answer now (all of them when none does, so the error
+/// names them). etcd-client balances requests over every endpoint it was given, and one
+/// that is down fails each request routed to it ("connection refused") instead of
+/// failing over: a member that is down at connect must not be in the client's set.
+async fn live_endpoints(endpoints: &[String], options: &ConnectOptions) -> Vec<String> {
+    if endpoints.len() < 2 {
+        return endpoints.to_vec();
+    }
+    let probes = endpoints.iter().map(|ep| async move {
+        let ok = match Client::connect([ep.as_str()], Some(options.clone())).await {
+            Ok(mut c) => c.status().await.is_ok(),
+            Err(_) => false,
+        };
+        ok.then(|| ep.clone())
+    });
+    let live: Vec<String> = futures::future::join_all(probes).await.into_iter().flatten().collect();
+    if live.is_empty() { endpoints.to_vec() } else { live }
 }
 
 // -- etcdsec: TLS, auth and permission errors --

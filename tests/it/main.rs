@@ -14,6 +14,7 @@ mod docker;
 mod docker_exec;
 mod environment;
 mod etcd;
+mod etcd_cluster;
 mod etcd_lock;
 mod etcd_secure;
 mod history;
