@@ -221,3 +221,102 @@ fn two_applies_across_a_leader_change_never_both_act() {
     assert!(e.containers() <= 4, "duplicates: both applies acted ({} containers)", e.containers());
     converge(&e);
 }
+
+/// A `reconcile watch` of `e`, its log in a file, its metrics on `port`.
+struct Watcher {
+    child: Child,
+    log: std::path::PathBuf,
+    port: u16,
+}
+
+impl Watcher {
+    fn start(e: &Env, name: &str, port: u16) -> Self {
+        let log = e.dir.path().join(format!("watch-{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let repo = e.repo();
+        let child = Command::new(env!("CARGO_BIN_EXE_reconcile"))
+            .args(["watch", "--env", &e.env, "--repo", &repo, "--interval", "60s", "--timeout", "10s"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "reconcile=info")
+            .env("RECONCILE_LOCK_TTL", "3s")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Watcher { child, log, port }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The leader gauge, `None` while the metrics endpoint does not answer.
+    fn leader(&self) -> Option<f64> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.lines().find(|l| l.starts_with("reconcile_watch_leader{")).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn watch_keeps_running_and_stays_the_single_leader_across_an_etcd_leader_change() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::up();
+    let e = Env::new("watch");
+    converge(&e);
+    let mut a = Watcher::start(&e, "a", 28291);
+    let mut b = Watcher::start(&e, "b", 28292);
+    let logs = |a: &Watcher, b: &Watcher| format!("--- a ---\n{}\n--- b ---\n{}", a.log(), b.log());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let standing_by = a.log().contains("standing by") || b.log().contains("standing by");
+        if standing_by && matches!((a.leader(), b.leader()), (Some(x), Some(y)) if x + y == 1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no single watch leader within 30 s\n{}", logs(&a, &b));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    cluster.kill(leader());
+    // Across the etcd leader change: both keep running, never two leaders at once.
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        assert!(a.alive() && b.alive(), "a watcher exited\n{}", logs(&a, &b));
+        let leaders = a.leader().unwrap_or(0.0) + b.leader().unwrap_or(0.0);
+        assert!(leaders <= 1.0, "two watchers lead at once\n{}", logs(&a, &b));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And one of them still acts: a removed container comes back.
+    let d = var("RECONCILE_TEST_DOCKER1");
+    let victim = ids(&d, &e.env).into_iter().next().expect("a container on docker1");
+    let o = Command::new("docker").args(["-H", &d, "rm", "-f", &victim]).output().unwrap();
+    assert!(o.status.success());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let leaders = a.leader().unwrap_or(0.0) + b.leader().unwrap_or(0.0);
+        assert!(leaders <= 1.0, "two watchers lead at once\n{}", logs(&a, &b));
+        if leaders == 1.0 && e.containers() == 4 && !ids(&d, &e.env).contains(&victim) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed container was not re-created\n{}", logs(&a, &b));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(a.alive() && b.alive(), "a watcher exited\n{}", logs(&a, &b));
+}
