@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 
 use super::common::load_env;
 use super::{ExitCode, RepoArgs};
-use crate::backend::secrets;
+use crate::backend::{git, secrets};
 use crate::spec::model::SecretSource;
 
 #[derive(Debug, clap::Subcommand)]
@@ -72,8 +72,21 @@ fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
             a.repo.repo
         );
     }
-    let l = load_env(&a.repo, &a.env, None)?;
-    let env = l.env();
+    // Not `load_env`: an environment whose `from_age` file is missing does not validate,
+    // and writing that file is what this command is for.
+    let cache = a.repo.cache_dir.clone().unwrap_or_else(git::default_cache_dir);
+    let snap = git::snapshot(&a.repo.repo, a.repo.reference.as_deref(), &cache)
+        .with_context(|| format!("cannot read config repo {}", a.repo.repo))?;
+    let loaded = crate::spec::load(&snap);
+    let Some(env) = loaded.envs.get(&a.env) else {
+        let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
+        eprint!("{}", crate::diag::render_text(&errors, &crate::spec::sources(&snap), super::stderr_is_tty()));
+        bail!(
+            "environment `{}` could not be loaded; fix the errors above (`reconcile validate --env {}`)",
+            a.env,
+            a.env
+        );
+    };
     let Some(age) = env.spec.age.as_ref().filter(|g| !g.recipients.is_empty()) else {
         bail!(
             "environment `{}` has no age recipients; add `age: {{recipients: [age1…]}}` to its environment.yaml \
@@ -105,7 +118,7 @@ fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot encrypt: {e}"))?;
     // An existing file along the chain is overwritten where it is; a new one goes to the
     // environment's own directory.
-    let target = crate::spec::model::age_file(&rel, &env.dirs, &l.snap.files)
+    let target = crate::spec::model::age_file(&rel, &env.dirs, &snap.files)
         .map(|f| f.path)
         .unwrap_or_else(|| format!("environments/{}/{rel}", a.env));
     let path = root.join(&target);

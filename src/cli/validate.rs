@@ -53,6 +53,22 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
                         .at(snap.display(&file), pos),
                 );
             }
+            // etcd.tls files live on the machine running reconcile: checked here, like secrets.
+            let tls = env.spec.etcd.as_ref().and_then(|e| e.tls.as_ref());
+            for (field, path) in tls.into_iter().flat_map(|t| [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)]) {
+                let Some(path) = path else { continue };
+                if let Err(err) = std::fs::File::open(path) {
+                    let (file, pos) = env.doc.locate(&format!("/etcd/tls/{field}"));
+                    diags.push(
+                        Diagnostic::error(
+                            "etcd",
+                            format!("environment `{name}`: etcd tls {field} file `{path}`: {}", err.kind()),
+                        )
+                        .hint("relative paths are relative to the directory reconcile runs in")
+                        .at(snap.display(&file), pos),
+                    );
+                }
+            }
         }
         diag::normalize(&mut diags);
     }

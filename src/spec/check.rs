@@ -781,3 +781,15 @@ fn position_in(text: &str, line: usize, range: Option<std::ops::Range<usize>>) -
     let col = text.get(line_start..offset).map_or(1, |s| s.chars().count() + 1);
     super::yaml::Pos { line, col, offset, len }
 }
+
+#[cfg(test)]
+mod etcdsec_tests {
+    #[test]
+    fn secret_mentions_need_the_whole_name() {
+        assert!(super::mentions_secret("{{ secrets.db }}", "db"));
+        assert!(super::mentions_secret("x{{secrets['db']}}", "db"));
+        assert!(super::mentions_secret("{{ secrets[\"db\"] | trim }}", "db"));
+        assert!(!super::mentions_secret("{{ secrets.db_password }}", "db"));
+        assert!(!super::mentions_secret("{{ vars.db }}", "db"));
+    }
+}

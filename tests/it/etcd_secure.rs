@@ -281,3 +281,22 @@ fn readme_rbac_commands_confine_a_ci_user_to_its_environment() {
         assert!(String::from_utf8_lossy(&o.stderr).contains("permission denied"));
     }
 }
+
+#[test]
+fn a_missing_tls_file_is_named_by_validate_check_secrets_and_at_connect() {
+    let _serial = serial();
+    let auth = format!("tls: {{ca: '{}', cert: /nonexistent/etcd.pem, key: /nonexistent/etcd-key.pem}}", tls("ca.pem"));
+    let s = SecureEnv::new("sec-ci", &auth, "");
+    let repo = s.repo();
+    let o = super::reconcile(&["validate", "--repo", &repo]);
+    assert_eq!(o.status.code(), Some(0), "plain validate does not look at this machine: {}", stdout(&o));
+    let o = super::reconcile(&["validate", "--repo", &repo, "--check-secrets", "--format", "json"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("etcd tls cert file `/nonexistent/etcd.pem`"), "{out}");
+    assert!(out.contains("environment.yaml") && out.contains("\"line\": 6"), "at the line of etcd: {out}");
+    let o = s.run("plan", &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("etcd tls cert file `/nonexistent/etcd.pem`"), "{err}");
+}

@@ -136,6 +136,21 @@ fn age_files_interoperate_with_the_age_cli_both_ways() {
     assert!(!String::from_utf8_lossy(&written).contains("tok-value-3"));
     assert_eq!(age_cli(&["-d", "-i", &key_s], &written), b"tok-value-3");
 
+    // An entry whose file is still missing: validate fails, `secret set` writes it.
+    let yaml = std::fs::read_to_string(e.join("environment.yaml")).unwrap();
+    std::fs::write(
+        e.join("environment.yaml"),
+        yaml.replace("secrets:\n", "secrets:\n  later: {from_age: secrets/later.age}\n"),
+    )
+    .unwrap();
+    let o = run(tmp.path(), &["validate", "--repo", &r], &[], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let o = run(tmp.path(), &["secret", "set", "--repo", &r, "--env", "prod", "later"], &[], Some("later-value"));
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(!stdout(&o).contains("add to"), "the entry exists: {}", stdout(&o));
+    let o = run(tmp.path(), &["validate", "--repo", &r, "--check-secrets", "--age-identity", &key_s], &[], None);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+
     let o = run(tmp.path(), &["secret", "list", "--repo", &r, "--env", "prod"], &[], None);
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
