@@ -346,6 +346,15 @@ ETCD_SECURE_PIDFILE=$RUN_DIR/etcd-secure.pid
 ETCD_SECURE_DATA=$LIB_DIR/etcd-secure-data
 ETCD_CLUSTER_DIR=$LIB_DIR/etcd-cluster
 
+# spawn_etcd LOG ARGS...: start etcd detached without the caller's ETCD_* variables
+# (etcd reads them as flags), print its pid.
+spawn_etcd() {
+  local log=$1; shift
+  local unset=() v
+  for v in $(compgen -e); do [[ $v == ETCD_* ]] && unset+=(-u "$v"); done
+  spawn "$log" env "${unset[@]}" etcd "$@"
+}
+
 etcd_tls_cert() { # NAME CN CA: key + cert signed by CA (both usages, SAN 127.0.0.1)
   local name=$1 cn=$2 ca=$3
   [[ -s $ETCD_TLS/$name.pem ]] && return 0
@@ -395,10 +404,7 @@ ensure_etcd_secure() {
   say "starting the secured etcd on $ETCD_SECURE"
   CHANGED=1
   rm -rf "$ETCD_SECURE_DATA"   # fresh each start: users and roles are made below
-  local unset=() v
-  for v in $(compgen -e); do [[ $v == ETCD_* ]] && unset+=(-u "$v"); done
-  pid=$(spawn "$LOG_DIR/etcd-secure.log" env "${unset[@]}" \
-        etcd --name reconcile-secure --data-dir "$ETCD_SECURE_DATA" \
+  pid=$(spawn_etcd "$LOG_DIR/etcd-secure.log" --name reconcile-secure --data-dir "$ETCD_SECURE_DATA" \
         --listen-client-urls "$ETCD_SECURE" --advertise-client-urls "$ETCD_SECURE" \
         --listen-peer-urls "$ETCD_SECURE_PEER" --initial-advertise-peer-urls "$ETCD_SECURE_PEER" \
         --initial-cluster "reconcile-secure=$ETCD_SECURE_PEER" --initial-cluster-state new \
@@ -426,15 +432,12 @@ etcd_member_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$((23791 + $1))
 ensure_etcd_cluster() {
   local i pid started=()
   mkdir -p "$ETCD_CLUSTER_DIR"
-  local unset=() v
-  for v in $(compgen -e); do [[ $v == ETCD_* ]] && unset+=(-u "$v"); done
   for i in 1 2 3; do
     pid=$(pid_from "$RUN_DIR/etcd-m$i.pid")
     pid_alive "$pid" etcd && continue
     CHANGED=1
     say "starting etcd cluster member m$i on 127.0.0.1:$((23791 + i))"
-    pid=$(spawn "$LOG_DIR/etcd-m$i.log" env "${unset[@]}" \
-          etcd --name "m$i" --data-dir "$ETCD_CLUSTER_DIR/m$i" \
+    pid=$(spawn_etcd "$LOG_DIR/etcd-m$i.log" --name "m$i" --data-dir "$ETCD_CLUSTER_DIR/m$i" \
           --listen-client-urls "http://127.0.0.1:$((23791 + i))" --advertise-client-urls "http://127.0.0.1:$((23791 + i))" \
           --listen-peer-urls "http://127.0.0.1:$((23801 + i))" --initial-advertise-peer-urls "http://127.0.0.1:$((23801 + i))" \
           --initial-cluster "$ETCD_CLUSTER_INITIAL" --initial-cluster-state new --initial-cluster-token reconcile-test \
