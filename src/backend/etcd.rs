@@ -251,7 +251,7 @@ async fn password(spec: &EtcdSpec, user: &str) -> Result<crate::secret::Secret, 
             ),
         });
     };
-    let resolved = tokio::task::spawn_blocking(move || crate::backend::secrets::resolve(&secret)).await;
+    let resolved = tokio::task::spawn_blocking(move || crate::backend::secrets::resolve_ref(&secret)).await;
     match resolved {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(EtcdError::Password { user: user.into(), cause: format!("{e}; {}", e.hint()) }),

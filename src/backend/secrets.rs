@@ -132,12 +132,22 @@ fn cache() -> &'static Mutex<BTreeMap<String, Secret>> {
     CACHE.get_or_init(|| Mutex::new(BTreeMap::new()))
 }
 
+/// Resolve one secret given by name and source only (no `from_age` file at hand: a
+/// `from_age` source is [`SecretError::AgeMissing`]; use [`resolve_ref`] with the
+/// environment's `secret_refs` for those).
+///
+/// # Errors
+/// As [`resolve_ref`].
+pub fn resolve(name: &str, source: &SecretSource) -> Result<Secret, SecretError> {
+    resolve_ref(&SecretRef { name: name.into(), source: source.clone(), age_file: None })
+}
+
 /// Resolve one secret.
 ///
 /// # Errors
 /// A [`SecretError`] naming the secret and its source (variable, file, program), never a
 /// value.
-pub fn resolve(secret: &SecretRef) -> Result<Secret, SecretError> {
+pub fn resolve_ref(secret: &SecretRef) -> Result<Secret, SecretError> {
     let name = secret.name.as_str();
     match &secret.source {
         SecretSource::FromEnv(var) => match std::env::var(var) {
@@ -181,7 +191,7 @@ pub fn resolve_all(secrets: &BTreeMap<String, SecretRef>) -> (BTreeMap<String, S
     let mut ok = BTreeMap::new();
     let mut errs = Vec::new();
     for (name, secret) in secrets {
-        match resolve(secret) {
+        match resolve_ref(secret) {
             Ok(s) => {
                 ok.insert(name.clone(), s);
             }
@@ -417,11 +427,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
         std::fs::write(&p, "s3cret\n").unwrap();
-        let s = resolve(&r("db", SecretSource::FromFile(p.to_string_lossy().into()))).unwrap();
+        let s = resolve("db", &SecretSource::FromFile(p.to_string_lossy().into())).unwrap();
         assert_eq!(s.expose(), "s3cret");
-        let e = resolve(&r("db", SecretSource::FromEnv("RECONCILE_TEST_SURELY_UNSET_VAR".into()))).unwrap_err();
+        let e = resolve_ref(&r("db", SecretSource::FromEnv("RECONCILE_TEST_SURELY_UNSET_VAR".into()))).unwrap_err();
         assert_eq!(e.to_string(), "secret `db`: environment variable RECONCILE_TEST_SURELY_UNSET_VAR is not set");
-        let e = resolve(&r("db", SecretSource::FromFile("/nonexistent/x".into()))).unwrap_err();
+        let e = resolve_ref(&r("db", SecretSource::FromFile("/nonexistent/x".into()))).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/x") && !e.to_string().contains("s3cret"));
     }
 
