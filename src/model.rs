@@ -56,7 +56,9 @@ impl InstanceId {
     pub fn parse(text: &str) -> Result<Self, InstanceIdError> {
         let bad = || InstanceIdError { text: text.to_string() };
         let (app, ordinal) = text.rsplit_once('-').ok_or_else(bad)?;
-        if app.is_empty() || ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        // Canonical digits only (no sign, no leading zero), so that `parse(s)` prints as `s`.
+        let canonical = ordinal == "0" || (!ordinal.starts_with('0') && !ordinal.is_empty());
+        if app.is_empty() || !canonical || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         Ok(Self { app: app.to_string(), ordinal: ordinal.parse().map_err(|_| bad())? })
@@ -296,7 +298,7 @@ pub mod keys {
             let id = InstanceId::parse("my-api-12").unwrap();
             assert_eq!((id.app.as_str(), id.ordinal), ("my-api", 12));
             assert_eq!(id.to_string(), "my-api-12");
-            for bad in ["", "api", "api-", "-3", "api-x", "api-+1", "api-99999999999"] {
+            for bad in ["", "api", "api-", "-3", "api-x", "api-+1", "api-01", "api-99999999999"] {
                 assert!(InstanceId::parse(bad).is_err(), "{bad:?} parsed");
             }
             assert_eq!(InstanceId::parse_of("api", "my-api-1"), None);
