@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cli;
 pub mod diag;
 pub mod model;
+pub mod notify;
 pub mod observe;
 pub mod placement;
 pub mod plan;

@@ -6,5 +6,6 @@ pub mod docker;
 pub mod etcd;
 pub mod git;
 pub mod lb;
+pub mod notify;
 pub mod probe;
 pub mod secrets;

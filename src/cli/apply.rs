@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use super::common::{ObserveArgs, load_env, parse_duration, resolve_secrets, runtime};
 use super::{ExitCode, RepoArgs};
 use crate::apply::{self, Options};
+use crate::notify::EventKind;
 use crate::plan::{self, Desired, Plan, render};
 
 #[derive(Debug, clap::Args)]
@@ -142,6 +143,11 @@ pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
         writeln!(out, "error: {e}")?;
     }
     writeln!(out, "apply {}: {}", if report.ok() { "complete" } else { "incomplete" }, p.summary)?;
+    drop(out);
+    let apps: Vec<(String, Option<String>)> =
+        report.apps.iter().map(|(a, o)| (a.clone(), o.error.as_ref().map(ToString::to_string))).collect();
+    let ok_kind = if record_as == "rollback" { EventKind::Rollback } else { EventKind::ApplySucceeded };
+    super::notify::after_apply(&rt, env, &secrets, &p, &apps, &report.errors, ok_kind);
     if !report.ok() {
         // The report (stdout) has the details; CI logs that only keep stderr still see why.
         let failed: Vec<String> = report

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod common;
 pub mod diff;
 pub mod history;
+pub mod notify;
 pub mod plan;
 pub mod schema;
 pub mod status;

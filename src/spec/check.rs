@@ -34,6 +34,7 @@ pub fn check(env: &Env, files: &Arc<BTreeMap<String, Vec<u8>>>, display: &dyn Fn
     if let Some(Err(e)) = env.spec.lb.as_ref().and_then(|lb| lb.drain.as_deref()).map(units::duration) {
         c.invalid(&env.doc, "/lb/drain", e);
     }
+    c.notifications();
     c.apps(&hosts);
     c.dependencies();
     let assignments = c.placement(&hosts);
@@ -49,6 +50,34 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Notification targets: the secrets they name exist, durations parse.
+    fn notifications(&mut self) {
+        let env = self.env;
+        for (i, n) in env.spec.notifications.iter().enumerate() {
+            let p = format!("/notifications/{i}");
+            let named = [("url", &n.url), ("signing_secret", &n.signing_secret), ("token", &n.token)];
+            for (field, name) in named {
+                let Some(name) = name else { continue };
+                if !env.spec.secrets.contains_key(name) {
+                    self.at(
+                        &env.doc,
+                        &format!("{p}/{field}"),
+                        Diagnostic::error(
+                            "unknown-secret",
+                            format!("notification `{field}` names secret `{name}`, which `secrets` does not declare"),
+                        )
+                        .hint(format!("declare it, e.g. secrets: {{{name}: {{from_env: {}}}}}", name.to_uppercase())),
+                    );
+                }
+            }
+            for (field, value) in [("repeat", &n.repeat), ("timeout", &n.timeout)] {
+                if let Some(Err(e)) = value.as_deref().map(units::duration) {
+                    self.invalid(&env.doc, &format!("{p}/{field}"), e);
+                }
+            }
+        }
+    }
+
     fn at(&mut self, doc: &Merged, ptr: &str, d: Diagnostic) {
         let (file, pos) = doc.locate(ptr);
         self.out.push(d.at((self.display)(&file), pos));

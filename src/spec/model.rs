@@ -31,6 +31,55 @@ pub struct EnvironmentSpec {
     pub etcd: Option<EtcdSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lb: Option<LbSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationSpec>,
+}
+
+/// Where `apply`, `rollback` and `watch` send what happened (`crate::notify`).
+/// Credentials and URLs that carry tokens are names of entries in `secrets`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationSpec {
+    pub kind: NotifyKind,
+    /// webhook, slack: the name of the secret holding the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// webhook: the name of the secret whose value signs the body (HMAC-SHA256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
+    /// github_status, gitlab_status: the name of the secret holding the API token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// github_status: `owner/name` of the config repo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// gitlab_status: the project's id or `group/name` path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// github_status, gitlab_status: the API base URL (GitHub Enterprise, self-hosted GitLab).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// github_status, gitlab_status: the status's name; default `reconcile/<env>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// Only these events; all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<crate::notify::EventKind>,
+    /// A failure that persists is sent again at most this often (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<String>,
+    /// Per delivery, retries included (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyKind {
+    Webhook,
+    Slack,
+    GithubStatus,
+    GitlabStatus,
 }
 
 /// Where a secret's value comes from. Never holds the value itself.

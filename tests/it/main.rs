@@ -17,6 +17,7 @@ mod etcd;
 mod etcd_lock;
 mod history;
 mod lb;
+mod notify;
 mod plan;
 mod plan_live;
 mod ssh;
