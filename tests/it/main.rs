@@ -4,6 +4,7 @@
 //! haproxy) that `scripts/test-env.sh` starts, and fails loudly when it is absent.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may panic
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests drive the real world (clippy.toml)
 
 mod apply;
 mod apply_chaos;
