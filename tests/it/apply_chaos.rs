@@ -210,6 +210,12 @@ fn kill_delays(n: usize, span: Duration, seed: u64) -> Vec<Duration> {
 
 #[test]
 fn sigkill_at_any_point_then_apply_converges() {
+    let trials = match std::env::var(SOAK_TRIALS_VAR) {
+        Ok(v) => v.parse::<usize>().ok().filter(|n| *n > 0).unwrap_or_else(|| {
+            panic!("{SOAK_TRIALS_VAR}={v:?} is not a number of trials: set a whole number ≥ 1 or unset it (default {DEFAULT_KILL_TRIALS})")
+        }),
+        Err(_) => DEFAULT_KILL_TRIALS,
+    };
     let s = Stack::new("kill", 14);
     let envs = [("RECONCILE_LOCK_TTL", KILL_TEST_LOCK_TTL)];
     let repo = s.repo();
@@ -237,12 +243,6 @@ fn sigkill_at_any_point_then_apply_converges() {
     assert!(bad.is_empty(), "before any kill: {bad:#?}");
 
     let seed = 0x5eed_c0de;
-    let trials = match std::env::var(SOAK_TRIALS_VAR) {
-        Ok(v) => v.parse::<usize>().ok().filter(|n| *n > 0).unwrap_or_else(|| {
-            panic!("{SOAK_TRIALS_VAR}={v:?}: not a number of trials; use a whole number ≥ 1 (default {DEFAULT_KILL_TRIALS})")
-        }),
-        Err(_) => DEFAULT_KILL_TRIALS,
-    };
     let delays = kill_delays(trials, full.max(Duration::from_secs(2)), seed);
     eprintln!("undisturbed rolling update: {:.2}s; kill delays (seed {seed:#x}): {delays:?}", full.as_secs_f64());
     let mut rows = Vec::new();
