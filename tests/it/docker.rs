@@ -15,7 +15,7 @@ use reconcile::model::{ContainerState, HostObservation, labels};
 use reconcile::spec::model::TlsSpec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::support::{docker_cli, host, unique, var};
+use super::support::{docker_cli, docker_quiet, host, unique, var};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -49,12 +49,10 @@ impl Drop for Containers {
             by_endpoint.entry(endpoint).or_default().push(name);
         }
         for (endpoint, names) in by_endpoint {
-            let _ = Command::new("docker")
-                .args(["-H", &endpoint, "rm", "-f"])
-                .args(&names)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            docker_quiet(
+                &endpoint,
+                &[&["rm", "-f"], &names.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat(),
+            );
         }
     }
 }

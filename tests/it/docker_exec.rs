@@ -22,7 +22,7 @@ use reconcile::model::labels;
 use reconcile::plan::instance::{InstanceSpec, Rendered};
 use reconcile::spec::model::{HostSpec, Network};
 
-use super::support::{self, docker_cli, http_exchange, split_response, unique, var};
+use super::support::{self, docker_cli, docker_quiet, http_exchange, split_response, unique, var};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,19 +72,11 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let quiet = |endpoint: &str, args: &[&str]| {
-            let _ = Command::new("docker")
-                .args(["-H", endpoint])
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        };
         for (endpoint, name) in std::mem::take(&mut *self.containers.lock().unwrap_or_else(|e| e.into_inner())) {
-            quiet(&endpoint, &["rm", "-f", "-v", &name]);
+            docker_quiet(&endpoint, &["rm", "-f", "-v", &name]);
         }
         for (endpoint, name) in std::mem::take(&mut *self.images.lock().unwrap_or_else(|e| e.into_inner())) {
-            quiet(&endpoint, &["rmi", &name]);
+            docker_quiet(&endpoint, &["rmi", &name]);
         }
         for mut child in std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner())) {
             let _ = child.kill();

@@ -7,14 +7,13 @@
 //! `$RECONCILE_TEST_DOCKER1`: what goes through ssh is checked with the docker CLI on
 //! the unix socket. Fails, never skips, when the environment is missing.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reconcile::backend::docker::{connect, observe_host};
 use reconcile::model::labels;
 use reconcile::spec::model::HostSpec;
 
-use super::support::{app_yaml, docker_cli, host, http_get, var};
+use super::support::{app_yaml, docker_cli, host, http_get, remove_env_containers, var};
 use super::{reconcile, stderr, stdout};
 
 /// Generous: every new connection of the ssh transport starts an `ssh` master.
@@ -51,19 +50,12 @@ fn docker1(args: &[&str]) -> String {
     docker_cli(&var("RECONCILE_TEST_DOCKER1"), args)
 }
 
-/// Removes every container of `env` on daemon 1 when dropped (also when the test panics).
+/// Removes every container of `env` when dropped (also when the test panics).
 struct EnvContainers(String);
 
 impl Drop for EnvContainers {
     fn drop(&mut self) {
-        let d1 = var("RECONCILE_TEST_DOCKER1");
-        let filter = format!("label={}={}", labels::ENV, self.0);
-        if let Ok(o) = Command::new("docker").args(["-H", &d1, "ps", "-aq", "--filter", &filter]).output() {
-            let ids: Vec<String> = stdout(&o).split_whitespace().map(str::to_string).collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker").args(["-H", &d1, "rm", "-f"]).args(&ids).output();
-            }
-        }
+        remove_env_containers(&self.0);
     }
 }
 

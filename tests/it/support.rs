@@ -202,16 +202,7 @@ impl TestEnv {
     /// Remove the environment's containers on both daemons and its etcd keys (best
     /// effort, never panics: `Drop` uses it too).
     pub fn wipe(&self) {
-        for d in ["RECONCILE_TEST_DOCKER1", "RECONCILE_TEST_DOCKER2"].iter().filter_map(|v| std::env::var(v).ok()) {
-            if let Ok(o) = Command::new("docker")
-                .args(["-H", &d, "ps", "-aq", "--filter", &format!("label=reconcile.env={}", self.env)])
-                .output()
-            {
-                for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("docker").args(["-H", &d, "rm", "-f", id]).output();
-                }
-            }
-        }
+        remove_env_containers(&self.env);
         let Ok(etcd) = std::env::var("RECONCILE_TEST_ETCD") else { return };
         for p in [self.prefix.clone(), format!("{}-reg", self.prefix)] {
             let _ = Command::new("etcdctl").args(["--endpoints", &etcd, "del", "--prefix", &p]).output();
@@ -232,6 +223,28 @@ pub fn docker_cli(endpoint: &str, args: &[&str]) -> String {
     let o = Command::new("docker").arg("-H").arg(endpoint).args(args).output().expect("docker CLI");
     assert!(o.status.success(), "docker -H {endpoint} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// `docker -H endpoint ARGS`, output discarded and failures ignored (for clean-up).
+pub fn docker_quiet(endpoint: &str, args: &[&str]) {
+    let _ =
+        Command::new("docker").args(["-H", endpoint]).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+}
+
+/// Remove every container labelled `reconcile.env=<env>` on both daemons (best effort,
+/// never panics: destructors use it).
+pub fn remove_env_containers(env: &str) {
+    for d in ["RECONCILE_TEST_DOCKER1", "RECONCILE_TEST_DOCKER2"].iter().filter_map(|v| std::env::var(v).ok()) {
+        if let Ok(o) = Command::new("docker")
+            .args(["-H", &d, "ps", "-aq", "--filter", &format!("label=reconcile.env={env}")])
+            .output()
+        {
+            let ids: Vec<String> = String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string).collect();
+            if !ids.is_empty() {
+                docker_quiet(&d, &[&["rm", "-f"], &ids.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat());
+            }
+        }
+    }
 }
 
 /// A managed container, as the daemons list it.
