@@ -15,7 +15,8 @@ use reconcile::model::{ContainerState, HostObservation, labels};
 use reconcile::spec::model::TlsSpec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::support::{docker_cli, docker_quiet, host, unique, var};
+pub use super::support::host;
+use super::support::{docker_cli, docker_quiet, unique, var};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
