@@ -26,8 +26,7 @@
 //!   labels, which the list call returns.
 //! - *Only our containers.* The daemon filters on `reconcile.env=<env>` and every returned
 //!   container is checked again for that exact label, so a container without it can never
-//!   reach an observation, hence a plan (see DEPENDENCIES.md §4: other tools' containers
-//!   share these hosts).
+//!   reach an observation, hence a plan (other tools' containers share these hosts).
 //! - *A container with the env label but without `reconcile.app` / `reconcile.instance`*
 //!   (a half-written or hand-made one) is still returned, with empty `app` / `instance`
 //!   and no ordinal: it belongs to the environment, matches no desired instance, and the
