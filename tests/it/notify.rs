@@ -9,8 +9,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::apply::var;
-use super::{git, stderr, stdout};
+use super::support::{git, reconcile_cmd_in, remove_env_containers, stderr, stdout, var};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -129,27 +128,13 @@ fn head(dir: &Path) -> String {
 }
 
 fn apply(dir: &Path, env: &str, rx: &Receiver) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reconcile"))
-        .args(["apply", "--env", env, "--yes", "--repo", &dir.to_string_lossy()])
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
+    reconcile_cmd_in(dir, &["apply", "--env", env, "--yes", "--repo", &dir.to_string_lossy()])
         .env("IT_HOOK_URL", rx.url("/hook"))
         .env("IT_SLACK_URL", rx.url("/slack"))
         .env("IT_SIGNING", SIGNING_KEY)
         .env("IT_TOKEN", TOKEN)
         .output()
         .unwrap()
-}
-
-fn cleanup(env: &str) {
-    let d = var("RECONCILE_TEST_DOCKER1");
-    let o = Command::new("docker")
-        .args(["-H", &d, "ps", "-aq", "--filter", &format!("label=reconcile.env={env}")])
-        .output()
-        .unwrap();
-    for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-        let _ = Command::new("docker").args(["-H", &d, "rm", "-f", id]).output();
-    }
 }
 
 /// The HMAC-SHA256 of `body` under `key`, hex, computed with openssl (independent
@@ -181,7 +166,7 @@ fn every_target_kind_hears_of_an_apply_with_signature_and_commit() {
     let env = format!("it-notify-ok-{}", std::process::id());
     repo(dir.path(), &env, "[/bin/busybox, sleep, '3600']", &targets(&rx));
     let o = apply(dir.path(), &env, &rx);
-    cleanup(&env);
+    remove_env_containers(&env);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let commit = head(dir.path());
     let got = rx.requests();
@@ -249,7 +234,7 @@ fn a_failed_apply_is_told_as_a_failure_and_the_on_filter_holds() {
     // The container exits at once: its health check cannot pass.
     repo(dir.path(), &env, "[/bin/busybox, 'false']", &notifications);
     let o = apply(dir.path(), &env, &rx);
-    cleanup(&env);
+    remove_env_containers(&env);
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     let got = rx.requests();
     let all = format!("{got:#?}");
@@ -273,7 +258,7 @@ fn a_hanging_receiver_costs_apply_at_most_its_timeout() {
     let t0 = Instant::now();
     let o = apply(dir.path(), &env, &rx);
     let took = t0.elapsed();
-    cleanup(&env);
+    remove_env_containers(&env);
     assert_eq!(o.status.code(), Some(0), "a failed delivery never fails the apply: {}{}", stdout(&o), stderr(&o));
     assert!(stderr(&o).contains("not delivered: no answer within 1s"), "{}", stderr(&o));
     // A hang would never end; the bound leaves room for a loaded CI machine.
