@@ -1243,3 +1243,146 @@ pub fn container_events(
         Err(e) => Err(DockerError::Events { host: host.clone(), cause: e.to_string() }),
     })
 }
+
+// --- logs and exec for operators (`reconcile logs`, `reconcile exec`) ------------
+
+/// Which stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of a container's log, with Docker's timestamp (RFC 3339, nanoseconds:
+/// sorts as text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub time: String,
+    pub stream: LogStream,
+    pub text: String,
+}
+
+/// What `logs` asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogQuery {
+    /// Seconds since the epoch; lines before it are left out.
+    pub since: Option<i64>,
+    /// The last N lines only.
+    pub tail: Option<usize>,
+    pub follow: bool,
+}
+
+/// A container's log lines (stdout and stderr, timestamped), as a stream; with
+/// `follow` it lasts until the container stops.
+pub fn logs(
+    docker: &Docker,
+    host: &str,
+    id: &str,
+    q: LogQuery,
+) -> impl futures::Stream<Item = Result<LogLine, DockerError>> + Send + 'static {
+    let mut b = bollard::query_parameters::LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true)
+        .follow(q.follow)
+        .tail(&q.tail.map_or_else(|| "all".to_string(), |n| n.to_string()));
+    if let Some(s) = q.since {
+        b = b.since(i32::try_from(s).unwrap_or(i32::MAX));
+    }
+    let (host, id) = (host.to_string(), id.to_string());
+    docker
+        .logs(&id, Some(b.build()))
+        .map(move |r| match r {
+            Ok(out) => {
+                let (stream, bytes) = match out {
+                    bollard::container::LogOutput::StdErr { message } => (LogStream::Stderr, message),
+                    bollard::container::LogOutput::StdOut { message }
+                    | bollard::container::LogOutput::Console { message }
+                    | bollard::container::LogOutput::StdIn { message } => (LogStream::Stdout, message),
+                };
+                Ok(log_lines(stream, &String::from_utf8_lossy(&bytes)))
+            }
+            Err(e) => Err(DockerError::Inspect { host: host.clone(), container: id.clone(), cause: cause(&e) }),
+        })
+        .flat_map(|r| {
+            stream::iter(match r {
+                Ok(lines) => lines.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
+        })
+}
+
+/// Split one log frame into lines (`<timestamp> <text>`); a line without its own
+/// timestamp (a frame holding several lines) gets the frame's.
+fn log_lines(stream: LogStream, frame: &str) -> Vec<LogLine> {
+    let mut out: Vec<LogLine> = Vec::new();
+    for raw in frame.lines() {
+        let (time, text) = match raw.split_once(' ') {
+            Some((t, rest)) if t.len() >= 20 && t.as_bytes().get(4) == Some(&b'-') && t.ends_with('Z') => {
+                (t.to_string(), rest.to_string())
+            }
+            _ => (out.last().map(|l| l.time.clone()).unwrap_or_default(), raw.to_string()),
+        };
+        out.push(LogLine { time, stream, text });
+    }
+    out
+}
+
+/// Run `cmd` in container `id` with its output copied to ours as it comes;
+/// returns its exit code.
+///
+/// # Errors
+/// The exec cannot be created or started, or our output cannot be written.
+pub async fn exec_attached(docker: &Docker, host: &str, id: &str, cmd: &[String]) -> Result<i64, DockerError> {
+    use std::io::Write as _;
+    let exec_error = |cause: String| DockerError::Exec { host: host.to_string(), container: id.to_string(), cause };
+    let options = CreateExecOptions::<String> {
+        cmd: Some(cmd.to_vec()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let created = docker.create_exec(id, options).await.map_err(|e| exec_error(cause(&e)))?;
+    if let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&created.id, None::<StartExecOptions>).await.map_err(|e| exec_error(cause(&e)))?
+    {
+        while let Some(chunk) = output.next().await {
+            let written = match chunk.map_err(|e| exec_error(cause(&e)))? {
+                bollard::container::LogOutput::StdErr { message } => std::io::stderr().write_all(&message),
+                other => std::io::stdout().write_all(&other.into_bytes()),
+            };
+            written.map_err(|e| exec_error(format!("writing its output: {e}")))?;
+        }
+    }
+    let _ = std::io::stdout().flush();
+    loop {
+        let info = docker.inspect_exec(&created.id).await.map_err(|e| exec_error(cause(&e)))?;
+        match (info.running, info.exit_code) {
+            (Some(false), Some(code)) => return Ok(code),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_into_timestamped_lines() {
+        let lines = log_lines(
+            LogStream::Stderr,
+            "2026-12-01T10:00:00.000000001Z first\n2026-12-01T10:00:00.5Z second\ncontinued\n",
+        );
+        let got: Vec<(&str, &str)> = lines.iter().map(|l| (l.time.as_str(), l.text.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("2026-12-01T10:00:00.000000001Z", "first"),
+                ("2026-12-01T10:00:00.5Z", "second"),
+                ("2026-12-01T10:00:00.5Z", "continued")
+            ]
+        );
+        assert!(lines.iter().all(|l| l.stream == LogStream::Stderr));
+    }
+}

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod common;
 pub mod diff;
 pub mod history;
+pub mod logs;
 pub mod notify;
 pub mod plan;
 pub mod schema;
@@ -71,14 +72,32 @@ pub enum Command {
     Rollback(history::RollbackArgs),
     /// Print the JSON Schemas of the spec files (for editors and CI).
     Schema(schema::Args),
+    /// The environment's container logs from every host, merged in time order.
+    Logs(logs::LogsArgs),
+    /// Run a command in one instance of an app (the first healthy one by default).
+    Exec(logs::ExecArgs),
 }
 
 /// Exit codes of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
-    Ok = 0,
-    Error = 1,
-    Changes = 2,
+    Ok,
+    Error,
+    Changes,
+    /// `exec`: the exit code of the command run in the container.
+    Passed(u8),
+}
+
+impl ExitCode {
+    /// The process exit code: 0, 1, 2, or the passed-through one.
+    pub fn code(self) -> u8 {
+        match self {
+            ExitCode::Ok => 0,
+            ExitCode::Error => 1,
+            ExitCode::Changes => 2,
+            ExitCode::Passed(c) => c,
+        }
+    }
 }
 
 /// Run the parsed command.
@@ -97,6 +116,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History(args) => history::exec(&args),
         Command::Rollback(args) => history::rollback(&args),
         Command::Schema(args) => schema::exec(&args),
+        Command::Logs(args) => logs::logs(&args),
+        Command::Exec(args) => logs::exec(&args),
     }
 }
 

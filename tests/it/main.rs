@@ -20,6 +20,7 @@ mod etcd;
 mod etcd_lock;
 mod history;
 mod lb;
+mod logs;
 mod notify;
 mod plan;
 mod plan_live;
