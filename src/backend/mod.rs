@@ -7,4 +7,5 @@ pub mod etcd;
 pub mod git;
 pub mod lb;
 pub mod probe;
+pub mod registry_auth;
 pub mod secrets;

@@ -16,6 +16,7 @@
 //!
 //! Invariant: pure and deterministic. No I/O, no clock; `BTreeMap` order everywhere.
 
+pub mod digest;
 pub mod instance;
 pub mod render;
 pub mod simulate;
@@ -142,6 +143,8 @@ pub enum Reason {
     Duplicate,
     /// A container with the environment's label but no usable app/instance labels.
     Unrecognised,
+    /// `pull: always`: the image's tag points to another digest than the container runs.
+    ImageDigest { digest: String },
 }
 
 /// One field that differs, as shown (masked).
@@ -218,6 +221,9 @@ pub struct Desired<'a> {
     pub origin: &'a Origin,
     /// Resolved secrets; a missing one renders as `(sensitive)`.
     pub secrets: &'a BTreeMap<String, Secret>,
+    /// `pull: always`: image reference → the digest its tag points to now (empty:
+    /// no digest check). See `plan::digest`.
+    pub digests: BTreeMap<String, String>,
 }
 
 /// Planning failed: the desired state cannot be rendered or placed.
@@ -486,7 +492,11 @@ pub fn plan_holding(
             }
             Some(o) if o.host == a.host && (a.port.is_none() || o.port == a.port) => {
                 let hash = render_at(a.port)?;
-                if hash == o.spec_hash {
+                let stale = match app.spec.pull {
+                    crate::spec::model::PullPolicy::Always => digest::stale(o, &app.spec.image, &d.digests),
+                    crate::spec::model::PullPolicy::Missing => None,
+                };
+                if hash == o.spec_hash && stale.is_none() {
                     kept.insert(key.clone(), o.name.clone());
                     if held && !o.state.is_running() {
                         continue;
@@ -527,13 +537,21 @@ pub fn plan_holding(
                 let hash = if port == a.port { hash } else { render_at(port)? };
                 let spec = masked_at(port)?;
                 let changes = changes(o.spec.as_ref(), &spec);
+                let mut new = new_of(spec, &hash, port);
+                let reason = match stale {
+                    Some(digest) if hash == o.spec_hash => {
+                        digest::rename(&mut new, &o.name, &digest);
+                        Reason::ImageDigest { digest }
+                    }
+                    _ => Reason::SpecChanged,
+                };
                 actions.push(Action::Replace {
                     app: a.app.clone(),
                     instance: instance_name,
-                    reason: Reason::SpecChanged,
+                    reason,
                     changes,
                     old: old_of(o),
-                    new: new_of(spec, &hash, port),
+                    new,
                     strategy,
                 });
                 finals.push(Assignment { port, ..a.clone() });

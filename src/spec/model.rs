@@ -31,6 +31,21 @@ pub struct EnvironmentSpec {
     pub etcd: Option<EtcdSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lb: Option<LbSpec>,
+    // --- private registries (issue 9, item 1) ---
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<RegistrySpec>,
+}
+
+/// Credentials for one image registry. `password` names an entry of `secrets`; the
+/// value is resolved only when pulling or resolving a digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySpec {
+    /// As in image references: `HOST` or `HOST:PORT`.
+    pub host: String,
+    pub username: String,
+    /// The name of a secret.
+    pub password: String,
 }
 
 /// Where a secret's value comes from. Never holds the value itself.
@@ -131,6 +146,21 @@ pub struct AppSpec {
     pub init: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<String>,
+    // --- pull policy (issue 9, item 2) ---
+    #[serde(default)]
+    pub pull: PullPolicy,
+}
+
+/// When an image is pulled (compose's `pull_policy` names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Only when the host lacks the image.
+    #[default]
+    Missing,
+    /// `plan` resolves the tag's digest in the registry; instances running another
+    /// digest are replaced.
+    Always,
 }
 
 fn one() -> u32 {
