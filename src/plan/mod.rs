@@ -496,7 +496,8 @@ pub fn plan_holding(
                     crate::spec::model::PullPolicy::Always => digest::stale(o, &app.spec.image, &d.digests),
                     crate::spec::model::PullPolicy::Missing => None,
                 };
-                if hash == o.spec_hash && stale.is_none() {
+                let unchanged = hash == o.spec_hash;
+                if unchanged && stale.is_none() {
                     kept.insert(key.clone(), o.name.clone());
                     if held && !o.state.is_running() {
                         continue;
@@ -539,7 +540,7 @@ pub fn plan_holding(
                 let changes = changes(o.spec.as_ref(), &spec);
                 let mut new = new_of(spec, &hash, port);
                 let reason = match stale {
-                    Some(digest) if hash == o.spec_hash => {
+                    Some(digest) if unchanged => {
                         digest::rename(&mut new, &o.name, &digest);
                         Reason::ImageDigest { digest }
                     }
