@@ -147,7 +147,8 @@ pub struct AppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<String>,
     // --- pull policy (issue 9, item 2) ---
-    #[serde(default)]
+    /// Not serialised when `missing`, so desired copies of existing apps stay byte-identical.
+    #[serde(default, skip_serializing_if = "PullPolicy::is_missing")]
     pub pull: PullPolicy,
 }
 
@@ -161,6 +162,12 @@ pub enum PullPolicy {
     /// `plan` resolves the tag's digest in the registry; instances running another
     /// digest are replaced.
     Always,
+}
+
+impl PullPolicy {
+    pub fn is_missing(&self) -> bool {
+        *self == Self::Missing
+    }
 }
 
 fn one() -> u32 {
