@@ -1,6 +1,8 @@
 //! Talks to the Docker daemons of an environment's hosts: connects (unix, tcp with or
 //! without TLS, ssh), negotiates the API version, observes the containers an
-//! environment owns as [`HostObservation`]s, and carries out the apply side: pull
+//! environment owns as [`HostObservation`]s, and carries out the apply side: pulls
+//! before a rollout with registry credentials ([`pull_for_plan`], [`pull_all`]; digests
+//! for `pull: always`: [`resolve_digests`], [`fill_repo_digests`]), a last-moment pull
 //! ([`ensure_image`]), create with files ([`create_instance`]), [`start`],
 //! [`stop_and_remove`], [`exec`] / [`exec_ok`], and the Docker halves of health
 //! checks ([`cmd_runner`], [`still_running`]; the probes are in `backend::probe`).
@@ -489,7 +491,9 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
 /// `false` when the image was already there (one inspect, no pull).
 ///
 /// A reference without a tag or digest pulls `:latest` (the API would otherwise pull
-/// every tag). Registry credentials are not supported yet: the daemon's anonymous pull.
+/// every tag). No credentials (the daemon's anonymous pull): apply pulls with the
+/// environment's credentials before the rollout ([`pull_for_plan`]), so here the image
+/// is normally present already.
 /// Only the connection of each request is bounded (the client's timeout); bound the
 /// whole pull with `tokio::time::timeout` if needed.
 ///
@@ -502,31 +506,22 @@ pub async fn ensure_image(
     image: &str,
     progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<bool, DockerError> {
-    let pull_error = |cause: String| DockerError::Pull { host: host.to_string(), image: image.to_string(), cause };
-    match docker.inspect_image(image).await {
-        Ok(_) => return Ok(false),
-        Err(e) if status_of(&e) == Some(404) => {}
-        Err(e) => return Err(pull_error(format!("cannot inspect the image: {}", cause(&e)))),
-    }
-    let started = Instant::now();
-    tracing::info!(host, image, "pulling image");
-    progress(format!("{host}: pulling {image}"));
-    let mut options = CreateImageOptionsBuilder::default().from_image(image);
-    if !has_tag_or_digest(image) {
-        options = options.tag("latest");
-    }
-    let mut stream = docker.create_image(Some(options.build()), None, None);
-    let mut last: HashMap<String, (String, Instant)> = HashMap::new();
-    while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| pull_error(cause(&e)))?;
-        if let Some(line) = progress_line(&info, &mut last) {
-            progress(format!("{host}: pulling {image}: {line}"));
+    let progress = std::sync::Mutex::new(progress);
+    let lines = |line: String| {
+        if let Ok(mut p) = progress.lock() {
+            p(line);
         }
-    }
-    // The stream reports failures as error items; check anyway rather than trust it.
-    docker.inspect_image(image).await.map_err(|e| pull_error(format!("pulled, but not there: {}", cause(&e))))?;
-    tracing::info!(host, image, elapsed = ?started.elapsed(), "pulled image");
-    Ok(true)
+    };
+    let job = PullJob { host: host.to_string(), image: image.to_string(), always: false };
+    pull_one(docker, &job, &RegistryAuth::default(), None, &lines).await.map_err(|e| {
+        let cause = match e {
+            RegistryError::Inspect { cause, .. } => format!("cannot inspect the image: {cause}"),
+            RegistryError::Pull { cause, .. }
+            | RegistryError::Digest { cause, .. }
+            | RegistryError::Credentials { cause, .. } => cause,
+        };
+        DockerError::Pull { host: host.to_string(), image: image.to_string(), cause }
+    })
 }
 
 /// `name:tag`, `name@sha256:…`: the last path component has a `:` or there is an `@`
@@ -1364,7 +1359,11 @@ pub async fn pull_all(
                 b.set_prefix(format!("{}: {}", job.host, job.image));
                 b
             });
+            let started = Instant::now();
             let result = pull_one(docker, job, auth, bar.as_ref(), lines).await;
+            if bar.is_none() && matches!(result, Ok(true)) {
+                lines(format!("{}: pulled {} in {:.1}s", job.host, job.image, started.elapsed().as_secs_f64()));
+            }
             if let Some(b) = bar {
                 b.finish_with_message(match &result {
                     Ok(true) => "pulled",
@@ -1439,11 +1438,9 @@ async fn pull_one(
             }
         }
     }
+    // The stream reports failures as error items; check anyway rather than trust it.
     docker.inspect_image(image).await.map_err(|e| fail(format!("pulled, but not there: {}", cause(&e))))?;
     tracing::info!(host, image, elapsed = ?started.elapsed(), "pulled image");
-    if bar.is_none() {
-        lines(format!("{host}: pulled {image} in {:.1}s", started.elapsed().as_secs_f64()));
-    }
     Ok(true)
 }
 

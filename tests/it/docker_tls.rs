@@ -69,14 +69,7 @@ fn write_repo(dir: &std::path::Path, env: &str, cert: &str, key: &str) {
     )
     .unwrap();
     std::fs::write(e.join("templates/index.html.j2"), "tls {{ instance.name }} on {{ instance.host }}\n").unwrap();
-    std::fs::write(
-        e.join("apps/web.yaml"),
-        format!(
-            "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {img}\ncommand: [/bin/busybox, httpd, -f, -p, '{{{{ instance.address }}}}:{{{{ instance.port }}}}', -h, /www]\nport: 8080\nhealth: {{http: /, interval: 200ms, timeout: 1s, retries: 20}}\nfiles: [{{template: templates/index.html.j2, path: /www/index.html}}]\nstop_timeout: 1s\n",
-            img = var("RECONCILE_TEST_IMAGE"),
-        ),
-    )
-    .unwrap();
+    std::fs::write(e.join("apps/web.yaml"), super::ssh::file_web_app()).unwrap();
 }
 
 #[tokio::test]

@@ -14,7 +14,8 @@ use reconcile::model::labels;
 use super::apply::{http_get, var};
 use super::{stderr, stdout};
 
-/// This file's port pool: no other test uses 26350-26399.
+/// This file's port pool: no other test uses 26350-26399. Each test has its own ten
+/// ports in it (its slot): environments do not see each other's ports.
 const POOL: (u16, u16) = (26350, 26399);
 
 fn password() -> String {
@@ -87,13 +88,16 @@ struct Env {
     name: String,
     prefix: String,
     references: Vec<String>,
+    ports: (u16, u16),
 }
 
 impl Env {
-    fn new(test: &str) -> Self {
+    fn new(test: &str, slot: u16) -> Self {
         let name = format!("it-reg-{test}-{}", std::process::id());
         let prefix = format!("/it-reg-{test}-{}", std::process::id());
-        Self { dir: tempfile::tempdir().unwrap(), name, prefix, references: Vec::new() }
+        let first = POOL.0 + 10 * slot;
+        assert!(first + 9 <= POOL.1, "slot {slot} is outside the pool");
+        Self { dir: tempfile::tempdir().unwrap(), name, prefix, references: Vec::new(), ports: (first, first + 9) }
     }
 
     fn repo(&self) -> String {
@@ -113,8 +117,8 @@ impl Env {
                 etcd = var("RECONCILE_TEST_ETCD"),
                 prefix = self.prefix,
                 d1 = var("RECONCILE_TEST_DOCKER1"),
-                a = POOL.0,
-                b = POOL.1,
+                a = self.ports.0,
+                b = self.ports.1,
             ),
         )
         .unwrap();
@@ -196,7 +200,7 @@ fn all_output(o: &Output) -> String {
 
 #[test]
 fn pulls_with_registries_credentials_and_never_shows_the_password() {
-    let mut env = Env::new("creds");
+    let mut env = Env::new("creds", 0);
     let image = push(&format!("it/creds-{}", std::process::id()), &var("RECONCILE_TEST_IMAGE"));
     env.references.push(image.clone());
     env.write(&registries(&var("RECONCILE_TEST_REGISTRY_PASSWORD_FILE")), &image, "");
@@ -221,7 +225,7 @@ fn pulls_with_registries_credentials_and_never_shows_the_password() {
 
 #[test]
 fn pulls_with_the_users_docker_config() {
-    let mut env = Env::new("config");
+    let mut env = Env::new("config", 1);
     let image = push(&format!("it/config-{}", std::process::id()), &var("RECONCILE_TEST_IMAGE2"));
     env.references.push(image.clone());
     env.write("", &image, "");
@@ -245,7 +249,7 @@ fn pulls_with_the_users_docker_config() {
 
 #[test]
 fn wrong_password_and_missing_image_fail_and_change_nothing() {
-    let mut env = Env::new("wrong");
+    let mut env = Env::new("wrong", 2);
     let image = push(&format!("it/wrong-{}", std::process::id()), &var("RECONCILE_TEST_IMAGE2"));
     env.references.push(image.clone());
     // First a running instance from a local image.
@@ -286,7 +290,7 @@ fn wrong_password_and_missing_image_fail_and_change_nothing() {
 
 #[test]
 fn pull_always_replaces_an_instance_when_the_tag_moves() {
-    let mut env = Env::new("always");
+    let mut env = Env::new("always", 3);
     let repo = format!("it/always-{}", std::process::id());
     let image = push(&repo, &var("RECONCILE_TEST_IMAGE"));
     env.references.push(image.clone());
