@@ -696,9 +696,19 @@ EOF
     ETCDCTL_API=3 etcdctl --endpoints="$ETCD" del /reconcile-test/smoke >/dev/null
   fi
   [[ $got == ok ]] || { ok=0; echo "smoke: etcdctl put/get failed" >&2; }
+  # dockerd #3 answers over TLS and refuses another CA's client cert; the registry
+  # wants credentials and takes the test user's
+  docker3_api >/dev/null || { ok=0; echo "smoke: dockerd #3 over TLS failed" >&2; }
+  if DOCKER_TLS_VERIFY=1 timeout 5 docker -H "$DOCKER3" --tlscacert "$TLS_DIR/ca.pem" \
+       --tlscert "$TLS_DIR/other/client.pem" --tlskey "$TLS_DIR/other/client-key.pem" version >/dev/null 2>&1; then
+    ok=0; echo "smoke: dockerd #3 accepted a client cert of another CA" >&2
+  fi
+  registry_answers || { ok=0; echo "smoke: the registry does not ask for credentials" >&2; }
+  curl -fs -o /dev/null --cacert "$TLS_DIR/ca.pem" -u "$REGISTRY_USER:$(cat "$REGISTRY_DIR/password")" \
+    "https://$REGISTRY/v2/" || { ok=0; echo "smoke: the registry refused the test user" >&2; }
   rm -rf "$tmp"
   ((ok)) || die "smoke tests failed"
-  say "smoke tests passed (host-network httpd on both daemons, --init, nginx -t, haproxy -c, etcd)"
+  say "smoke tests passed (host-network httpd on both daemons, --init, nginx -t, haproxy -c, etcd, TLS dockerd, registry)"
 }
 
 # --- stop --------------------------------------------------------------------
