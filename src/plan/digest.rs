@@ -135,4 +135,74 @@ mod tests {
         rename(&mut new, "staging-api-0-0123abcd", "sha256:99");
         assert_eq!(new.container_name, "staging-api-0-feedbeef");
     }
+
+    /// The whole planner: a `pull: always` app whose tag moved is replaced with the
+    /// digest as its reason and a container name of its own; the JSON form stays
+    /// valid; a current digest, or `pull: missing`, plans nothing.
+    #[test]
+    fn the_planner_replaces_on_a_moved_tag_only() {
+        use std::sync::Arc;
+
+        use crate::model::{HostObservation, ObservedState};
+        use crate::plan::{Action, Desired, Reason, plan, render, simulate::simulate};
+        use crate::spec::{Origin, RepoSnapshot, load};
+
+        let snap = |pull: &str| {
+            let mut files = BTreeMap::new();
+            files.insert(
+                "environments/t/environment.yaml".to_string(),
+                b"apiVersion: reconcile/v1\nkind: Environment\nname: t\nhosts:\n  - {name: h1, docker: 'unix:///a.sock', address: 127.0.0.1, ports: 20000-20009}\n".to_vec(),
+            );
+            files.insert(
+                "environments/t/apps/api.yaml".to_string(),
+                format!("apiVersion: reconcile/v1\nkind: App\nname: api\nimage: {IMAGE}\npull: {pull}\n").into_bytes(),
+            );
+            RepoSnapshot { files, origin: Origin::default() }
+        };
+        let empty = ObservedState {
+            env: "t".into(),
+            hosts: BTreeMap::from([("h1".to_string(), HostObservation::default())]),
+            etcd: None,
+            lb: None,
+        };
+        let plan_with = |pull: &str, observed: &ObservedState, digest: Option<&str>| {
+            let s = snap(pull);
+            let loaded = load(&s);
+            assert!(loaded.diagnostics.iter().all(|d| !d.is_error()), "{:?}", loaded.diagnostics);
+            let digests = digest.map(|d| BTreeMap::from([(IMAGE.to_string(), d.to_string())])).unwrap_or_default();
+            let origin = Origin::default();
+            let secrets = BTreeMap::new();
+            let d = Desired {
+                env: &loaded.envs["t"],
+                files: Arc::new(s.files.clone()),
+                origin: &origin,
+                secrets: &secrets,
+                digests,
+            };
+            plan(&d, observed).unwrap()
+        };
+        let mut running = simulate(&plan_with("always", &empty, None), &empty, "c1");
+        for i in &mut running.hosts.get_mut("h1").unwrap().instances {
+            i.repo_digests = vec!["127.0.0.1:25000/team/api@sha256:old".into()];
+        }
+        assert!(plan_with("always", &running, Some("sha256:old")).actions.is_empty());
+        assert!(plan_with("missing", &running, Some("sha256:new")).actions.is_empty());
+        let p = plan_with("always", &running, Some("sha256:0123456789abcdef"));
+        let old_name = &running.hosts["h1"].instances[0].name;
+        match p.actions.as_slice() {
+            [Action::Replace { reason: Reason::ImageDigest { digest }, old, new, changes, .. }] => {
+                assert_eq!(digest, "sha256:0123456789abcdef");
+                assert_eq!(&old.container_name, old_name);
+                assert_eq!(new.container_name, "t-api-0-01234567");
+                assert!(changes.is_empty(), "{changes:?}");
+            }
+            other => panic!("{other:#?}"),
+        }
+        assert!(render::text(&p, false).contains("image tag now points to sha256:0123456789abcdef"));
+        let schema: serde_json::Value = serde_json::from_str(crate::spec::schema::PLAN).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&render::json(&p)).unwrap();
+        let validator = jsonschema::draft202012::new(&schema).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&json).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
 }
