@@ -132,8 +132,16 @@ impl Env {
     }
 
     fn run(&self, args: &[&str], docker_config: Option<&Path>) -> Output {
+        self.run_logging(args, docker_config, None)
+    }
+
+    /// As [`Env::run`], with `RUST_LOG=log` when given (every log line on stderr).
+    fn run_logging(&self, args: &[&str], docker_config: Option<&Path>, log: Option<&str>) -> Output {
         let mut c = Command::new(env!("CARGO_BIN_EXE_reconcile"));
         c.args(args).args(["--env", &self.name, "--repo", &self.repo()]).env("NO_COLOR", "1").env_remove("RUST_LOG");
+        if let Some(filter) = log {
+            c.env("RUST_LOG", filter);
+        }
         // Never the user's own docker config: an empty one unless the test gives one.
         let empty = self.dir.path().join("no-docker-config");
         c.env("DOCKER_CONFIG", docker_config.map_or(empty, Path::to_path_buf));
@@ -206,9 +214,13 @@ fn pulls_with_registries_credentials_and_never_shows_the_password() {
     env.write(&registries(&var("RECONCILE_TEST_REGISTRY_PASSWORD_FILE")), &image, "");
     let plan_json = env.run(&["plan", "--format", "json"], None);
     assert_eq!(plan_json.status.code(), Some(0), "{}", all_output(&plan_json));
-    let o = env.apply(None);
+    // Debug logs of reconcile and its libraries too: the password is in none of them.
+    let o = env.run_logging(&["apply", "--yes", "--timeout", "30s"], None, Some("debug"));
     assert_eq!(o.status.code(), Some(0), "{}", all_output(&o));
     assert!(stderr(&o).contains(&format!("node-1: pulling {image}")), "plain progress lines: {}", stderr(&o));
+    assert!(stderr(&o).contains("DEBUG"), "debug logging was on: {}", stderr(&o));
+    let basic = base64(&format!("{}:{}", var("RECONCILE_TEST_REGISTRY_USER"), password()));
+    assert!(!all_output(&o).contains(&basic), "user:password in base64 appears in the debug log");
     let rows = containers(&env.name);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert!(rows[0].contains(" running ") && rows[0].ends_with(&image), "{rows:?}");
@@ -307,9 +319,10 @@ fn pull_always_replaces_an_instance_when_the_tag_moves() {
 
     // The tag is pushed again with other content: the instance is replaced.
     push(&repo, &var("RECONCILE_TEST_IMAGE2"));
-    let o = env.run(&["plan", "--detailed-exitcode"], None);
+    let o = env.run_logging(&["plan", "--detailed-exitcode"], None, Some("debug"));
     assert_eq!(o.status.code(), Some(2), "{}", all_output(&o));
     assert!(stdout(&o).contains("image tag now points to sha256:"), "{}", stdout(&o));
+    assert!(!all_output(&o).contains(&password()), "the digest lookup's credentials stay out of the debug log");
     // Offline: a warning and no digest check.
     let o = env.run(&["plan", "--detailed-exitcode", "--offline-images"], None);
     assert_eq!(o.status.code(), Some(0), "{}", all_output(&o));
