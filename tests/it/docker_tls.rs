@@ -69,7 +69,13 @@ fn write_repo(dir: &std::path::Path, env: &str, cert: &str, key: &str) {
     )
     .unwrap();
     std::fs::write(e.join("templates/index.html.j2"), "tls {{ instance.name }} on {{ instance.host }}\n").unwrap();
-    std::fs::write(e.join("apps/web.yaml"), super::ssh::file_web_app()).unwrap();
+    let command = "[/bin/busybox, httpd, -f, -p, '{{ instance.address }}:{{ instance.port }}', -h, /www]";
+    let extra = "port: 8080\nhealth: {http: /, interval: 200ms, timeout: 1s, retries: 20}\nfiles: [{template: templates/index.html.j2, path: /www/index.html}]\nstop_timeout: 1s\n";
+    let app = format!(
+        "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {}\ncommand: {command}\n{extra}",
+        var("RECONCILE_TEST_IMAGE")
+    );
+    std::fs::write(e.join("apps/web.yaml"), app).unwrap();
 }
 
 #[tokio::test]

@@ -46,15 +46,6 @@ fn write_env(dir: &std::path::Path, env: &str, endpoint: &str, extra: &str) -> s
     e
 }
 
-/// App `web`: busybox httpd on the instance's address and port, serving the rendered
-/// `templates/index.html.j2` as /www/index.html (a file uploaded before start).
-pub fn file_web_app() -> String {
-    format!(
-        "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {img}\ncommand: [/bin/busybox, httpd, -f, -p, '{{{{ instance.address }}}}:{{{{ instance.port }}}}', -h, /www]\nport: 8080\nhealth: {{http: /, interval: 200ms, timeout: 1s, retries: 20}}\nfiles: [{{template: templates/index.html.j2, path: /www/index.html}}]\nstop_timeout: 1s\n",
-        img = var("RECONCILE_TEST_IMAGE"),
-    )
-}
-
 /// `docker -H $RECONCILE_TEST_DOCKER1 …` (the unix socket, not ssh); stdout trimmed.
 fn docker1(args: &[&str]) -> String {
     let d1 = var("RECONCILE_TEST_DOCKER1");
@@ -161,7 +152,14 @@ fn apply_plan_and_status_through_an_ssh_alias() {
         "{{ vars.greeting }} via ssh from {{ instance.name }} on {{ instance.host }}\n",
     )
     .unwrap();
-    std::fs::write(e.join("apps/web.yaml"), file_web_app()).unwrap();
+    std::fs::write(
+        e.join("apps/web.yaml"),
+        format!(
+            "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {img}\ncommand: [/bin/busybox, httpd, -f, -p, '{{{{ instance.address }}}}:{{{{ instance.port }}}}', -h, /www]\nport: 8080\nhealth: {{http: /, interval: 200ms, timeout: 1s, retries: 20}}\nfiles: [{{template: templates/index.html.j2, path: /www/index.html}}]\nstop_timeout: 1s\n",
+            img = var("RECONCILE_TEST_IMAGE"),
+        ),
+    )
+    .unwrap();
 
     let t0 = Instant::now();
     let o = reconcile(&["apply", "--env", &env, "--repo", &repo, "--yes", "--timeout", "20s"]);
