@@ -143,6 +143,13 @@ pub struct ObservedInstance {
     pub port: Option<u16>,
     /// The masked spec from the `reconcile.spec` label, if present and valid JSON.
     pub spec: Option<serde_json::Value>,
+    /// The container's image ID (`sha256:…`, from the list call).
+    #[serde(default)]
+    pub image_id: String,
+    /// That image's repo digests (`registry/name@sha256:…`), filled in only for apps
+    /// with `pull: always` (`backend::docker::fill_repo_digests`); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repo_digests: Vec<String>,
 }
 
 impl ObservedInstance {

@@ -239,6 +239,10 @@ pub async fn apply(
         }
     }
 
+    // 2b. Every image the plan needs, on its hosts, before anything stops (an app whose
+    // pull fails is not touched at all).
+    let pull_failed = docker::pull_for_plan(env, plan, specs, &clients, &*progress).await;
+
     let shared = Shared {
         env,
         files,
@@ -271,7 +275,11 @@ pub async fn apply(
                 .map(|a| a.spec.depends_on.iter().filter(|d| failed.contains(*d)).collect())
                 .unwrap_or_default();
             let shared = &shared;
+            let pull_failed = pull_failed.get(app);
             async move {
+                if let Some(e) = pull_failed {
+                    return (app.clone(), AppOutcome { done: vec![], error: Some(e.clone()) });
+                }
                 if !blocked.is_empty() {
                     let names: Vec<&str> = blocked.iter().map(|s| s.as_str()).collect();
                     return (

@@ -11,4 +11,5 @@ pub mod git;
 pub mod lb;
 pub mod notify;
 pub mod probe;
+pub mod registry_auth;
 pub mod secrets;

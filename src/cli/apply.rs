@@ -30,6 +30,10 @@ pub struct Args {
     pub lock_timeout: Duration,
     #[command(flatten)]
     pub observe: ObserveArgs,
+    /// `pull: always` apps: skip the registry digest check (a warning), e.g. when the
+    /// registry is down.
+    #[arg(long)]
+    pub offline_images: bool,
 }
 
 /// # Errors
@@ -96,8 +100,10 @@ pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
         if record_as != "rollback" {
             apply::pin::check(&env_name, pinned.as_ref(), &l.snap.origin)?;
         }
-        let observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
-        let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets };
+        let mut observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
+        let digests =
+            super::common::image_digests(&rt, env, &mut observed, args.offline_images, args.observe.options())?;
+        let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets, digests };
         let (p, specs) = plan::plan_with_specs(&d, &observed)?;
         let confirmed = check_and_confirm(args, saved.as_ref(), &p, &env_name)?;
         if record_as == "rollback"

@@ -97,3 +97,33 @@ pub fn resolve_secrets(env: &Env) -> anyhow::Result<BTreeMap<String, Secret>> {
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
+
+/// `pull: always`: the images' current digests (see `observe::image_digests`), or
+/// none with `--offline-images` (a warning naming the apps left unchecked).
+///
+/// # Errors
+/// A registry or host that cannot be asked, naming it.
+pub fn image_digests(
+    rt: &tokio::runtime::Runtime,
+    env: &Env,
+    observed: &mut crate::model::ObservedState,
+    offline: bool,
+    opts: crate::observe::Options,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    if offline {
+        let apps: Vec<&str> = env
+            .apps
+            .values()
+            .filter(|a| a.spec.pull == spec::model::PullPolicy::Always)
+            .map(|a| a.spec.name.as_str())
+            .collect();
+        if !apps.is_empty() {
+            eprintln!(
+                "warning: --offline-images: no registry digest check for `pull: always` app(s) {}",
+                apps.join(", ")
+            );
+        }
+        return Ok(BTreeMap::new());
+    }
+    Ok(rt.block_on(crate::observe::image_digests(env, observed, opts))?)
+}

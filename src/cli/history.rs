@@ -116,6 +116,7 @@ pub fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
         yes: args.yes,
         lock_timeout: args.lock_timeout,
         observe: args.observe.clone(),
+        offline_images: false,
     };
     super::apply::run(&a, "rollback")
 }

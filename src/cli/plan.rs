@@ -27,6 +27,10 @@ pub struct Args {
     pub detailed_exitcode: bool,
     #[command(flatten)]
     pub observe: ObserveArgs,
+    /// `pull: always` apps: skip the registry digest check (a warning), e.g. when the
+    /// registry is down.
+    #[arg(long)]
+    pub offline_images: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -46,9 +50,10 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     let env = l.env();
     let secrets = resolve_secrets(env)?;
     let rt = runtime()?;
-    let observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
+    let mut observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
+    let digests = super::common::image_digests(&rt, env, &mut observed, args.offline_images, args.observe.options())?;
     let pin = rt.block_on(crate::apply::pin::read(env, None, args.observe.timeout))?;
-    let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets };
+    let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets, digests };
     let p = plan::plan(&d, &observed)?;
     print_plan(&p, args.format)?;
     // A plan that apply would refuse says so where CI logs show it.

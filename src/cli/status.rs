@@ -61,7 +61,7 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
     let pin = rt.block_on(crate::apply::pin::read(env, None, args.observe.timeout))?;
-    let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets };
+    let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets, digests: Default::default() };
     let p = plan::plan(&d, &observed)?;
     let ids: BTreeMap<String, Vec<String>> = observed
         .hosts

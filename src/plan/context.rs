@@ -36,6 +36,8 @@ pub struct Context<'a> {
     templates: Templates,
     ctx: Contexts,
     prepared: BTreeMap<String, AppTemplates>,
+    /// `pull: always`: image → the digest its tag points to now (`plan::digest`).
+    pub digests: BTreeMap<String, String>,
 }
 
 impl<'a> Context<'a> {
@@ -52,7 +54,7 @@ impl<'a> Context<'a> {
         for (n, app) in &env.apps {
             prepared.insert(n.clone(), instance::prepare(app, &ctx, &mut templates).map_err(|e| template_error(n, e))?);
         }
-        Ok(Self { env, slots, addresses, templates, ctx, prepared })
+        Ok(Self { env, slots, addresses, templates, ctx, prepared, digests: d.digests.clone() })
     }
 
     /// The address of a host of the environment; `None` for a host it does not have.

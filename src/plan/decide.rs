@@ -8,10 +8,10 @@ use super::context::Context;
 use super::group::{Grouped, old_of};
 use super::instance::InstanceSpec;
 use super::place::Ports;
-use super::{Action, NewInstance, PlanError, Reason, changes, container_name};
+use super::{Action, NewInstance, PlanError, Reason, changes, container_name, digest};
 use crate::model::{InstanceId, ObservedInstance};
 use crate::placement::Assignment;
-use crate::spec::model::Strategy;
+use crate::spec::model::{PullPolicy, Strategy};
 
 /// What to do with one placed instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,16 +31,21 @@ pub enum Decision {
     Replace { reason: Reason, side_by_side: bool },
 }
 
-/// The decision for assignment `a`, given its primary container `o`, whether that
-/// container's spec-hash is the desired one, whether the instance is held, and the
-/// app's update strategy. Pure and total.
-pub fn decide(
-    a: &Assignment,
-    o: Option<&ObservedInstance>,
-    same_hash: bool,
-    held: bool,
-    strategy: Strategy,
-) -> Decision {
+/// What is known of one placed instance besides its placement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts<'a> {
+    /// The container's spec-hash is the desired one.
+    pub same_hash: bool,
+    /// `watch` holds the instance back (crash loop).
+    pub held: bool,
+    /// `pull: always` and the tag now points to this digest, which the container does not run.
+    pub new_digest: Option<&'a str>,
+}
+
+/// The decision for assignment `a`, given its primary container `o`, the facts above,
+/// and the app's update strategy. Pure and total.
+pub fn decide(a: &Assignment, o: Option<&ObservedInstance>, f: Facts<'_>, strategy: Strategy) -> Decision {
+    let Facts { same_hash, held, new_digest } = f;
     let Some(o) = o else { return if held { Decision::Hold } else { Decision::Create } };
     let in_place = o.host == a.host && (a.port.is_none() || o.port == a.port);
     if !in_place {
@@ -51,15 +56,16 @@ pub fn decide(
         };
         return Decision::Replace { reason: Reason::Moved { why }, side_by_side: false };
     }
-    if same_hash {
-        return match (o.state.is_running(), held) {
+    let side_by_side = a.port.is_some() && matches!(strategy, Strategy::Rolling | Strategy::Canary);
+    match (same_hash, new_digest) {
+        (true, None) => match (o.state.is_running(), held) {
             (true, _) => Decision::Keep,
             (false, true) => Decision::HoldStopped,
             (false, false) => Decision::Start,
-        };
+        },
+        (true, Some(d)) => Decision::Replace { reason: Reason::ImageDigest { digest: d.to_string() }, side_by_side },
+        (false, _) => Decision::Replace { reason: Reason::SpecChanged, side_by_side },
     }
-    let side_by_side = a.port.is_some() && matches!(strategy, Strategy::Rolling | Strategy::Canary);
-    Decision::Replace { reason: Reason::SpecChanged, side_by_side }
 }
 
 /// The outcome of phase 3.
@@ -99,7 +105,12 @@ pub fn decide_all(
         })?;
         let strategy = app.spec.update.strategy;
         let same_hash = matches!((o, &hash), (Some(o), Ok(h)) if o.spec_hash == *h);
-        let decision = decide(a, o, same_hash, hold.contains(&id), strategy);
+        let new_digest = match (o, app.spec.pull) {
+            (Some(o), PullPolicy::Always) => digest::stale(o, &app.spec.image, &cx.digests),
+            _ => None,
+        };
+        let facts = Facts { same_hash, held: hold.contains(&id), new_digest: new_digest.as_deref() };
+        let decision = decide(a, o, facts, strategy);
         if decision == Decision::Hold {
             continue;
         }
@@ -168,7 +179,11 @@ impl Decided {
                 let hash = if port == a.port { hash } else { cx.render(a, port, false)?.1 };
                 let (spec, _) = cx.render(a, port, true)?;
                 let changes = changes(o.spec.as_ref(), &spec);
-                let new = self.new_instance(cx, a, spec, &hash, port)?;
+                let mut new = self.new_instance(cx, a, spec, &hash, port)?;
+                if let Reason::ImageDigest { digest } = &reason {
+                    // Same spec-hash, so the same name as the old container: name it by digest.
+                    digest::rename(&mut new, &o.name, digest);
+                }
                 self.actions.push(Action::Replace {
                     app: a.app.clone(),
                     instance: id.to_string(),
@@ -215,6 +230,10 @@ mod tests {
     use super::*;
     use crate::model::ContainerState;
 
+    fn f(same_hash: bool, held: bool) -> Facts<'static> {
+        Facts { same_hash, held, new_digest: None }
+    }
+
     fn at(host: &str, port: Option<u16>) -> Assignment {
         Assignment { app: "api".into(), ordinal: 0, host: host.into(), port }
     }
@@ -235,14 +254,16 @@ mod tests {
             created: 0,
             port,
             spec: None,
+            image_id: String::new(),
+            repo_digests: vec![],
         }
     }
 
     #[test]
     fn missing_instances_are_created_unless_held() {
         let a = at("h1", Some(20000));
-        assert_eq!(decide(&a, None, false, false, Strategy::Rolling), Decision::Create);
-        assert_eq!(decide(&a, None, false, true, Strategy::Rolling), Decision::Hold);
+        assert_eq!(decide(&a, None, f(false, false), Strategy::Rolling), Decision::Create);
+        assert_eq!(decide(&a, None, f(false, true), Strategy::Rolling), Decision::Hold);
     }
 
     #[test]
@@ -250,16 +271,16 @@ mod tests {
         let a = at("h1", Some(20000));
         let up = running("h1", Some(20000), ContainerState::Running);
         let down = running("h1", Some(20000), ContainerState::Exited);
-        assert_eq!(decide(&a, Some(&up), true, false, Strategy::Rolling), Decision::Keep);
-        assert_eq!(decide(&a, Some(&up), true, true, Strategy::Rolling), Decision::Keep);
-        assert_eq!(decide(&a, Some(&down), true, false, Strategy::Rolling), Decision::Start);
-        assert_eq!(decide(&a, Some(&down), true, true, Strategy::Rolling), Decision::HoldStopped);
+        assert_eq!(decide(&a, Some(&up), f(true, false), Strategy::Rolling), Decision::Keep);
+        assert_eq!(decide(&a, Some(&up), f(true, true), Strategy::Rolling), Decision::Keep);
+        assert_eq!(decide(&a, Some(&down), f(true, false), Strategy::Rolling), Decision::Start);
+        assert_eq!(decide(&a, Some(&down), f(true, true), Strategy::Rolling), Decision::HoldStopped);
     }
 
     #[test]
     fn a_changed_spec_is_replaced_side_by_side_only_when_rolling_with_a_port() {
         let o = running("h1", Some(20000), ContainerState::Running);
-        let changed = |a: &Assignment, s| decide(a, Some(&o), false, false, s);
+        let changed = |a: &Assignment, s| decide(a, Some(&o), f(false, false), s);
         let with_port = at("h1", Some(20000));
         let rolling = Decision::Replace { reason: Reason::SpecChanged, side_by_side: true };
         let in_place = Decision::Replace { reason: Reason::SpecChanged, side_by_side: false };
@@ -267,7 +288,7 @@ mod tests {
         assert_eq!(changed(&with_port, Strategy::Canary), rolling);
         assert_eq!(changed(&with_port, Strategy::Recreate), in_place);
         let portless = running("h1", None, ContainerState::Running);
-        assert_eq!(decide(&at("h1", None), Some(&portless), false, false, Strategy::Rolling), in_place);
+        assert_eq!(decide(&at("h1", None), Some(&portless), f(false, false), Strategy::Rolling), in_place);
     }
 
     #[test]
@@ -276,12 +297,25 @@ mod tests {
         let moved = |why: &str| Decision::Replace { reason: Reason::Moved { why: why.into() }, side_by_side: false };
         // Even with the same spec-hash: where it runs is part of what it must be.
         assert_eq!(
-            decide(&at("h2", Some(20000)), Some(&o), true, false, Strategy::Rolling),
+            decide(&at("h2", Some(20000)), Some(&o), f(true, false), Strategy::Rolling),
             moved("host `h1` is no longer eligible")
         );
         assert_eq!(
-            decide(&at("h1", Some(20001)), Some(&o), true, false, Strategy::Rolling),
+            decide(&at("h1", Some(20001)), Some(&o), f(true, false), Strategy::Rolling),
             moved("its port is no longer available")
         );
+    }
+
+    #[test]
+    fn a_moved_tag_replaces_an_up_to_date_instance_naming_the_digest() {
+        let o = running("h1", Some(20000), ContainerState::Running);
+        let facts = Facts { same_hash: true, held: false, new_digest: Some("sha256:abc") };
+        let want =
+            Decision::Replace { reason: Reason::ImageDigest { digest: "sha256:abc".into() }, side_by_side: true };
+        assert_eq!(decide(&at("h1", Some(20000)), Some(&o), facts, Strategy::Rolling), want);
+        // A spec change is the reason when both hold.
+        let both = Facts { same_hash: false, ..facts };
+        let want = Decision::Replace { reason: Reason::SpecChanged, side_by_side: true };
+        assert_eq!(decide(&at("h1", Some(20000)), Some(&o), both, Strategy::Rolling), want);
     }
 }

@@ -66,6 +66,8 @@ mod tests {
             created: 1,
             port: Some(20000),
             spec: None,
+            image_id: String::new(),
+            repo_digests: vec![],
         };
         ObservedState {
             env: "t".into(),

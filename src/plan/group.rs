@@ -94,6 +94,8 @@ mod tests {
             created,
             port: Some(20000),
             spec: None,
+            image_id: String::new(),
+            repo_digests: vec![],
         }
     }
 

@@ -19,6 +19,7 @@
 mod changes;
 mod context;
 pub mod decide;
+pub mod digest;
 mod etcd;
 mod fingerprint;
 pub mod group;
@@ -152,6 +153,8 @@ pub enum Reason {
     Duplicate,
     /// A container with the environment's label but no usable app/instance labels.
     Unrecognised,
+    /// `pull: always`: the image's tag points to another digest than the container runs.
+    ImageDigest { digest: String },
 }
 
 /// One field that differs, as shown (masked).
@@ -228,6 +231,9 @@ pub struct Desired<'a> {
     pub origin: &'a Origin,
     /// Resolved secrets; a missing one renders as `(sensitive)`.
     pub secrets: &'a BTreeMap<String, Secret>,
+    /// `pull: always`: image reference → the digest its tag points to now (empty:
+    /// no digest check). See `plan::digest`.
+    pub digests: BTreeMap<String, String>,
 }
 
 /// Planning failed: the desired state cannot be rendered or placed.

@@ -47,6 +47,7 @@ pub fn reason_text(r: &Reason) -> String {
         Reason::Moved { why } => format!("moved: {why}"),
         Reason::Duplicate => "duplicate of the instance (interrupted replace)".into(),
         Reason::Unrecognised => "managed label without app/instance".into(),
+        Reason::ImageDigest { digest } => format!("image tag now points to {digest}"),
     }
 }
 

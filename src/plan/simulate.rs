@@ -32,6 +32,8 @@ pub fn simulate(plan: &Plan, observed: &ObservedState, commit: &str) -> Observed
             created: clock,
             port: new.port,
             spec: Some(new.spec.clone()),
+            image_id: String::new(),
+            repo_digests: Vec::new(),
         });
     };
     let remove = |out: &mut ObservedState, host: &str, id: &str| {

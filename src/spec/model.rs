@@ -33,6 +33,9 @@ pub struct EnvironmentSpec {
     pub lb: Option<LbSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<NotificationSpec>,
+    // --- private registries (issue 9, item 1) ---
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<RegistrySpec>,
 }
 
 /// Where `apply`, `rollback` and `watch` send what happened (`crate::notify`).
@@ -80,6 +83,18 @@ pub enum NotifyKind {
     Slack,
     GithubStatus,
     GitlabStatus,
+}
+
+/// Credentials for one image registry. `password` names an entry of `secrets`; the
+/// value is resolved only when pulling or resolving a digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySpec {
+    /// As in image references: `HOST` or `HOST:PORT`.
+    pub host: String,
+    pub username: String,
+    /// The name of a secret.
+    pub password: String,
 }
 
 /// Where a secret's value comes from. Never holds the value itself.
@@ -180,6 +195,28 @@ pub struct AppSpec {
     pub init: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<String>,
+    // --- pull policy (issue 9, item 2) ---
+    /// Not serialised when `missing`, so desired copies of existing apps stay byte-identical.
+    #[serde(default, skip_serializing_if = "PullPolicy::is_missing")]
+    pub pull: PullPolicy,
+}
+
+/// When an image is pulled (compose's `pull_policy` names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Only when the host lacks the image.
+    #[default]
+    Missing,
+    /// `plan` resolves the tag's digest in the registry; instances running another
+    /// digest are replaced.
+    Always,
+}
+
+impl PullPolicy {
+    pub fn is_missing(&self) -> bool {
+        *self == Self::Missing
+    }
 }
 
 fn one() -> u32 {

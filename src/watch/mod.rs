@@ -490,7 +490,13 @@ impl Watcher {
             env.apps.iter().flat_map(|(n, a)| (0..a.spec.replicas).map(move |i| format!("{n}-{i}"))).collect();
         self.backoff.retain(|i| desired_instances.contains(i));
         let hold: BTreeSet<String> = self.backoff.held(now).into_keys().collect();
-        let d = Desired { env, files: Arc::clone(&snap.files), origin: &snap.origin, secrets: &snap.secrets };
+        let d = Desired {
+            env,
+            files: Arc::clone(&snap.files),
+            origin: &snap.origin,
+            secrets: &snap.secrets,
+            digests: Default::default(),
+        };
         let (p, specs) = match plan::plan_holding(&d, &observed, &hold) {
             Ok(x) => x,
             Err(e) => {
