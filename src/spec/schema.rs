@@ -488,6 +488,108 @@ mod tests {
         assert!((6..=12).contains(&accepted), "the cases should mix accepted and rejected: {accepted}");
     }
 
+    /// A map of `fields` (name, good value, bad value), each absent, good, null or bad
+    /// by `choice` (three bits per field: bad one time in eight). With `choice`'s top
+    /// bits not all zero (15 times in 16), the first three fields (apiVersion, kind,
+    /// name at the top level) are good, so the other fields decide.
+    fn doc_of(fields: &[(&str, Value, Value)], choice: u64) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        for (i, (name, good, bad)) in fields.iter().enumerate() {
+            let pick = if i < 3 && choice >> 60 != 0 { 2 } else { (choice >> (3 * i)) & 7 };
+            match pick {
+                2..=4 => m.insert((*name).into(), good.clone()),
+                5 | 6 => m.insert((*name).into(), Value::Null),
+                7 => m.insert((*name).into(), bad.clone()),
+                _ => None,
+            };
+        }
+        m
+    }
+
+    fn app_doc(choice: u64, nested: u64) -> Value {
+        let health = doc_of(
+            &[
+                ("http", json!("/"), json!("no-slash")),
+                ("interval", json!("1s"), json!(1)),
+                ("retries", json!(3), json!(0)),
+            ],
+            nested,
+        );
+        let lb = doc_of(&[("host", json!("a.test"), json!("")), ("path", json!("/"), json!(7))], nested >> 9);
+        let mut m = doc_of(
+            &[
+                ("apiVersion", json!("reconcile/v1"), json!("v2")),
+                ("kind", json!("App"), json!("Environment")),
+                ("name", json!("api"), json!("Api")),
+                ("image", json!("x:1"), json!(1)),
+                ("replicas", json!(2), json!("2")),
+                ("network", json!("bridge"), json!("none")),
+                ("env", json!({"A": "1", "B": null}), json!({"1A": "x"})),
+                ("command", json!(["a"]), json!([null])),
+                ("health", Value::Object(health), json!([])),
+                ("lb", Value::Object(lb), json!("x")),
+                ("replica", json!(1), json!(1)),
+            ],
+            choice,
+        );
+        // The unknown field `replica` only in its "bad" form.
+        if (choice >> 30) & 7 != 7 {
+            m.remove("replica");
+        }
+        Value::Object(m)
+    }
+
+    fn env_doc(choice: u64, nested: u64) -> Value {
+        let lb = doc_of(
+            &[
+                ("template", json!("lb.j2"), json!("")),
+                ("path", json!("/etc/lb"), json!("rel")),
+                ("reload", json!(["x"]), json!([])),
+                ("drain", json!("1s"), json!(1)),
+            ],
+            nested,
+        );
+        let etcd = doc_of(
+            &[("endpoints", json!(["http://127.0.0.1:2379"]), json!([])), ("prefix", json!("/p"), json!("p"))],
+            nested >> 12,
+        );
+        let secret =
+            doc_of(&[("from_env", json!("X"), json!("1x")), ("from_file", json!("/f"), json!(""))], nested >> 18);
+        let host = doc_of(
+            &[("name", json!("h")), ("labels", json!({"z": "a"})), ("ports", json!("1-2"))]
+                .map(|(n, g)| (n, g, Value::Null)),
+            nested >> 24,
+        );
+        Value::Object(doc_of(
+            &[
+                ("apiVersion", json!("reconcile/v1"), json!(1)),
+                ("kind", json!("Environment"), json!("App")),
+                ("name", json!("e"), json!("E")),
+                ("extends", json!("base"), json!("Base")),
+                ("lb", Value::Object(lb), json!([])),
+                ("etcd", Value::Object(etcd), json!("x")),
+                ("secrets", json!({ "s": secret }), json!({"s": "x"})),
+                ("hosts", json!([host]), json!({})),
+                ("vars", json!({"a": null}), json!(3)),
+            ],
+            choice,
+        ))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// Editors and validate agree per file, nulls included.
+        #[test]
+        fn editor_accepts_what_the_per_file_check_accepts(choice in proptest::prelude::any::<u64>(), nested in proptest::prelude::any::<u64>()) {
+            for (kind, doc) in [(Kind::App, app_doc(choice, nested)), (Kind::Environment, env_doc(choice, nested))] {
+                let editor = jsonschema::draft202012::new(&editor(kind)).unwrap();
+                let per_file = validate_partial(kind, &crate::spec::merge::without_nulls(&doc)).is_empty();
+                proptest::prop_assert_eq!(editor.is_valid(&doc), per_file, "{:?} {}", kind, doc);
+            }
+        }
+    }
+
     #[test]
     fn partial_allows_missing_image_but_full_does_not() {
         let doc = json!({"apiVersion": "reconcile/v1", "kind": "App", "name": "a", "replicas": 2});
