@@ -122,6 +122,21 @@ pub fn editor(kind: Kind) -> Value {
     allow_null_members(&mut s, &defs, 0);
     if let Value::Object(o) = &mut s {
         o.shift_remove("$id");
+        // An environment.yaml that extends nothing and is not abstract is its own merged
+        // result, so validate checks it against the full schema: so does the editor.
+        // (An app file cannot tell whether an extended environment has the same app.)
+        if kind == Kind::Environment
+            && let Some(skeleton) = required_skeleton(full, &defs, 0)
+        {
+            o.insert(
+                "if".into(),
+                serde_json::json!({"anyOf": [
+                    {"required": ["extends"], "properties": {"extends": {"type": "string"}}},
+                    {"required": ["abstract"], "properties": {"abstract": {"const": true}}}
+                ]}),
+            );
+            o.insert("else".into(), skeleton);
+        }
         let title = o.get("title").and_then(Value::as_str).unwrap_or("reconcile").to_string();
         o.insert("title".into(), Value::String(format!("{title} (one file, for editors)")));
         let description = o.get("description").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -193,6 +208,40 @@ fn allow_null_members(v: &mut Value, defs: &Value, depth: usize) {
         allow_null_members(ap, defs, depth + 1);
         nullable(ap);
     }
+}
+
+/// The nested `required` of the full schema alone (the top level's is the partial
+/// schema's already), following properties, items, map values and `$ref`s; `None`
+/// when nothing below is required.
+fn required_skeleton(v: &Value, defs: &Value, depth: usize) -> Option<Value> {
+    let Value::Object(o) = v else { return None };
+    if depth > 32 {
+        return None;
+    }
+    if let Some(def) = o.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/$defs/"))
+        && let Some(d) = defs.get(def)
+    {
+        return required_skeleton(d, defs, depth + 1);
+    }
+    let mut out = serde_json::Map::new();
+    if depth > 0
+        && let Some(r) = o.get("required")
+    {
+        out.insert("required".into(), r.clone());
+    }
+    if let Some(Value::Object(props)) = o.get("properties") {
+        let sub: serde_json::Map<String, Value> =
+            props.iter().filter_map(|(k, p)| Some((k.clone(), required_skeleton(p, defs, depth + 1)?))).collect();
+        if !sub.is_empty() {
+            out.insert("properties".into(), Value::Object(sub));
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(sub) = o.get(key).and_then(|c| required_skeleton(c, defs, depth + 1)) {
+            out.insert(key.into(), sub);
+        }
+    }
+    (!out.is_empty()).then_some(Value::Object(out))
 }
 
 /// Make one schema accept `null` as well, keeping its description at the top for hovers.
@@ -297,9 +346,12 @@ fn violation(err: &jsonschema::ValidationError<'_>, schema: &Value) -> Violation
                 .and_then(|p| p.get(&name))
                 .and_then(|p| p.get("description"))
                 .and_then(Value::as_str);
+            // Point at the key of the object that lacks it (`lb:`), as editors do; a list
+            // item has no key, so there its first line.
+            let in_map = ip.rsplit('/').next().is_some_and(|seg| !seg.is_empty() && seg.parse::<usize>().is_err());
             Violation {
                 pointer: ip.clone(),
-                at_key: false,
+                at_key: in_map,
                 message: format!(
                     "missing required field `{name}`{}",
                     if ip.is_empty() { String::new() } else { format!(" in `{}`", ip.trim_start_matches('/')) }
@@ -468,13 +520,13 @@ mod tests {
             json!({"apiVersion": "reconcile/v1", "kind": "App", "name": "a", "files": [{"path": "/x"}]}),
         ];
         let env_cases = [
-            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "lb": {"template": "t"}}),
-            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "etcd": {"prefix": "/p"}, "vars": null}),
-            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "secrets": {"s": {"from_env": "X"}, "t": null}}),
-            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "secrets": {"s": {"from_env": null}}}),
-            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "hosts": [{"name": "h", "labels": null}]}),
-            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "hosts": [{"name": "h"}]}),
-            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "lb": {"check": "nginx -t"}}),
+            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "extends": "b", "lb": {"template": "t"}}),
+            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "extends": "b", "etcd": {"prefix": "/p"}, "vars": null}),
+            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "extends": "b", "secrets": {"s": {"from_env": "X"}, "t": null}}),
+            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "extends": "b", "secrets": {"s": {"from_env": null}}}),
+            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "extends": "b", "hosts": [{"name": "h", "labels": null}]}),
+            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "extends": "b", "hosts": [{"name": "h"}]}),
+            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "extends": "b", "lb": {"check": "nginx -t"}}),
         ];
         let mut accepted = 0;
         for (kind, docs) in [(Kind::App, &cases[..]), (Kind::Environment, &env_cases[..])] {
@@ -486,6 +538,21 @@ mod tests {
             }
         }
         assert!((6..=12).contains(&accepted), "the cases should mix accepted and rejected: {accepted}");
+    }
+
+    #[test]
+    fn a_root_environment_is_checked_whole_and_an_abstract_one_per_file() {
+        let editor = jsonschema::draft202012::new(&editor(Kind::Environment)).unwrap();
+        let partial_lb =
+            json!({"apiVersion": "reconcile/v1", "kind": "Environment", "name": "e", "lb": {"template": "t"}});
+        assert!(!editor.is_valid(&partial_lb));
+        assert!(!validate_full(Kind::Environment, &partial_lb).is_empty());
+        let mut abstract_ = partial_lb.clone();
+        abstract_["abstract"] = json!(true);
+        assert!(editor.is_valid(&abstract_));
+        let mut child = partial_lb.clone();
+        child["extends"] = json!("base");
+        assert!(editor.is_valid(&child));
     }
 
     /// A map of `fields` (name, good value, bad value), each absent, good, null or bad
@@ -570,7 +637,8 @@ mod tests {
                 ("etcd", Value::Object(etcd), json!("x")),
                 ("secrets", json!({ "s": secret }), json!({"s": "x"})),
                 ("hosts", json!([host]), json!({})),
-                ("vars", json!({"a": null}), json!(3)),
+                ("vars", json!({"a": 1}), json!(3)),
+                ("abstract", json!(true), json!("yes")),
             ],
             choice,
         ))
@@ -582,10 +650,25 @@ mod tests {
         /// Editors and validate agree per file, nulls included.
         #[test]
         fn editor_accepts_what_the_per_file_check_accepts(choice in proptest::prelude::any::<u64>(), nested in proptest::prelude::any::<u64>()) {
-            for (kind, doc) in [(Kind::App, app_doc(choice, nested)), (Kind::Environment, env_doc(choice, nested))] {
-                let editor = jsonschema::draft202012::new(&editor(kind)).unwrap();
-                let per_file = validate_partial(kind, &crate::spec::merge::without_nulls(&doc)).is_empty();
-                proptest::prop_assert_eq!(editor.is_valid(&doc), per_file, "{:?} {}", kind, doc);
+            let app = app_doc(choice, nested);
+            let editor_app = jsonschema::draft202012::new(&editor(Kind::App)).unwrap();
+            let per_file = validate_partial(Kind::App, &crate::spec::merge::without_nulls(&app)).is_empty();
+            proptest::prop_assert_eq!(editor_app.is_valid(&app), per_file, "{}", app);
+
+            // An environment that extends nothing and is not abstract is also checked whole.
+            let env = env_doc(choice, nested);
+            let editor_env = jsonschema::draft202012::new(&editor(Kind::Environment)).unwrap();
+            let stripped = crate::spec::merge::without_nulls(&env);
+            let per_file = validate_partial(Kind::Environment, &stripped).is_empty();
+            let chained = stripped.get("extends").is_some_and(Value::is_string) || stripped.get("abstract") == Some(&Value::Bool(true));
+            let accepted = per_file && (chained || validate_full(Kind::Environment, &stripped).is_empty());
+            let shown = editor_env.is_valid(&env);
+            // Never an error validate does not report; every per-file error shown.
+            proptest::prop_assert!(!accepted || shown, "false error: {}", env);
+            proptest::prop_assert!(!shown || per_file, "per-file error not shown: {}", env);
+            // Exact without nulls (a null in a required field passes the editor, not validate).
+            if stripped == env {
+                proptest::prop_assert_eq!(shown, accepted, "{}", env);
             }
         }
     }

@@ -1,5 +1,5 @@
-//! The published schemas against the real consumers. Editor schemas: every example
-//! and corpus file is opened in a real yaml-language-server (installed by
+//! The published schemas against the real consumers. Editor schemas: every file of
+//! this repo's own environments, the examples and the corpus is opened in a real yaml-language-server (installed by
 //! scripts/test-env.sh) configured as README says; a file `validate` accepts shows no
 //! diagnostic, and files `validate` rejects on their own show errors at the same lines.
 //! Output schemas: the real `validate`, `status` and `history` JSON validate against
@@ -171,8 +171,9 @@ fn editor_settings() -> Value {
     }})
 }
 
+/// This repo (a config repo itself), the examples and the corpus.
 fn repos() -> Vec<PathBuf> {
-    let mut v = Vec::new();
+    let mut v = vec![root()];
     for dir in ["examples", "tests/corpus"] {
         for e in std::fs::read_dir(root().join(dir)).unwrap() {
             let p = e.unwrap().path();
@@ -209,7 +210,10 @@ fn assert_valid(v: &jsonschema::Validator, doc: &Value, what: &str) {
 
 /// `validate --format json` of `repo`, checked against its schema: file → error lines.
 fn validate_errors(repo: &Path, schema: &jsonschema::Validator) -> BTreeMap<PathBuf, BTreeSet<u64>> {
-    let rel = repo.strip_prefix(root()).unwrap().to_string_lossy().into_owned();
+    let rel = match repo.strip_prefix(root()).unwrap_or(repo).to_string_lossy().into_owned() {
+        r if r.is_empty() => ".".to_string(),
+        r => r,
+    };
     let o = reconcile(&["validate", "--repo", &rel, "--format", "json"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{rel}: {e}\n{}", stderr(&o)));
     assert_valid(schema, &v, &format!("validate --format json of {rel}"));
@@ -239,7 +243,19 @@ fn editor_schemas_agree_with_validate() {
     let schema = validator("validate.schema.json");
     let mut errors = BTreeMap::new();
     let mut files = Vec::new();
-    for r in repos() {
+    // An environment that extends nothing is checked whole by validate, and so by the
+    // editor: incomplete `etcd:` and `lb:` are errors at the same lines.
+    let own = tempfile::Builder::new().prefix("reconcile-schemas-").tempdir().unwrap(); // `**` skips dot dirs
+    let own_env = own.path().join("environments/solo");
+    std::fs::create_dir_all(&own_env).unwrap();
+    std::fs::write(
+        own_env.join("environment.yaml"),
+        "apiVersion: reconcile/v1\nkind: Environment\nname: solo\nhosts:\n  - name: node-1\n    docker: unix:///var/run/docker.sock\n    address: 127.0.0.1\n    ports: 20000-20100\netcd:\n  prefix: /x\nlb:\n  template: lb.j2\n  path: /tmp/lb.conf\n",
+    )
+    .unwrap();
+    let mut repos = repos();
+    repos.push(own.path().to_path_buf());
+    for r in repos {
         errors.extend(validate_errors(&r, &schema));
         files_under(&r.join("environments"), &mut files);
     }
@@ -268,7 +284,10 @@ fn editor_schemas_agree_with_validate() {
                     problems.push(format!("{}: validate accepts it, the editor shows {got:?}", f.display()));
                 }
             }
-            Some(lines) if SAME_LINES.iter().any(|c| f.starts_with(root().join("tests/corpus").join(c))) => {
+            Some(lines)
+                if f.starts_with(own.path())
+                    || SAME_LINES.iter().any(|c| f.starts_with(root().join("tests/corpus").join(c))) =>
+            {
                 let editor: BTreeSet<u64> = got.iter().map(|(l, _)| *l).collect();
                 if &editor != lines {
                     problems.push(format!("{}: validate errors at {lines:?}, the editor at {got:?}", f.display()));
@@ -282,6 +301,8 @@ fn editor_schemas_agree_with_validate() {
     if !b.iter().any(|(l, m)| *l == broken_line && m.contains("replica")) {
         problems.push(format!("the example's modeline did not reach the schema: {b:?}"));
     }
+    let solo = &errors[&own_env.join("environment.yaml")];
+    assert_eq!(solo.len(), 2, "validate: {solo:?}");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
