@@ -127,3 +127,41 @@ fn plan_of_3000_changed_apps_fits_in_valid_parts() {
 fn plan_of_20000_changed_apps_fits_in_valid_parts() {
     check(20_000, Source::Plan);
 }
+
+/// The real `diff --format markdown` of 1,200 new apps: parts split on stdout by the
+/// part break, each under the limit and rendering whole, the notes naming `diff`.
+#[test]
+fn diff_markdown_of_a_wide_change_is_split_and_names_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("environments/wide");
+    std::fs::create_dir_all(env.join("apps")).unwrap();
+    std::fs::write(
+        env.join("environment.yaml"),
+        "apiVersion: reconcile/v1\nkind: Environment\nname: wide\nhosts:\n  - {name: node-1, docker: \"unix:///nonexistent/a.sock\", address: 127.0.0.1, ports: 20000-21999}\n",
+    )
+    .unwrap();
+    let app = |n: usize| format!("apiVersion: reconcile/v1\nkind: App\nname: app-{n:04}\nimage: img:1\nport: 8080\n");
+    std::fs::write(env.join("apps/app-0000.yaml"), app(0)).unwrap();
+    super::git(dir.path(), &["init", "-q"]);
+    super::git(dir.path(), &["add", "-A"]);
+    super::git(dir.path(), &["commit", "-qm", "base"]);
+    for n in 1..1_200 {
+        std::fs::write(env.join(format!("apps/app-{n:04}.yaml")), app(n)).unwrap();
+    }
+    let repo = dir.path().to_string_lossy().into_owned();
+    let o = super::reconcile(&["diff", "--env", "wide", "--repo", &repo, "--base", "HEAD", "--format", "markdown"]);
+    assert_eq!(o.status.code(), Some(0), "{}", super::stderr(&o));
+    let out = super::stdout(&o);
+    let parts: Vec<&str> = out.split("\n<!-- reconcile:part-break -->\n").collect();
+    assert!(parts.len() > 1, "{} characters in one part", out.len());
+    let mut rows = 0;
+    for (i, part) in parts.iter().enumerate() {
+        assert!(part.chars().count() <= MARKDOWN_LIMIT);
+        let html = cmark(part);
+        assert_eq!(html.matches("<details>").count(), html.matches("</details>").count());
+        rows += html.matches("<td><code>app-").count();
+        assert_eq!(part.contains("`reconcile diff --format text`"), i + 1 < parts.len(), "part {}", i + 1);
+        assert!(!part.contains("reconcile plan"), "part {} names plan", i + 1);
+    }
+    assert_eq!(rows, 1_199, "every new app in the summary once");
+}
