@@ -8,6 +8,7 @@
 #                              reconcile-test-ssh, for the ssh:// transport);
 #                              a TLS-only dockerd #3 on tcp://127.0.0.1:23761,
 #                              docker-registry (TLS + htpasswd) on 127.0.0.1:25000;
+#                              cmark-gfm and yaml-language-server (npm, cached);
 #                              import the test images; write /run/reconcile-test/env
 #   scripts/test-env.sh check  up + smoke tests (host-network httpd on both daemons
 #                              at once, --init, nginx -t / haproxy -c on temp configs)
@@ -115,6 +116,33 @@ ensure_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$LOG_DIR/apt.log" 2>&1 || rc=$?
   ((own_policy)) && rm -f /usr/sbin/policy-rc.d
   ((rc == 0)) || { tail -n 30 "$LOG_DIR/apt.log" >&2; die "apt-get failed (full log: $LOG_DIR/apt.log)"; }
+}
+
+# --- 1b. tools the schema and Markdown tests drive (tests/it/schemas.rs, markdown.rs)
+# cmark-gfm (Debian) renders each Markdown part as GitHub does; yaml-language-server
+# (npm, pinned, cached under $LIB_DIR) checks files against the editor schemas.
+YAML_LS_VERSION=1.25.0
+YAML_LS_DIR=$LIB_DIR/yaml-language-server
+ensure_doc_tools() {
+  local need=()
+  command -v cmark-gfm >/dev/null || need+=(cmark-gfm)
+  command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)
+  if ((${#need[@]})); then
+    say "installing: ${need[*]}"
+    CHANGED=1
+    { apt-get update -qq &&
+      apt-get install -y -qq --no-install-recommends "${need[@]}"; } >>"$LOG_DIR/apt.log" 2>&1 ||
+      { tail -n 30 "$LOG_DIR/apt.log" >&2; die "apt-get failed (full log: $LOG_DIR/apt.log)"; }
+  fi
+  local pkg=$YAML_LS_DIR/node_modules/yaml-language-server/package.json
+  if [[ ! -f $pkg ]] || ! grep -q "\"version\": \"$YAML_LS_VERSION\"" "$pkg"; then
+    say "installing yaml-language-server $YAML_LS_VERSION into $YAML_LS_DIR"
+    CHANGED=1
+    mkdir -p "$YAML_LS_DIR"
+    npm install --no-audit --no-fund --prefix "$YAML_LS_DIR" "yaml-language-server@$YAML_LS_VERSION" \
+      >"$LOG_DIR/npm.log" 2>&1 || { tail -n 30 "$LOG_DIR/npm.log" >&2; die "npm install failed (full log: $LOG_DIR/npm.log)"; }
+  fi
 }
 
 # --- helpers for daemons -----------------------------------------------------
@@ -646,6 +674,7 @@ summary() {
   echo "  images:   $IMAGE_REPO:1 $IMAGE_REPO:2 (on all three daemons)"
   echo "  docker3:  $DOCKER3 (--tlsverify, test CA in $TLS_DIR)  API $(docker3_api)"
   echo "  registry: $REGISTRY (TLS, htpasswd user $REGISTRY_USER): $IMAGE_REPO:1 :2"
+  echo "  docs:     $(cmark-gfm --version | head -n1), yaml-language-server $YAML_LS_VERSION in $YAML_LS_DIR"
   echo "  env:      . $ENV_FILE"
 }
 
@@ -771,6 +800,7 @@ flock -w 120 9 || die "another test-env.sh run holds $RUN_DIR/.lock"
 case ${1:-up} in
   up|check)
     ensure_packages
+    ensure_doc_tools
     ensure_no_default_nginx
     ensure_docker1
     ensure_docker2

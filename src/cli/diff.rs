@@ -14,6 +14,7 @@ use super::common::load_env;
 use super::plan::{Format, print_plan};
 use super::{ExitCode, RepoArgs};
 use crate::model::{EtcdObservation, HostObservation, ObservedState};
+use crate::plan::render;
 use crate::plan::{self, Desired, simulate::simulate};
 use crate::spec::Env;
 
@@ -85,6 +86,6 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
         digests: Default::default(),
     };
     let p = plan::plan(&d, &base_state)?;
-    print_plan(&p, args.format)?;
+    print_plan(&p, args.format, render::Source::Diff)?;
     Ok(if args.detailed_exitcode && !p.summary.is_empty() { ExitCode::Changes } else { ExitCode::Ok })
 }

@@ -55,7 +55,7 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     let pin = rt.block_on(crate::apply::pin::read(env, None, args.observe.timeout))?;
     let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets, digests };
     let p = plan::plan(&d, &observed)?;
-    print_plan(&p, args.format)?;
+    print_plan(&p, args.format, render::Source::Plan)?;
     // A plan that apply would refuse says so where CI logs show it.
     if let Err(e) = crate::apply::pin::check(&args.env, pin.as_ref(), &l.snap.origin) {
         eprintln!("warning: {e}");
@@ -71,13 +71,13 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
 ///
 /// # Errors
 /// stdout is closed.
-pub fn print_plan(p: &Plan, format: Format) -> anyhow::Result<()> {
+pub fn print_plan(p: &Plan, format: Format, source: render::Source) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match format {
         Format::Text => write!(out, "{}", render::text(p, super::stdout_is_tty()))?,
         Format::Json => write!(out, "{}", render::json(p))?,
         Format::Markdown => {
-            let parts = render::markdown(p, render::MARKDOWN_LIMIT);
+            let parts = render::markdown_for(p, render::MARKDOWN_LIMIT, source);
             write!(out, "{}", parts.join(&format!("\n{PART_BREAK}\n")))?;
         }
     }
