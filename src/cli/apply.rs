@@ -34,14 +34,14 @@ pub struct Args {
 /// # Errors
 /// Bad input, stale saved plan, unreachable backends, refused confirmation.
 pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
-    run(args, "apply")
+    run(args, apply::HistoryKind::Apply)
 }
 
-/// Apply, recorded in the history as `record_as` (`apply` or `rollback`).
+/// Apply, recorded in the history as `kind` (an apply or a rollback).
 ///
 /// # Errors
 /// As [`exec`].
-pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
+pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
     let saved: Option<Plan> = match &args.plan {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read plan {}", path.display()))?;
@@ -76,7 +76,7 @@ pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
         parallelism: args.observe.parallelism.max(1),
         timeout: args.observe.timeout,
         lock_timeout: args.lock_timeout,
-        record_as,
+        kind,
     };
     let progress = progress_sink();
     // Lock first: whatever is observed and planned below cannot change under us.
@@ -92,14 +92,14 @@ pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
     let prepared = (|| -> anyhow::Result<_> {
         // Under the lock: a rollback's pin holds the environment at its commit.
         let pinned = rt.block_on(apply::pin::read(env, guard.as_ref(), args.observe.timeout))?;
-        if record_as != "rollback" {
+        if kind != apply::HistoryKind::Rollback {
             apply::pin::check(&env_name, pinned.as_ref(), &l.snap.origin)?;
         }
         let observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
         let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets };
         let (p, specs) = plan::plan_with_specs(&d, &observed)?;
         let confirmed = check_and_confirm(args, saved.as_ref(), &p, &env_name)?;
-        if record_as == "rollback"
+        if kind == apply::HistoryKind::Rollback
             && let Some(g) = &guard
             && let Some(pin) = rt.block_on(apply::pin::set(env, g, &l.snap.origin))?
         {
@@ -127,7 +127,7 @@ pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
 
     let report = rt.block_on(apply::apply(
         guard,
-        apply::Job { env, files: l.files(), plan: &p, specs: &specs, observed: &observed },
+        apply::Job { env, files: l.files(), plan: &p, specs: &specs, observed: &observed, secrets: &secrets },
         opts,
         progress,
     ))?;

@@ -117,7 +117,7 @@ pub fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
         lock_timeout: args.lock_timeout,
         observe: args.observe.clone(),
     };
-    super::apply::run(&a, "rollback")
+    super::apply::run(&a, crate::apply::HistoryKind::Rollback)
 }
 
 /// `rollback --release`: delete the pin under the apply lock, recorded in the history.
@@ -132,7 +132,7 @@ fn release(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
         parallelism: 1,
         timeout: args.observe.timeout,
         lock_timeout: args.lock_timeout,
-        record_as: "release",
+        kind: crate::apply::HistoryKind::Release,
     };
     let progress: crate::apply::Progress = std::sync::Arc::new(|line: String| eprintln!("{line}"));
     let Some(guard) = rt.block_on(crate::apply::lock(env, opts, progress))? else {

@@ -389,7 +389,7 @@ impl Watcher {
         };
         let progress: apply::Progress = Arc::new(|line: String| tracing::info!("{line}"));
         let mut opts = self.cfg.apply;
-        opts.record_as = "watch";
+        opts.kind = apply::HistoryKind::Watch;
         let guard = if self.cfg.dry_run {
             None
         } else {
@@ -528,7 +528,14 @@ impl Watcher {
             return Ok(("dry_run", next_wake));
         }
         tracing::info!(summary = %p.summary, "applying");
-        let job = apply::Job { env, files: Arc::clone(&snap.files), plan: &p, specs: &specs, observed: &observed };
+        let job = apply::Job {
+            env,
+            files: Arc::clone(&snap.files),
+            plan: &p,
+            specs: &specs,
+            observed: &observed,
+            secrets: &snap.secrets,
+        };
         let report = apply::apply(guard, job, opts, progress).await.map_err(|e| ("apply", e.to_string()))?;
         let now = Instant::now();
         for i in &heals {
