@@ -57,6 +57,7 @@ mod memory;
 pub mod pin;
 pub mod records;
 pub mod rollout;
+pub mod session;
 pub mod settings;
 #[cfg(test)]
 mod tests;
@@ -65,6 +66,7 @@ mod traffic;
 pub use effects::{Backends, Effects, LogTail};
 pub use error::StepError;
 pub use records::HistoryKind;
+pub use session::{Hooks, Outcome, Pinning, Request, RunError, Target, observe_and_plan, run};
 pub use settings::{LB_DRAIN, LOCK_TTL, Options, lb_drain, lock, lock_ttl};
 
 /// What happened to one app.

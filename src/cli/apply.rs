@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use super::common::{ObserveArgs, load_env, parse_duration, resolve_secrets, runtime};
+use super::common::{ObserveArgs, load_target, parse_duration, runtime};
 use super::{ExitCode, RepoArgs};
 use crate::apply::{self, Options};
-use crate::plan::{self, Desired, Plan, render};
+use crate::model::ObservedState;
+use crate::plan::{self, Plan, render};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -68,69 +69,25 @@ pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
     };
     // A saved plan is re-derived from its own commit.
     let reference = saved.as_ref().and_then(|p| p.origin.commit.clone().filter(|_| !p.origin.dirty));
-    let l = load_env(&args.repo, &env_name, reference.as_deref())?;
-    let env = l.env();
-    let secrets = resolve_secrets(env)?;
+    let target = load_target(&args.repo, &env_name, reference.as_deref())?;
     let rt = runtime()?;
-    let opts = Options {
-        parallelism: args.observe.parallelism.max(1),
-        timeout: args.observe.timeout,
-        lock_timeout: args.lock_timeout,
-        kind,
+    let req = apply::Request {
+        opts: Options {
+            parallelism: args.observe.parallelism.max(1),
+            timeout: args.observe.timeout,
+            lock_timeout: args.lock_timeout,
+            kind,
+        },
+        observe: args.observe.options(),
+        pinning: if kind == apply::HistoryKind::Rollback { apply::Pinning::Set } else { apply::Pinning::Refuse },
+        lock: true,
     };
-    let progress = progress_sink();
-    // Lock first: whatever is observed and planned below cannot change under us.
-    let guard = rt.block_on(apply::lock(env, opts, Arc::clone(&progress)))?;
-    // Every way out before apply releases the lock at once (else the next apply waits for its lease).
-    let release = |guard: Option<crate::backend::etcd::LockGuard>| {
-        if let Some(g) = guard
-            && let Err(e) = rt.block_on(g.release())
-        {
-            eprintln!("warning: releasing the apply lock: {e} (it expires with its lease)");
-        }
+    let mut hooks = Confirm { args, saved: saved.as_ref() };
+    let outcome = rt.block_on(apply::run(target, req, &mut hooks, progress_sink()))?;
+    let (p, Some(report)) = (&outcome.plan, &outcome.report) else {
+        eprintln!("nothing to do");
+        return Ok(ExitCode::Ok);
     };
-    let prepared = (|| -> anyhow::Result<_> {
-        // Under the lock: a rollback's pin holds the environment at its commit.
-        let pinned = rt.block_on(apply::pin::read(env, guard.as_ref(), args.observe.timeout))?;
-        if kind != apply::HistoryKind::Rollback {
-            apply::pin::check(&env_name, pinned.as_ref(), &l.snap.origin)?;
-        }
-        let observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
-        let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets };
-        let (p, specs) = plan::plan_with_specs(&d, &observed)?;
-        let confirmed = check_and_confirm(args, saved.as_ref(), &p, &env_name)?;
-        if kind == apply::HistoryKind::Rollback
-            && let Some(g) = &guard
-            && let Some(pin) = rt.block_on(apply::pin::set(env, g, &l.snap.origin))?
-        {
-            eprintln!(
-                "pinned environment `{env_name}` to {} ({}): watch keeps it there and apply of another commit is \
-                 refused until `reconcile rollback --env {env_name} --release`",
-                apply::pin::short(&pin.commit),
-                pin.reference
-            );
-        }
-        Ok(confirmed.map(|()| (observed, p, specs)))
-    })();
-    let (observed, p, specs) = match prepared {
-        Ok(Some(x)) => x,
-        Ok(None) => {
-            release(guard);
-            eprintln!("nothing to do");
-            return Ok(ExitCode::Ok);
-        }
-        Err(e) => {
-            release(guard);
-            return Err(e);
-        }
-    };
-
-    let report = rt.block_on(apply::apply(
-        guard,
-        apply::Job { env, files: l.files(), plan: &p, specs: &specs, observed: &observed, secrets: &secrets },
-        opts,
-        progress,
-    ))?;
     let mut out = std::io::stdout().lock();
     for (app, o) in &report.apps {
         match &o.error {
@@ -155,9 +112,23 @@ pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
     Ok(if report.ok() { ExitCode::Ok } else { ExitCode::Error })
 }
 
-/// Refuse a stale saved plan; show the plan and ask when there is no saved plan.
-/// `Ok(None)`: nothing to do.
-fn check_and_confirm(args: &Args, saved: Option<&Plan>, p: &Plan, env_name: &str) -> anyhow::Result<Option<()>> {
+/// The CLI's part of an apply: refuse a stale saved plan; show the plan and ask when
+/// there is no saved plan (unless `--yes`).
+struct Confirm<'a> {
+    args: &'a Args,
+    saved: Option<&'a Plan>,
+}
+
+impl apply::Hooks for Confirm<'_> {
+    // Reads the answer from stdin on the runtime's own thread: the lock's keep-alive runs
+    // on the worker threads meanwhile.
+    async fn confirm(&mut self, target: &apply::Target, plan: &Plan, _: &ObservedState) -> Result<bool, String> {
+        check_and_confirm(self.args, self.saved, plan, &target.env.name).map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// [`Confirm`]: `Ok(true)` to apply (an empty plan is not asked about).
+fn check_and_confirm(args: &Args, saved: Option<&Plan>, p: &Plan, env_name: &str) -> anyhow::Result<bool> {
     if let Some(s) = saved {
         if s.against != p.against {
             bail!(
@@ -171,7 +142,7 @@ fn check_and_confirm(args: &Args, saved: Option<&Plan>, p: &Plan, env_name: &str
         eprint!("{}", render::text(p, super::stderr_is_tty()));
     }
     if p.summary.is_empty() {
-        return Ok(None);
+        return Ok(true);
     }
     if saved.is_none() && !args.yes {
         if !std::io::stdin().is_terminal() {
@@ -187,7 +158,7 @@ fn check_and_confirm(args: &Args, saved: Option<&Plan>, p: &Plan, env_name: &str
             bail!("apply cancelled");
         }
     }
-    Ok(Some(()))
+    Ok(true)
 }
 
 /// Where progress lines go: on a terminal, an indicatif spinner showing the latest
