@@ -137,6 +137,10 @@ impl Memory {
         i.writes += 1;
     }
 
+    fn container<'i>(i: &'i Inner, host: &str, id: &str) -> Option<&'i crate::model::ObservedInstance> {
+        i.state.hosts.get(host).and_then(|h| h.instances.iter().find(|c| c.container_id == id))
+    }
+
     fn name(i: &Inner, id: &str) -> String {
         i.names.get(id).cloned().unwrap_or_else(|| id.to_string())
     }
@@ -197,12 +201,7 @@ impl Effects for Memory {
 
     async fn still_running(&self, host: &str, id: &str) -> Result<(), StepError> {
         let i = self.lock();
-        let running = i
-            .state
-            .hosts
-            .get(host)
-            .and_then(|h| h.instances.iter().find(|c| c.container_id == id))
-            .is_some_and(|c| c.state.is_running());
+        let running = Self::container(&i, host, id).is_some_and(|c| c.state.is_running());
         if running { Ok(()) } else { Err(gone(host, id)) }
     }
 
@@ -216,13 +215,7 @@ impl Effects for Memory {
     ) -> Result<(), StepError> {
         let mut i = self.lock();
         let name = Self::name(&i, id);
-        let instance = i
-            .state
-            .hosts
-            .get(host)
-            .and_then(|h| h.instances.iter().find(|c| c.container_id == id))
-            .map(|c| c.instance.clone())
-            .unwrap_or_default();
+        let instance = Self::container(&i, host, id).map(|c| c.instance.clone()).unwrap_or_default();
         // Only new containers (made here) fail.
         let fails = id.starts_with("mem-") && i.unhealthy.contains_key(&instance);
         i.calls.push(format!("{} {name}", if fails { "unhealthy" } else { "healthy" }));
@@ -240,13 +233,7 @@ impl Effects for Memory {
         let mut i = self.lock();
         let name = Self::name(&i, id);
         i.calls.push(format!("logs {name}"));
-        let instance = i
-            .state
-            .hosts
-            .get(host)
-            .and_then(|h| h.instances.iter().find(|c| c.container_id == id))
-            .map(|c| c.instance.clone())
-            .unwrap_or_default();
+        let instance = Self::container(&i, host, id).map(|c| c.instance.clone()).unwrap_or_default();
         let out = i.unhealthy.get(&instance).cloned().unwrap_or_default();
         let lines: Vec<&str> = out.lines().collect();
         Ok(lines[lines.len().saturating_sub(tail.lines)..].join("\n"))

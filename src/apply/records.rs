@@ -164,3 +164,21 @@ impl StepError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::HistoryKind;
+
+    #[test]
+    fn history_kinds_read_back_including_older_and_newer_entries() {
+        for k in [HistoryKind::Apply, HistoryKind::Rollback, HistoryKind::Watch, HistoryKind::Release] {
+            let entry = serde_json::json!({ "kind": k });
+            assert_eq!(entry["kind"], k.as_str());
+            assert_eq!(HistoryKind::of_entry(&entry), Some(k));
+        }
+        // Written before kinds existed: an apply.
+        assert_eq!(HistoryKind::of_entry(&serde_json::json!({"commit": "abc"})), Some(HistoryKind::Apply));
+        // Written by a newer version: unknown, shown as stored.
+        assert_eq!(HistoryKind::of_entry(&serde_json::json!({"kind": "canary"})), None);
+    }
+}

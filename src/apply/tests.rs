@@ -349,3 +349,48 @@ async fn after_the_lock_is_lost_nothing_more_is_written() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_removed_instance_leaves_traffic_drains_and_only_then_stops() {
+    let before = deployed(&repo(2, "", "a")).await;
+    let (p, fx, report) = run(&repo(1, "", "a"), &before, |m| m).await;
+    assert!(report.ok(), "{report:?}");
+    let [old] = p
+        .actions
+        .iter()
+        .filter_map(|a| if let Action::Remove { old, .. } = a { Some(old) } else { None })
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("{:#?}", p.actions)
+    };
+    let pending = keys::lb_reload_pending("/reconcile", "t");
+    let expected = [
+        format!("delete {}", registry_key(ip(&old.host), "web", old.port)),
+        format!("put {pending}"),
+        "lb write".into(),
+        "lb reload".into(),
+        format!("delete {pending}"),
+        "sleep 1.5s".into(),
+        format!("stop {}", old.container_name),
+    ];
+    let calls = fx.calls();
+    let start = pos(&calls, &expected[0]);
+    assert_eq!(calls[start..start + expected.len()], expected[..], "{calls:#?}");
+}
+
+#[tokio::test]
+async fn a_stopped_instance_is_started_checked_and_put_back_in_traffic() {
+    let mut before = deployed(&repo(1, "", "a")).await;
+    let web = before.hosts.values_mut().flat_map(|h| h.instances.iter_mut()).find(|i| i.app == "web").unwrap();
+    web.state = crate::model::ContainerState::Exited;
+    let (name, host, port) = (web.name.clone(), web.host.clone(), web.port);
+    let (p, fx, report) = run(&repo(1, "", "a"), &before, |m| m).await;
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(p.summary.start, 1, "{}", p.summary);
+    let calls = fx.calls();
+    let started = pos(&calls, &format!("start {name}"));
+    assert_eq!(calls[started + 1], format!("healthy {name}"), "{calls:#?}");
+    assert!(started < pos(&calls, &format!("put {}", registry_key(ip(&host), "web", port))), "{calls:#?}");
+    assert!(fx.lb_live().unwrap().contains(&format!("{}:{}", ip(&host), port.unwrap())));
+    assert_eq!(report.apps["web"].done, vec![format!("{host}: started web-0")]);
+}

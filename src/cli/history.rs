@@ -60,7 +60,11 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
             for e in &entries {
                 let f = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
                 let commit: String = f("commit").chars().take(12).collect();
-                let kind = e.get("kind").and_then(|v| v.as_str()).unwrap_or("apply");
+                // Entries of older versions have no kind (applies); a newer version's kind is shown as is.
+                let kind = match crate::apply::HistoryKind::of_entry(e) {
+                    Some(k) => k.as_str(),
+                    None => e.get("kind").and_then(|v| v.as_str()).unwrap_or("?"),
+                };
                 writeln!(
                     out,
                     "{}  {kind:<8}  {commit:<12}  {:<12}  {}  → {}",
