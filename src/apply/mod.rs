@@ -146,7 +146,7 @@ struct Shared<'a, E> {
     opts: Options,
     progress: Progress,
     fx: &'a E,
-    /// Secret values, longest first, masked in container output.
+    /// Secret values, masked in container output.
     secret_values: Vec<String>,
     /// Instances that should receive traffic now.
     serving: Mutex<BTreeSet<Assignment>>,
@@ -197,8 +197,7 @@ pub async fn apply(
 pub async fn execute<E: Effects>(fx: &E, job: Job<'_>, opts: Options, drain: Duration, progress: Progress) -> Report {
     let Job { env, files, plan, specs, observed, secrets } = job;
     let started = Instant::now();
-    let mut secret_values: Vec<String> = secrets.values().map(|s| s.expose().to_string()).collect();
-    secret_values.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let secret_values: Vec<String> = secrets.values().map(|s| s.expose().to_string()).collect();
     let shared = Shared {
         env,
         files,

@@ -33,11 +33,9 @@ type Replace<'p> = (&'p str, &'p OldInstance, &'p NewInstance, Strategy);
 /// `text` with every secret value replaced by `(sensitive)`, longest first (so a
 /// secret containing another is masked whole).
 pub fn mask(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        out = out.replace(s.as_str(), MASK);
-    }
-    out
+    let mut longest_first: Vec<&str> = secrets.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
+    longest_first.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    longest_first.iter().fold(text.to_string(), |out, s| out.replace(s, MASK))
 }
 
 impl<E: Effects> Shared<'_, E> {
@@ -318,4 +316,14 @@ fn bad_instance(app: &str, instance: &str) -> StepError {
 /// The short form of a container id.
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_secret_is_masked_whole_whatever_the_order() {
+        let secrets = ["abc".to_string(), "abcdef".to_string(), String::new()];
+        assert_eq!(super::mask("x abcdef y abc z", &secrets), "x (sensitive) y (sensitive) z");
+        assert_eq!(super::mask("nothing here", &secrets), "nothing here");
+    }
 }
