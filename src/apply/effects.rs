@@ -30,6 +30,14 @@ pub struct LogTail {
     pub bytes: usize,
 }
 
+/// A health check of one instance: its spec, and where the instance listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Check<'a> {
+    pub health: &'a HealthSpec,
+    pub address: &'a str,
+    pub port: Option<u16>,
+}
+
 /// What the executor does to the world. Methods take the host by name; the
 /// implementation knows how to reach it.
 pub trait Effects: Sync {
@@ -64,9 +72,7 @@ pub trait Effects: Sync {
         &self,
         host: &str,
         id: &str,
-        health: &HealthSpec,
-        address: &str,
-        port: Option<u16>,
+        check: Check<'_>,
     ) -> impl Future<Output = Result<(), StepError>> + Send;
     /// The last lines of the container's stdout and stderr, bounded by `tail`.
     fn logs_tail(&self, host: &str, id: &str, tail: LogTail) -> impl Future<Output = Result<String, StepError>> + Send;
@@ -179,16 +185,9 @@ impl Effects for Backends<'_> {
         Ok(docker::check_running(self.client(host)?, host, id).await?)
     }
 
-    async fn wait_healthy(
-        &self,
-        host: &str,
-        id: &str,
-        health: &HealthSpec,
-        address: &str,
-        port: Option<u16>,
-    ) -> Result<(), StepError> {
-        let client = self.client(host)?;
-        let probe = probe::Probe::from_spec(health, address, port, |argv| {
+    async fn wait_healthy(&self, host: &str, id: &str, check: Check<'_>) -> Result<(), StepError> {
+        let (client, health) = (self.client(host)?, check.health);
+        let probe = probe::Probe::from_spec(health, check.address, check.port, |argv| {
             docker::cmd_runner(client.clone(), host.to_string(), id.to_string(), argv)
         })?;
         let schedule = probe::Schedule::from_spec(health)?;

@@ -9,13 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::effects::{Effects, LogTail};
+use super::effects::{Check, Effects, LogTail};
 use super::{Progress, StepError};
 use crate::backend::{docker, etcd};
 use crate::model::{ObservedState, labels};
 use crate::plan::instance::InstanceSpec;
 use crate::plan::{Action, NewInstance, Plan, simulate};
-use crate::spec::model::HealthSpec;
 
 #[derive(Default)]
 struct Inner {
@@ -205,14 +204,7 @@ impl Effects for Memory {
         if running { Ok(()) } else { Err(gone(host, id)) }
     }
 
-    async fn wait_healthy(
-        &self,
-        host: &str,
-        id: &str,
-        _health: &HealthSpec,
-        _address: &str,
-        _port: Option<u16>,
-    ) -> Result<(), StepError> {
+    async fn wait_healthy(&self, host: &str, id: &str, _check: Check<'_>) -> Result<(), StepError> {
         let mut i = self.lock();
         let name = Self::name(&i, id);
         let instance = Self::container(&i, host, id).map(|c| c.instance.clone()).unwrap_or_default();

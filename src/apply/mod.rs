@@ -63,7 +63,7 @@ pub mod settings;
 mod tests;
 mod traffic;
 
-pub use effects::{Backends, Effects, LogTail};
+pub use effects::{Backends, Check, Effects, LogTail};
 pub use error::StepError;
 pub use records::HistoryKind;
 pub use session::{Hooks, Outcome, Pinning, Request, RunError, Target, observe_and_plan, run};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 
-use super::effects::{Effects, LogTail};
+use super::effects::{Check, Effects, LogTail};
 use super::{AppOutcome, Shared, StepError};
 use crate::model::InstanceId;
 use crate::placement::Assignment;
@@ -114,7 +114,7 @@ impl<E: Effects> Shared<'_, E> {
         if let Some(h) = self.env.apps.get(app).and_then(|x| x.spec.health.as_ref()) {
             let address = self.address_of(&old.host)?;
             self.fx
-                .wait_healthy(&old.host, &old.container_id, h, address, old.port)
+                .wait_healthy(&old.host, &old.container_id, Check { health: h, address, port: old.port })
                 .await
                 .map_err(|e| StepError::StartedUnhealthy { instance: instance.to_string(), cause: Box::new(e) })?;
         }
@@ -252,7 +252,10 @@ impl<E: Effects> Shared<'_, E> {
             self.locked()?;
             self.fx.start(&new.host, &cid).await?;
             match &spec.health {
-                Some(h) => self.fx.wait_healthy(&new.host, &cid, h, &new.address, new.port).await,
+                Some(h) => {
+                    let check = Check { health: h, address: &new.address, port: new.port };
+                    self.fx.wait_healthy(&new.host, &cid, check).await
+                }
                 None => {
                     self.fx.sleep(SETTLE).await;
                     self.fx.still_running(&new.host, &cid).await

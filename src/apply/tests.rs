@@ -108,6 +108,15 @@ async fn deployed(snap: &RepoSnapshot) -> ObservedState {
     fx.observed()
 }
 
+/// Deploy `replicas` web instances with `update`, then change every app: the plan of the
+/// change (all ok) and the world it ran in.
+async fn redeploy(replicas: u32, update: &str) -> (Plan, Memory) {
+    let before = deployed(&repo(replicas, update, "a")).await;
+    let (p, fx, report) = run(&repo(replicas, update, "b"), &before, |m| m).await;
+    assert!(report.ok(), "{report:?}");
+    (p, fx)
+}
+
 fn replaces<'p>(p: &'p Plan, app: &str) -> Vec<(&'p OldInstance, &'p NewInstance)> {
     p.actions
         .iter()
@@ -190,9 +199,7 @@ async fn a_dependent_is_created_only_after_its_dependency_is_healthy() {
 
 #[tokio::test]
 async fn a_replace_is_the_zero_downtime_sequence() {
-    let before = deployed(&repo(1, "", "a")).await;
-    let (p, fx, report) = run(&repo(1, "", "b"), &before, |m| m).await;
-    assert!(report.ok(), "{report:?}");
+    let (p, fx) = redeploy(1, "").await;
     let calls = fx.calls();
     let [(old, new)] = replaces(&p, "web")[..] else { panic!("{:#?}", p.actions) };
     let pending = keys::lb_reload_pending("/reconcile", "t");
@@ -221,9 +228,7 @@ async fn a_replace_is_the_zero_downtime_sequence() {
 
 #[tokio::test]
 async fn replaces_go_a_batch_at_a_time() {
-    let before = deployed(&repo(4, "update: {batch: 2}\n", "a")).await;
-    let (p, fx, report) = run(&repo(4, "update: {batch: 2}\n", "b"), &before, |m| m).await;
-    assert!(report.ok(), "{report:?}");
+    let (p, fx) = redeploy(4, "update: {batch: 2}\n").await;
     let calls = fx.calls();
     let rs = replaces(&p, "web");
     assert_eq!(rs.len(), 4);
@@ -243,10 +248,7 @@ async fn replaces_go_a_batch_at_a_time() {
 
 #[tokio::test]
 async fn recreate_stops_the_old_instance_before_the_new_one_is_created() {
-    let update = "update: {strategy: recreate}\n";
-    let before = deployed(&repo(1, update, "a")).await;
-    let (p, fx, report) = run(&repo(1, update, "b"), &before, |m| m).await;
-    assert!(report.ok(), "{report:?}");
+    let (p, fx) = redeploy(1, "update: {strategy: recreate}\n").await;
     let calls = fx.calls();
     let [(old, new)] = replaces(&p, "web")[..] else { panic!() };
     let deregistered = pos(&calls, &format!("delete {}", registry_key(ip(&old.host), "web", old.port)));
