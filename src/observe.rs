@@ -16,11 +16,13 @@ pub struct Options {
     pub parallelism: usize,
     /// Per host (connect + list) and for etcd.
     pub timeout: Duration,
+    /// `pull: always` apps: no registry digest check (`--offline-images`).
+    pub offline_images: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { parallelism: 16, timeout: Duration::from_secs(10) }
+        Self { parallelism: 16, timeout: Duration::from_secs(10), offline_images: false }
     }
 }
 

@@ -79,8 +79,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::{API_DEFAULT_VERSION, Docker, body_full};
 use futures::stream::{self, StreamExt};
@@ -144,6 +144,9 @@ pub enum DockerError {
     /// [`exec`] could not run the command.
     #[error("host `{host}`: cannot exec in container `{container}`: {cause}")]
     Exec { host: String, container: String, cause: String },
+    /// [`logs_tail`] could not read the container's output.
+    #[error("host `{host}`: cannot read the logs of container `{container}`: {cause}")]
+    Logs { host: String, container: String, cause: String },
     /// [`check_running`]: the inspect failed.
     #[error("host `{host}`: cannot inspect container `{container}`: {cause}")]
     Inspect { host: String, container: String, cause: String },
@@ -175,6 +178,7 @@ impl DockerError {
             | Self::Stop { host, .. }
             | Self::Remove { host, .. }
             | Self::Exec { host, .. }
+            | Self::Logs { host, .. }
             | Self::Inspect { host, .. }
             | Self::Events { host, .. }
             | Self::NotRunning { host, .. } => host,
@@ -917,6 +921,52 @@ pub async fn check_running(docker: &Docker, host: &str, id: &str) -> Result<(), 
     }
 }
 
+/// The last `lines` lines of container `id`'s stdout and stderr (interleaved as the
+/// daemon stores them), at most `max_bytes` of them (the end is kept, cut at a line
+/// start where possible), lossily decoded: the evidence of why a new container died,
+/// read before it is removed. Works on stopped containers too.
+///
+/// # Errors
+/// [`DockerError::Logs`]: no such container, or the daemon cannot read its log (a
+/// logging driver without read support, e.g. `none`).
+pub async fn logs_tail(
+    docker: &Docker,
+    host: &str,
+    id: &str,
+    lines: usize,
+    max_bytes: usize,
+) -> Result<String, DockerError> {
+    let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&lines.to_string()).build();
+    let mut stream = docker.logs(id, Some(options));
+    let mut out: Vec<u8> = Vec::new();
+    while let Some(item) = stream.next().await {
+        let chunk = item.map_err(|e| DockerError::Logs {
+            host: host.to_string(),
+            container: id.to_string(),
+            cause: cause(&e),
+        })?;
+        out.extend_from_slice(&chunk.into_bytes());
+        if out.len() > max_bytes.saturating_mul(2) {
+            out.drain(..out.len() - max_bytes);
+        }
+    }
+    Ok(tail_text(&out, max_bytes))
+}
+
+/// The end of `bytes`, at most `max_bytes`, starting after a line break when the cut
+/// falls inside a line (unless that would drop everything).
+fn tail_text(bytes: &[u8], max_bytes: usize) -> String {
+    let start = bytes.len().saturating_sub(max_bytes);
+    let mut kept = bytes.get(start..).unwrap_or_default();
+    if start > 0
+        && let Some(nl) = kept.iter().position(|b| *b == b'\n')
+        && nl + 1 < kept.len()
+    {
+        kept = kept.get(nl + 1..).unwrap_or_default();
+    }
+    String::from_utf8_lossy(kept).into_owned()
+}
+
 /// What is wrong with a container in `state` that was restarted `restarts` times, or
 /// `None` when it runs as started. Docker resets the exit code and error when a
 /// restart policy starts the container again, so a container that is running after a
@@ -945,6 +995,15 @@ mod tests {
     use bollard::models::ContainerSummaryStateEnum;
 
     use super::*;
+
+    #[test]
+    fn a_log_tail_keeps_the_end_from_a_line_start() {
+        assert_eq!(tail_text(b"one\ntwo\n", 100), "one\ntwo\n");
+        assert_eq!(tail_text(b"first line\nsecond\n", 10), "second\n");
+        // One long line is cut rather than dropped.
+        assert_eq!(tail_text(b"abcdefghij", 4), "ghij");
+        assert_eq!(tail_text(b"", 4), "");
+    }
 
     fn summary(id: &str, label_pairs: &[(&str, &str)]) -> ContainerSummary {
         ContainerSummary {

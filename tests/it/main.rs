@@ -10,6 +10,7 @@
 
 mod apply;
 mod apply_chaos;
+mod apply_evidence;
 mod apply_haproxy;
 mod cli;
 mod corpus;
