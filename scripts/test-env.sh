@@ -448,6 +448,34 @@ Host $SSH_ALIAS
   rm -f "$RUN_DIR/ssh-check.err"
 }
 
+# --- 7b. check-jsonschema (tests/it/ci_examples.rs) ---------------------------
+# The examples/ci/ pipelines are checked against the public workflow schemas that
+# check-jsonschema ships (--builtin-schema vendor.github-workflows / vendor.gitlab-ci),
+# so no schema is fetched at test time. Installed from PyPI into a venv under
+# $LIB_DIR, once: a re-run only checks that the binary answers.
+CHECK_JSONSCHEMA_VENV=$LIB_DIR/check-jsonschema
+CHECK_JSONSCHEMA=$CHECK_JSONSCHEMA_VENV/bin/check-jsonschema
+CHECK_JSONSCHEMA_VERSION=0.39.0
+ensure_check_jsonschema() {
+  # .installed is written last, so an interrupted install is redone from scratch
+  if [[ -f $CHECK_JSONSCHEMA_VENV/.installed && $(cat "$CHECK_JSONSCHEMA_VENV/.installed") == "$CHECK_JSONSCHEMA_VERSION" ]]; then
+    return 0
+  fi
+  say "installing check-jsonschema $CHECK_JSONSCHEMA_VERSION (PyPI) into $CHECK_JSONSCHEMA_VENV"
+  CHANGED=1
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv; } \
+      >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install python3-venv failed (log: $LOG_DIR/apt.log)"
+  fi
+  rm -rf "$CHECK_JSONSCHEMA_VENV"
+  { python3 -m venv "$CHECK_JSONSCHEMA_VENV" &&
+    "$CHECK_JSONSCHEMA_VENV/bin/pip" install -q --disable-pip-version-check "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"; } \
+    >"$LOG_DIR/check-jsonschema.log" 2>&1 ||
+    { tail -n 20 "$LOG_DIR/check-jsonschema.log" >&2; die "pip install check-jsonschema failed (log: $LOG_DIR/check-jsonschema.log)"; }
+  "$CHECK_JSONSCHEMA" --version >/dev/null || die "$CHECK_JSONSCHEMA does not run"
+  echo "$CHECK_JSONSCHEMA_VERSION" >"$CHECK_JSONSCHEMA_VENV/.installed"
+}
+
 # --- 8. env file + summary ---------------------------------------------------
 write_env() {
   local want
@@ -459,6 +487,7 @@ export RECONCILE_TEST_ETCD=$ETCD
 export RECONCILE_TEST_SSH=$SSH
 export RECONCILE_TEST_IMAGE=$IMAGE_REPO:1
 export RECONCILE_TEST_IMAGE2=$IMAGE_REPO:2
+export RECONCILE_TEST_CHECK_JSONSCHEMA=$CHECK_JSONSCHEMA
 EOF
 )
   if [[ ! -f $ENV_FILE || $(cat "$ENV_FILE") != "$want" ]]; then
@@ -592,6 +621,7 @@ case ${1:-up} in
     ensure_etcd
     ensure_images
     ensure_ssh
+    ensure_check_jsonschema
     write_env
     if [[ ${1:-up} == check ]] || ((CHANGED)); then smoke; fi
     summary

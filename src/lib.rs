@@ -8,6 +8,7 @@ pub mod apply;
 pub mod backend;
 pub mod cli;
 pub mod diag;
+pub mod import;
 pub mod model;
 pub mod observe;
 pub mod placement;

@@ -3,8 +3,10 @@
 
 pub mod apply;
 pub mod common;
+pub mod completions;
 pub mod diff;
 pub mod history;
+pub mod import;
 pub mod plan;
 pub mod schema;
 pub mod status;
@@ -70,6 +72,13 @@ pub enum Command {
     Rollback(history::RollbackArgs),
     /// Print the JSON Schemas of the spec files (for editors and CI).
     Schema(schema::Args),
+    /// Write a config repo from other tools' files: `import compose FILE… --env E`.
+    #[command(subcommand)]
+    Import(import::Command),
+    /// Print a shell completion script (bash, zsh, fish), generated from these definitions.
+    Completions(completions::Args),
+    /// Print the man page reconcile(1) (roff), generated from these definitions.
+    Man(completions::ManArgs),
 }
 
 /// Exit codes of the contract.
@@ -96,6 +105,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History(args) => history::exec(&args),
         Command::Rollback(args) => history::rollback(&args),
         Command::Schema(args) => schema::exec(&args),
+        Command::Import(cmd) => import::exec(&cmd),
+        Command::Completions(args) => completions::exec(&args),
+        Command::Man(args) => completions::man(&args),
     }
 }
 
