@@ -1739,3 +1739,315 @@ fn memory_text(bytes: u64) -> Value {
     json!(bytes)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Import `files` (name, text) with `vars`; env files come from `disk`.
+    fn run_with(files: &[(&str, &str)], vars: &BTreeMap<String, String>, disk: &[(&str, &str)]) -> Imported {
+        let disk: BTreeMap<String, String> = disk.iter().map(|(k, v)| (format!("/p/{k}"), v.to_string())).collect();
+        let read = move |p: &str| disk.get(p).cloned().ok_or_else(|| "No such file or directory".to_string());
+        let req = Request {
+            files: files.iter().map(|(n, t)| ComposeFile { name: n.to_string(), text: t.to_string() }).collect(),
+            env: "imp".into(),
+            project_dir: "/p".into(),
+            vars,
+            read_file: &read,
+            docker: "unix:///var/run/docker.sock".into(),
+            host_ports: "20000-20999".into(),
+        };
+        import(&req)
+    }
+
+    fn run(text: &str) -> Imported {
+        run_with(&[("compose.yml", text)], &BTreeMap::new(), &[])
+    }
+
+    /// The app file of `app` as a value; panics (with the diagnostics) when missing.
+    fn app(imp: &Imported, app: &str) -> Value {
+        let path = format!("environments/imp/apps/{app}.yaml");
+        let text = imp.files.get(&path).unwrap_or_else(|| panic!("no {path}: {:#?}", imp.diagnostics));
+        yaml::parse_str(text).unwrap().value
+    }
+
+    fn messages(imp: &Imported, code: &str) -> Vec<String> {
+        imp.diagnostics.iter().filter(|d| d.code == code).map(|d| format!("{}: {}", d.location(), d.message)).collect()
+    }
+
+    /// The imported files pass reconcile's own validation.
+    fn assert_valid(imp: &Imported) {
+        let mut snap = crate::spec::snapshot::RepoSnapshot::default();
+        for (k, v) in &imp.files {
+            snap.files.insert(k.clone(), v.clone().into_bytes());
+        }
+        let (_, diags) = crate::spec::validate(&snap, None).unwrap();
+        let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
+        assert!(errors.is_empty(), "{errors:#?}\n{:#?}", imp.files);
+    }
+
+    #[test]
+    fn interpolation_follows_compose() {
+        let v = vars(&[("SET", "x"), ("EMPTY", "")]);
+        let i = |s: &str| interpolate(s, &v);
+        assert_eq!(i("a${SET}b$SET.").unwrap().0, "axbx.");
+        assert_eq!(i("${EMPTY:-d}|${EMPTY-d}|${UNSET-d}|${UNSET:-d}").unwrap().0, "d||d|d");
+        assert_eq!(i("${SET:+alt}|${EMPTY:+alt}|${EMPTY+alt}|${UNSET+alt}").unwrap().0, "alt||alt|");
+        assert_eq!(i("$$HOME costs $$5").unwrap().0, "$HOME costs $5");
+        assert_eq!(i("${UNSET:-${SET}-nested}").unwrap().0, "x-nested");
+        assert_eq!(i("${UNSET}").unwrap(), (String::new(), vec!["UNSET".to_string()]));
+        assert_eq!(i("${SET:?must}").unwrap().0, "x");
+        assert_eq!(
+            i("${EMPTY:?needs a value}").unwrap_err(),
+            InterpolationError::Required { name: "EMPTY".into(), message: "needs a value".into() }
+        );
+        assert_eq!(i("${EMPTY?x}").unwrap().0, "");
+        assert!(matches!(i("${UNSET?gone}"), Err(InterpolationError::Required { .. })));
+        for bad in ["${", "${SET", "${1X}", "${SET!x}", "5$", "$ x"] {
+            assert!(matches!(i(bad), Err(InterpolationError::Syntax(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn interpolation_errors_and_unset_warnings_point_at_the_value() {
+        let imp = run("services:\n  a:\n    image: busybox:1\n    environment:\n      X: ${NOPE:?set NOPE}\n");
+        assert_eq!(messages(&imp, CODE_ERR), ["compose.yml:5:10: required variable NOPE is missing a value: set NOPE"]);
+        assert!(imp.files.is_empty(), "nothing is written when there is an error");
+        let imp = run("services:\n  a:\n    image: busybox:${TAG}\n");
+        assert_eq!(messages(&imp, CODE_NOTE)[0], "compose.yml:3:12: variable TAG is not set: an empty string is used");
+        let imp = run("services:\n  a:\n    image: busybox:1\n    command: echo ${oops\n");
+        assert_eq!(messages(&imp, CODE_ERR), ["compose.yml:4:14: invalid interpolation format in \"echo ${oops\""]);
+    }
+
+    #[test]
+    fn what_compose_rejects_is_an_error_with_file_and_line() {
+        let imp = run("services:\n  web:\n    image: busybox:1\n    imagee: x\n");
+        assert_eq!(messages(&imp, CODE_ERR), ["compose.yml:4:5: unsupported config option for services.web: `imagee`"]);
+        assert_eq!(imp.diagnostics[0].hint.as_deref(), Some("did you mean `image`?"));
+        let imp = run("servics:\n  web: {image: busybox:1}\n");
+        assert_eq!(messages(&imp, CODE_ERR)[0], "compose.yml:1:1: unsupported top-level key `servics`");
+        let imp = run("services:\n  web:\n    image: busybox:1\n    environment:\n      DEBUG: true\n");
+        assert!(
+            messages(&imp, CODE_ERR)[0].starts_with("compose.yml:5:7: services.web.environment.DEBUG contains true")
+        );
+        let imp = run("services:\n  web:\n    image: busybox:1\n    depends_on: [db]\n");
+        assert_eq!(messages(&imp, CODE_ERR), ["compose.yml:4:5: service `web` depends on undefined service `db`"]);
+        let imp = run("services:\n  web:\n    image: busybox:1\n    secrets: [pw]\n");
+        assert_eq!(messages(&imp, CODE_ERR), ["compose.yml:4:15: service `web` uses an undefined secret `pw`"]);
+        let imp = run("services:\n  web:\n    build: .\n");
+        assert!(messages(&imp, CODE_ERR)[0].contains("has only `build`"));
+        let imp = run(
+            "services:\n  web:\n    image: busybox:1\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      intervall: 5s\n",
+        );
+        assert_eq!(
+            messages(&imp, CODE_ERR)[0],
+            "compose.yml:6:7: unsupported config option for services.web.healthcheck: `intervall`"
+        );
+        let imp = run("services:\n  web: [1]\n");
+        assert!(messages(&imp, CODE_ERR)[0].contains("service `web` must be a mapping"));
+        let imp = run("services:\n  a: {image: x:1}\n  a: {image: y:1}\n");
+        assert!(messages(&imp, CODE_ERR)[0].contains("duplicate"), "{:?}", imp.diagnostics);
+    }
+
+    #[test]
+    fn image_command_entrypoint_and_env() {
+        let imp = run_with(
+            &[(
+                "c.yml",
+                "services:\n  Web_1:\n    image: busybox\n    entrypoint: /bin/sh -c\n    command: 'echo \"hi there\" {{x}}'\n    env_file: [a.env]\n    environment:\n      - B=2\n      - FROM_HOST\n      - NOT_SET\n",
+            )],
+            &vars(&[("FROM_HOST", "h")]),
+            &[("a.env", "# c\nA=1\nB=1\nexport Q='q q'\n")],
+        );
+        let a = app(&imp, "web-1");
+        assert_eq!(a["image"], "busybox:latest");
+        assert_eq!(a["command"], json!(["/bin/sh", "-c", "echo", "hi there", "{% raw %}{{x}}{% endraw %}"]));
+        assert_eq!(a["env"], json!({"A": "1", "B": "2", "Q": "q q", "FROM_HOST": "h"}));
+        assert!(messages(&imp, CODE_NOTE).iter().any(|m| m.contains("service `Web_1` becomes app `web-1`")));
+        assert_valid(&imp);
+        let missing = run("services:\n  a:\n    image: busybox:1\n    env_file: ./nope.env\n");
+        assert_eq!(
+            messages(&missing, CODE_ERR),
+            ["compose.yml:4:5: cannot read env file ./nope.env: No such file or directory"]
+        );
+    }
+
+    #[test]
+    fn healthchecks_cmd_and_cmd_shell_with_timings() {
+        let imp = run(concat!(
+            "services:\n",
+            "  a:\n    image: busybox:1\n    healthcheck:\n      test: [\"CMD\", \"wget\", \"-q\", \"http://127.0.0.1/\"]\n",
+            "      interval: 1m30s\n      timeout: 500ms\n      retries: 3\n      start_period: 40s\n      start_interval: 1s\n",
+            "  b:\n    image: busybox:1\n    healthcheck:\n      test: [\"CMD-SHELL\", \"test -f /tmp/ok || exit 1\"]\n",
+            "  c:\n    image: busybox:1\n    healthcheck:\n      test: pidof httpd\n",
+            "  d:\n    image: busybox:1\n    healthcheck:\n      disable: true\n",
+        ));
+        assert_eq!(
+            app(&imp, "a")["health"],
+            json!({"cmd": ["wget", "-q", "http://127.0.0.1/"], "interval": "90s", "timeout": "500ms", "start_period": "40s", "retries": 3})
+        );
+        assert_eq!(app(&imp, "b")["health"], json!({"cmd": ["/bin/sh", "-c", "test -f /tmp/ok || exit 1"]}));
+        assert_eq!(app(&imp, "c")["health"]["cmd"], json!(["/bin/sh", "-c", "pidof httpd"]));
+        assert!(app(&imp, "d").get("health").is_none());
+        assert_eq!(
+            messages(&imp, CODE_UNMAPPED),
+            ["compose.yml:10:7: `services.a.healthcheck.start_interval` is not imported"]
+        );
+        assert_valid(&imp);
+    }
+
+    #[test]
+    fn resources_replicas_update_and_stop_timeout() {
+        let imp = run(concat!(
+            "services:\n  a:\n    image: busybox:1\n    stop_grace_period: 1m\n    init: false\n",
+            "    deploy:\n      replicas: 3\n      resources:\n        limits: {cpus: '0.25', memory: 64M, pids: 10}\n",
+            "      update_config: {parallelism: 2, order: stop-first, delay: 10s}\n",
+            "  b:\n    image: busybox:1\n    mem_limit: 1536m\n    cpus: 1.5\n    scale: 2\n",
+        ));
+        let a = app(&imp, "a");
+        assert_eq!(a["resources"], json!({"cpus": 0.25, "memory": "64Mi"}));
+        assert_eq!(a["replicas"], 3);
+        assert_eq!(a["update"], json!({"batch": 2, "strategy": "recreate"}));
+        assert_eq!(a["stop_timeout"], "60s");
+        assert_eq!(a["init"], false);
+        let b = app(&imp, "b");
+        assert_eq!(b["resources"], json!({"cpus": 1.5, "memory": "1536Mi"}));
+        assert_eq!(b["replicas"], 2);
+        let unmapped = messages(&imp, CODE_UNMAPPED);
+        assert!(unmapped.iter().any(|m| m.contains("deploy.resources.limits.pids")), "{unmapped:?}");
+        assert!(unmapped.iter().any(|m| m.contains("deploy.update_config.delay")), "{unmapped:?}");
+        assert_valid(&imp);
+    }
+
+    #[test]
+    fn ports_networks_and_volumes() {
+        let imp = run(concat!(
+            "services:\n  web:\n    image: busybox:1\n    ports: [\"127.0.0.1:8080:80\", \"9000/udp\", {target: 81, published: 8081}]\n",
+            "    volumes: [\"./html:/var/www:ro\", \"data:/data\", \"/cache\", {type: bind, source: /etc/ssl, target: /ssl, read_only: true}, {type: tmpfs, target: /tmp}]\n",
+            "  host:\n    image: busybox:1\n    network_mode: host\n",
+        ));
+        let web = app(&imp, "web");
+        assert_eq!(web["network"], "bridge");
+        assert_eq!(web["port"], 80);
+        assert_eq!(web["volumes"], json!(["/p/html:/var/www:ro", "data:/data", "/etc/ssl:/ssl:ro"]));
+        assert_eq!(app(&imp, "host")["network"], "host");
+        assert!(app(&imp, "host").get("port").is_none());
+        let unmapped = messages(&imp, CODE_UNMAPPED).join("\n");
+        for key in ["ports.1", "ports.2", "volumes.2", "volumes.4"] {
+            assert!(unmapped.contains(&format!("services.web.{key}`")), "{key}: {unmapped}");
+        }
+        assert!(messages(&imp, CODE_NOTE).iter().any(|m| m.contains("not on 8080")));
+        assert_valid(&imp);
+    }
+
+    #[test]
+    fn secrets_become_secrets_and_files() {
+        let imp = run(concat!(
+            "services:\n  db:\n    image: busybox:1\n    secrets: [db-pass, {source: api_key, target: key.txt, uid: '0'}]\n",
+            "secrets:\n  db-pass: {file: ./secrets/db.txt}\n  api_key: {environment: API_KEY}\n  ext: {external: true}\n",
+        ));
+        let db = app(&imp, "db");
+        assert_eq!(
+            db["files"],
+            json!([
+                {"template": "templates/secrets/db_pass.j2", "path": "/run/secrets/db-pass"},
+                {"template": "templates/secrets/api_key.j2", "path": "/run/secrets/key.txt"},
+            ])
+        );
+        assert_eq!(imp.files["environments/imp/templates/secrets/db_pass.j2"], "{{ secrets.db_pass }}");
+        let env = yaml::parse_str(&imp.files["environments/imp/environment.yaml"]).unwrap().value;
+        assert_eq!(
+            env["secrets"],
+            json!({"db_pass": {"from_file": "/p/secrets/db.txt"}, "api_key": {"from_env": "API_KEY"}})
+        );
+        let unmapped = messages(&imp, CODE_UNMAPPED).join("\n");
+        assert!(unmapped.contains("external secret `ext`") && unmapped.contains("secrets.1.uid"), "{unmapped}");
+        assert_valid(&imp);
+    }
+
+    #[test]
+    fn depends_on_in_both_forms() {
+        let imp = run(concat!(
+            "services:\n  web:\n    image: busybox:1\n    depends_on:\n      db: {condition: service_healthy}\n      migrate: {condition: service_completed_successfully}\n",
+            "  db: {image: 'busybox:1', depends_on: [migrate]}\n  migrate: {image: 'busybox:1'}\n",
+        ));
+        assert_eq!(app(&imp, "web")["depends_on"], json!(["db", "migrate"]));
+        assert_eq!(app(&imp, "db")["depends_on"], json!(["migrate"]));
+        assert!(messages(&imp, CODE_UNMAPPED)[0].contains("depends_on.migrate.condition"));
+        assert_valid(&imp);
+    }
+
+    #[test]
+    fn every_unmapped_key_is_reported_by_name_and_line() {
+        let imp = run(concat!(
+            "services:\n  a:\n    image: busybox:1\n    labels: {x: y}\n    user: nobody\n    working_dir: /w\n",
+            "    cap_add: [NET_ADMIN]\n    restart: on-failure\n    x-note: hi\n    container_name: a1\n",
+            "    deploy: {placement: {constraints: [node.role==manager]}}\n",
+        ));
+        assert_eq!(
+            messages(&imp, CODE_UNMAPPED),
+            [
+                "compose.yml:4:5: `services.a.labels` is not imported",
+                "compose.yml:5:5: `services.a.user` is not imported",
+                "compose.yml:6:5: `services.a.working_dir` is not imported",
+                "compose.yml:7:5: `services.a.cap_add` is not imported",
+                "compose.yml:8:5: `services.a.restart` is not imported",
+                "compose.yml:9:5: `services.a.x-note` is not imported",
+                "compose.yml:10:5: `services.a.container_name` is not imported",
+                "compose.yml:11:14: `services.a.deploy.placement` is not imported",
+            ]
+        );
+    }
+
+    #[test]
+    fn several_files_merge_as_compose_merges_them() {
+        let base = concat!(
+            "services:\n  api:\n    image: api:1\n    command: [serve, --a]\n    environment: [A=1, B=1]\n",
+            "    ports: [\"8080:8080\"]\n    volumes: [\"/a:/data\", \"/logs:/logs\"]\n    healthcheck: {test: [CMD, a], interval: 5s}\n",
+            "  db: {image: 'db:1'}\n",
+        );
+        let over = concat!(
+            "services:\n  api:\n    image: api:2\n    command: [serve, --b]\n    environment: {B: 2, C: 3}\n",
+            "    ports: [\"9090:9090\"]\n    volumes: [\"/b:/data\"]\n    healthcheck: {retries: 4}\n    depends_on: [db]\n",
+            "    labels: {late: x}\n",
+        );
+        let imp = run_with(&[("base.yml", base), ("prod.yml", over)], &BTreeMap::new(), &[]);
+        let api = app(&imp, "api");
+        assert_eq!(api["image"], "api:2");
+        assert_eq!(api["command"], json!(["serve", "--b"]));
+        assert_eq!(api["env"], json!({"A": "1", "B": "2", "C": "3"}));
+        assert_eq!(api["volumes"], json!(["/b:/data", "/logs:/logs"]));
+        assert_eq!(api["health"], json!({"cmd": ["a"], "interval": "5s", "retries": 4}));
+        assert_eq!(api["depends_on"], json!(["db"]));
+        assert_eq!(api["port"], 8080, "the first port of the concatenated list");
+        // a key set in the override is reported at the override's line
+        let unmapped = messages(&imp, CODE_UNMAPPED);
+        assert!(unmapped.contains(&"prod.yml:10:5: `services.api.labels` is not imported".to_string()), "{unmapped:?}");
+        assert!(unmapped.iter().any(|m| m.starts_with("prod.yml:6:") && m.contains("ports.1")), "{unmapped:?}");
+        assert_valid(&imp);
+    }
+
+    #[test]
+    fn shell_split_and_env_files() {
+        assert_eq!(shell_split(r#"a "b c" 'd e' f\ g "h\"i" ''"#).unwrap(), ["a", "b c", "d e", "f g", "h\"i", ""]);
+        assert!(shell_split("echo 'x").is_err());
+        let v = vars(&[("H", "from-host")]);
+        assert_eq!(
+            parse_env_file("# x\n\nA=1\nB = \"two\"\nexport C='3'\nH\nMISSING\nD=a=b\n", &v).unwrap(),
+            [("A", "1"), ("B", "two"), ("C", "3"), ("H", "from-host"), ("D", "a=b")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert_eq!(parse_env_file("A=1\n=x\n", &v).unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn merge_keys_get_a_compose_hint() {
+        let imp = run("x-base: &b {image: 'busybox:1'}\nservices:\n  a:\n    <<: *b\n");
+        assert_eq!(imp.diagnostics.len(), 1);
+        assert!(imp.diagnostics[0].hint.as_deref().unwrap_or_default().contains("expand the `<<: *anchor`"));
+        assert_eq!(imp.diagnostics[0].line, Some(4));
+    }
+}

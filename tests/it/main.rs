@@ -8,7 +8,9 @@
 mod apply;
 mod apply_chaos;
 mod apply_haproxy;
+mod ci_examples;
 mod cli;
+mod completions;
 mod corpus;
 mod docker;
 mod docker_exec;
@@ -16,6 +18,7 @@ mod environment;
 mod etcd;
 mod etcd_lock;
 mod history;
+mod import;
 mod lb;
 mod plan;
 mod plan_live;

@@ -1,0 +1,112 @@
+//! examples/ci/: the pipelines users copy are valid against the public workflow
+//! schemas (check-jsonschema's vendored `vendor.github-workflows` and
+//! `vendor.gitlab-ci`, installed by scripts/test-env.sh), do what the README says,
+//! and `validate --format github` emits the workflow commands they rely on.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{reconcile_in, root, stderr, stdout};
+
+/// check-jsonschema from the test environment (fails loudly when it is missing).
+fn check_jsonschema() -> PathBuf {
+    let p = std::env::var("RECONCILE_TEST_CHECK_JSONSCHEMA")
+        .unwrap_or_else(|_| "/var/lib/reconcile-test/check-jsonschema/bin/check-jsonschema".into());
+    let p = PathBuf::from(p);
+    assert!(p.exists(), "{} is missing: run scripts/test-env.sh up", p.display());
+    p
+}
+
+fn check(schema: &str, file: &Path) -> std::process::Output {
+    Command::new(check_jsonschema()).args(["--builtin-schema", schema]).arg(file).output().unwrap()
+}
+
+#[track_caller]
+fn assert_schema_valid_and_checked(schema: &str, file: &Path, break_it: (&str, &str)) {
+    let o = check(schema, file);
+    assert!(o.status.success(), "{} is not valid against {schema}:\n{}{}", file.display(), stdout(&o), stderr(&o));
+    // the same check rejects a broken copy: the schema really is applied
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(break_it.0), "{} has no {:?}", file.display(), break_it.0);
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join(file.file_name().unwrap());
+    std::fs::write(&broken, text.replacen(break_it.0, break_it.1, 1)).unwrap();
+    let o = check(schema, &broken);
+    assert!(!o.status.success(), "a broken copy passed {schema}:\n{}", stdout(&o));
+}
+
+#[test]
+fn github_workflow_is_valid_and_posts_one_comment_per_environment() {
+    let file = root().join("examples/ci/github/reconcile.yml");
+    assert_schema_valid_and_checked("vendor.github-workflows", &file, ("runs-on:", "runs-onn:"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    for needle in [
+        "reconcile validate --format github",
+        "reconcile diff --env",
+        "<!-- reconcile:part-break -->",
+        "updateComment",
+        "group: reconcile-apply-${{ matrix.environment }}",
+        "cancel-in-progress: false",
+        "reconcile apply --env \"${{ matrix.environment }}\" --yes",
+    ] {
+        assert!(text.contains(needle), "the workflow lacks {needle:?}");
+    }
+}
+
+#[test]
+fn gitlab_pipeline_is_valid_and_its_note_script_compiles() {
+    let file = root().join("examples/ci/gitlab/.gitlab-ci.yml");
+    assert_schema_valid_and_checked("vendor.gitlab-ci", &file, ("stage: apply", "stage: [apply"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    for needle in [
+        "reconcile validate",
+        "reconcile diff --env",
+        "upsert-mr-notes.py",
+        "resource_group: reconcile-apply-$ENVIRONMENT",
+        "reconcile apply --env \"$ENVIRONMENT\" --yes",
+    ] {
+        assert!(text.contains(needle), "the pipeline lacks {needle:?}");
+    }
+    let script = root().join("examples/ci/gitlab/upsert-mr-notes.py");
+    let o = Command::new("python3").args(["-m", "py_compile"]).arg(&script).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(&script).unwrap().contains("<!-- reconcile:part-break -->"));
+}
+
+#[test]
+fn validate_format_github_emits_workflow_commands_at_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("environments/gh");
+    std::fs::create_dir_all(env.join("apps")).unwrap();
+    std::fs::write(
+        env.join("environment.yaml"),
+        "apiVersion: reconcile/v1\nkind: Environment\nname: gh\nhosts:\n  - {name: n1, docker: 'unix:///var/run/docker.sock', address: 127.0.0.1, ports: 26900-26909}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        env.join("apps/web.yaml"),
+        "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: busybox:1\nreplicaz: 2\n",
+    )
+    .unwrap();
+    let o = reconcile_in(dir.path(), &["validate", "--format", "github"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = stdout(&o);
+    let line = out.lines().find(|l| l.starts_with("::error ")).unwrap_or_else(|| panic!("no ::error in\n{out}"));
+    assert!(
+        line.starts_with("::error file=environments/gh/apps/web.yaml,line=5,col=1,title=reconcile schema::"),
+        "{line}"
+    );
+    assert!(line.contains("replicaz"), "{line}");
+    std::fs::write(
+        env.join("apps/web.yaml"),
+        "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: busybox:latest\n",
+    )
+    .unwrap();
+    let o = reconcile_in(dir.path(), &["validate", "--format", "github"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).lines().any(|l| l.starts_with("::warning file=environments/gh/apps/web.yaml,line=4,")),
+        "{}",
+        stdout(&o)
+    );
+}
