@@ -164,16 +164,14 @@ const HEALTH_KEYS: &[&str] = &["test", "interval", "timeout", "retries", "start_
 pub fn import(req: &Request) -> Imported {
     let mut cx = Cx { files: Vec::new(), diags: Vec::new() };
     for f in &req.files {
-        match yaml::parse_str(&f.text) {
+        match yaml::parse_str_merging(&f.text) {
             Ok(mut doc) => {
                 interpolate_doc(&mut cx, &f.name, &mut doc, req.vars);
                 check_keys(&mut cx, &f.name, &doc);
                 cx.files.push((f.name.clone(), doc));
             }
             Err(e) => {
-                let hint = if e.message.contains("merge keys") {
-                    "expand the `<<: *anchor` merge key into the keys it stands for (reconcile reads YAML 1.2, which has no merge keys)".to_string()
-                } else if e.message.contains("empty") {
+                let hint = if e.message.contains("empty") {
                     "a compose file needs a `services:` map".to_string()
                 } else {
                     e.hint.unwrap_or_default()
@@ -2044,10 +2042,22 @@ mod tests {
     }
 
     #[test]
-    fn merge_keys_get_a_compose_hint() {
-        let imp = run("x-base: &b {image: 'busybox:1'}\nservices:\n  a:\n    <<: *b\n");
-        assert_eq!(imp.diagnostics.len(), 1);
-        assert!(imp.diagnostics[0].hint.as_deref().unwrap_or_default().contains("expand the `<<: *anchor`"));
-        assert_eq!(imp.diagnostics[0].line, Some(4));
+    fn merge_keys_are_expanded_and_the_services_own_keys_win() {
+        let imp = run(concat!(
+            "x-base: &base\n  image: busybox:1\n  environment: {A: base, B: base}\n  init: true\n",
+            "x-limits: &limits\n  mem_limit: 64m\n  init: false\n",
+            "services:\n  a:\n    environment: {A: own}\n    <<: [*base, *limits]\n    user: me\n",
+        ));
+        let a = app(&imp, "a");
+        assert_eq!(a["image"], "busybox:1");
+        assert_eq!(a["env"], json!({"A": "own"}), "the service's own `environment` replaces the merged one");
+        assert_eq!(a["init"], true, "of several merged mappings the first wins");
+        assert_eq!(a["resources"]["memory"], "64Mi");
+        // keys of the service itself keep their own line
+        assert!(
+            messages(&imp, CODE_UNMAPPED).contains(&"compose.yml:12:5: `services.a.user` is not imported".to_string())
+        );
+        let bad = run("x: &s 1\nservices:\n  a:\n    <<: *s\n");
+        assert_eq!(messages(&bad, CODE_ERR), ["compose.yml:4:5: a merge key needs a mapping"]);
     }
 }
