@@ -452,7 +452,7 @@ Host $SSH_ALIAS
 # The examples/ci/ pipelines are checked against the public workflow schemas that
 # check-jsonschema ships (--builtin-schema vendor.github-workflows / vendor.gitlab-ci),
 # so no schema is fetched at test time. Installed from PyPI into a venv under
-# $LIB_DIR, once: a re-run only checks that the binary answers.
+# $LIB_DIR, once: a re-run only reads the .installed marker.
 CHECK_JSONSCHEMA_VENV=$LIB_DIR/check-jsonschema
 CHECK_JSONSCHEMA=$CHECK_JSONSCHEMA_VENV/bin/check-jsonschema
 CHECK_JSONSCHEMA_VERSION=0.39.0
@@ -474,6 +474,16 @@ ensure_check_jsonschema() {
     { tail -n 20 "$LOG_DIR/check-jsonschema.log" >&2; die "pip install check-jsonschema failed (log: $LOG_DIR/check-jsonschema.log)"; }
   "$CHECK_JSONSCHEMA" --version >/dev/null || die "$CHECK_JSONSCHEMA does not run"
   echo "$CHECK_JSONSCHEMA_VERSION" >"$CHECK_JSONSCHEMA_VENV/.installed"
+}
+
+# `man -l` renders `reconcile man` in tests/it/completions.rs (man-db is not in
+# every minimal image).
+ensure_man_db() {
+  command -v man >/dev/null && return 0
+  say "installing man-db"
+  CHANGED=1
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends man-db; } \
+    >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install man-db failed (log: $LOG_DIR/apt.log)"
 }
 
 # --- 8. env file + summary ---------------------------------------------------
@@ -622,6 +632,7 @@ case ${1:-up} in
     ensure_images
     ensure_ssh
     ensure_check_jsonschema
+    ensure_man_db
     write_env
     if [[ ${1:-up} == check ]] || ((CHANGED)); then smoke; fi
     summary
