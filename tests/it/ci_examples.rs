@@ -21,8 +21,10 @@ fn check(schema: &str, file: &Path) -> std::process::Output {
     Command::new(check_jsonschema()).args(["--builtin-schema", schema]).arg(file).output().unwrap()
 }
 
+/// `file` is valid against `schema`, a copy broken by `break_it` (from, to) is not, and
+/// the file does what the README says (`needles`).
 #[track_caller]
-fn assert_schema_valid_and_checked(schema: &str, file: &Path, break_it: (&str, &str)) {
+fn assert_example(schema: &str, file: &Path, break_it: (&str, &str), needles: &[&str]) {
     let o = check(schema, file);
     assert!(o.status.success(), "{} is not valid against {schema}:\n{}{}", file.display(), stdout(&o), stderr(&o));
     // the same check rejects a broken copy: the schema really is applied
@@ -33,14 +35,15 @@ fn assert_schema_valid_and_checked(schema: &str, file: &Path, break_it: (&str, &
     std::fs::write(&broken, text.replacen(break_it.0, break_it.1, 1)).unwrap();
     let o = check(schema, &broken);
     assert!(!o.status.success(), "a broken copy passed {schema}:\n{}", stdout(&o));
+    for needle in needles {
+        assert!(text.contains(needle), "{} lacks {needle:?}", file.display());
+    }
 }
 
 #[test]
 fn github_workflow_is_valid_and_posts_one_comment_per_environment() {
     let file = root().join("examples/ci/github/reconcile.yml");
-    assert_schema_valid_and_checked("vendor.github-workflows", &file, ("runs-on:", "runs-onn:"));
-    let text = std::fs::read_to_string(&file).unwrap();
-    for needle in [
+    let needles = [
         "reconcile validate --format github",
         "reconcile diff --env",
         "<!-- reconcile:part-break -->",
@@ -48,25 +51,21 @@ fn github_workflow_is_valid_and_posts_one_comment_per_environment() {
         "group: reconcile-apply-${{ matrix.environment }}",
         "cancel-in-progress: false",
         "reconcile apply --env \"${{ matrix.environment }}\" --yes",
-    ] {
-        assert!(text.contains(needle), "the workflow lacks {needle:?}");
-    }
+    ];
+    assert_example("vendor.github-workflows", &file, ("runs-on:", "runs-onn:"), &needles);
 }
 
 #[test]
 fn gitlab_pipeline_is_valid_and_its_note_script_compiles() {
     let file = root().join("examples/ci/gitlab/.gitlab-ci.yml");
-    assert_schema_valid_and_checked("vendor.gitlab-ci", &file, ("stage: apply", "stage: [apply"));
-    let text = std::fs::read_to_string(&file).unwrap();
-    for needle in [
+    let needles = [
         "reconcile validate",
         "reconcile diff --env",
         "upsert-mr-notes.py",
         "resource_group: reconcile-apply-$ENVIRONMENT",
         "reconcile apply --env \"$ENVIRONMENT\" --yes",
-    ] {
-        assert!(text.contains(needle), "the pipeline lacks {needle:?}");
-    }
+    ];
+    assert_example("vendor.gitlab-ci", &file, ("stage: apply", "stage: [apply"), &needles);
     let script = root().join("examples/ci/gitlab/upsert-mr-notes.py");
     let o = Command::new("python3").args(["-m", "py_compile"]).arg(&script).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));

@@ -102,6 +102,87 @@ fn what_compose_rejects_is_reported_at_its_line_and_nothing_is_written() {
     assert!(err.contains("docker-compose.prod.yml:6:"), "the error points at the override file's line:\n{err}");
     assert!(err.contains("import failed: nothing written"), "{err}");
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing written");
+    // docker-compose refuses the same files for the same reason
+    let o = compose_config("overrides", &["docker-compose.yml", "docker-compose.prod.yml"], &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("set SENTRY_DSN for production"), "{}", stderr(&o));
+}
+
+/// `docker-compose config` (Debian's docker-compose, the reference implementation of
+/// interpolation, env_file and -f merging) run on `case`'s `files` with `vars`.
+fn compose_config(case: &str, files: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new("docker-compose");
+    for f in files {
+        cmd.arg("-f").arg(fixture(case).join(f));
+    }
+    cmd.arg("config").current_dir(fixture(case));
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("docker-compose is missing: run scripts/test-env.sh up")
+}
+
+/// The import agrees with `docker-compose config` on every service's image, command,
+/// environment (env_file merged in) and replicas.
+#[track_caller]
+fn agrees_with_compose_config(case: &str, files: &[&str], vars: &[(&str, &str)]) {
+    let o = compose_config(case, files, vars);
+    assert!(o.status.success(), "docker-compose config: {}", stderr(&o));
+    let config = reconcile::spec::yaml::parse_str(&stdout(&o)).unwrap().value;
+    let out = tempfile::tempdir().unwrap();
+    let imp = import(case, files, "cmp", out.path(), vars);
+    assert!(imp.status.success(), "{}", stderr(&imp));
+    let services = config["services"].as_object().unwrap();
+    assert!(!services.is_empty());
+    for (name, svc) in services {
+        let path = out.path().join(format!("environments/cmp/apps/{name}.yaml"));
+        let app = reconcile::spec::yaml::parse_str(&std::fs::read_to_string(&path).unwrap()).unwrap().value;
+        let image = svc["image"].as_str().unwrap();
+        assert!(
+            app["image"] == image || app["image"] == format!("{image}:latest"),
+            "{name}: {} vs {image}",
+            app["image"]
+        );
+        // compose prints a literal `$` as `$$`
+        let env: serde_json::Map<String, serde_json::Value> = svc["environment"]
+            .as_object()
+            .map(|m| {
+                // `KEY` without a value and unset: null here, not set in the container
+                m.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), serde_json::json!(v.as_str().unwrap().replace("$$", "$"))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ours = app.get("env").and_then(|e| e.as_object()).cloned().unwrap_or_default();
+        assert_eq!(ours, env, "{name}: environment");
+        let argv = |v: &serde_json::Value| -> Vec<String> {
+            match v {
+                serde_json::Value::String(s) => reconcile::import::compose::shell_split(s).unwrap(),
+                serde_json::Value::Array(a) => a.iter().map(|x| x.as_str().unwrap().to_string()).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let mut command = argv(&svc["entrypoint"]);
+        command.extend(argv(&svc["command"]));
+        assert_eq!(argv(&app["command"]), command, "{name}: command");
+        assert_eq!(
+            app.get("replicas").and_then(|r| r.as_u64()),
+            svc["deploy"]["replicas"].as_u64(),
+            "{name}: replicas"
+        );
+    }
+}
+
+#[test]
+fn import_agrees_with_docker_compose_config() {
+    agrees_with_compose_config("webapp", &["docker-compose.yml"], &[("WEB_TAG", "2.5.0")]);
+    agrees_with_compose_config(
+        "overrides",
+        &["docker-compose.yml", "docker-compose.prod.yml"],
+        &[("SENTRY_DSN", "https://k@sentry.example.test/1")],
+    );
+    agrees_with_compose_config("live", &["docker-compose.yml"], &[("WEB_PORT", "26150")]);
 }
 
 #[test]
