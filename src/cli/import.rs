@@ -53,9 +53,10 @@ fn compose(args: &ComposeArgs) -> anyhow::Result<ExitCode> {
         files.push(ComposeFile { name: f.display().to_string(), text });
     }
     let first = args.files.first().context("no compose file given")?;
-    let project_dir = std::path::absolute(first.parent().unwrap_or(Path::new(".")))
-        .with_context(|| format!("cannot resolve the directory of {}", first.display()))?;
-    let project_dir = if project_dir.as_os_str().is_empty() { std::env::current_dir()? } else { project_dir };
+    // `docker-compose.yml` alone has the empty path as its parent: the working directory
+    let parent = first.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let project_dir =
+        std::path::absolute(parent).with_context(|| format!("cannot resolve the directory of {}", first.display()))?;
     // compose: the process environment wins over the project's .env file
     let mut vars = BTreeMap::new();
     let dotenv = project_dir.join(".env");

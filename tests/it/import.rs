@@ -20,9 +20,8 @@ fn import(case: &str, files: &[&str], env: &str, out: &Path, vars: &[(&str, &str
     let dir = fixture(case);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_reconcile"));
     cmd.args(["import", "compose"]);
-    for f in files {
-        cmd.arg(dir.join(f));
-    }
+    // as a user types it in the project directory: bare file names
+    cmd.args(files);
     cmd.args(["--env", env, "--out"]).arg(out).env("NO_COLOR", "1").env_remove("RUST_LOG").current_dir(&dir);
     for (k, v) in vars {
         cmd.env(k, v);
