@@ -109,3 +109,77 @@ fn validate_format_github_emits_workflow_commands_at_the_line() {
         stdout(&o)
     );
 }
+
+/// The GitLab note script against a stand-in of GitLab's notes API (the real GitLab
+/// cannot run here): one note per part, updated in place, parts that went away deleted,
+/// other environments' and people's notes untouched.
+#[test]
+fn gitlab_note_script_keeps_one_note_per_environment_and_part() {
+    use std::io::BufRead as _;
+    let token = "test-token";
+    let mut server = Command::new("python3")
+        .arg(root().join("tests/fixtures/ci/fake_gitlab_notes.py"))
+        .arg(token)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut port = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    let _server = Kill(server);
+    let port = port.trim().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let post = |env: &str, parts: &[&str]| {
+        let plan = dir.path().join("plan.md");
+        std::fs::write(&plan, parts.join("\n<!-- reconcile:part-break -->\n")).unwrap();
+        let o = Command::new("python3")
+            .arg(root().join("examples/ci/gitlab/upsert-mr-notes.py"))
+            .arg(env)
+            .arg(&plan)
+            .env("CI_API_V4_URL", format!("http://127.0.0.1:{port}/api/v4"))
+            .env("CI_PROJECT_ID", "1")
+            .env("CI_MERGE_REQUEST_IID", "7")
+            .env("RECONCILE_NOTES_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    let state = || -> Vec<(u64, String)> {
+        let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        std::io::Write::write_all(&mut s, b"GET /state HTTP/1.0\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
+        let body = resp.split("\r\n\r\n").nth(1).unwrap();
+        let notes: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
+        notes.iter().map(|n| (n["id"].as_u64().unwrap(), n["body"].as_str().unwrap().to_string())).collect()
+    };
+
+    post("staging", &["## Plan part 1", "## Plan part 2"]);
+    let first = state();
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert_eq!(first[0].1, "an unrelated review comment");
+    assert!(
+        first[1].1.starts_with("<!-- reconcile:comment env=staging part=0 -->")
+            && first[1].1.ends_with("## Plan part 1")
+    );
+    assert!(
+        first[2].1.starts_with("<!-- reconcile:comment env=staging part=1 -->")
+            && first[2].1.ends_with("## Plan part 2")
+    );
+
+    post("production", &["## Production plan"]);
+    post("staging", &["## Shorter plan"]);
+    let last = state();
+    let staging: Vec<_> = last.iter().filter(|(_, b)| b.contains("env=staging")).collect();
+    assert_eq!(staging.len(), 1, "the second part went away: {last:?}");
+    assert_eq!(staging[0].0, first[1].0, "part 0 was edited in place, not re-posted");
+    assert!(staging[0].1.ends_with("## Shorter plan"));
+    assert!(last.iter().any(|(_, b)| b.contains("env=production part=0") && b.ends_with("## Production plan")));
+    assert!(last.iter().any(|(id, _)| *id == 1), "other notes are untouched: {last:?}");
+}
