@@ -476,14 +476,17 @@ ensure_check_jsonschema() {
   echo "$CHECK_JSONSCHEMA_VERSION" >"$CHECK_JSONSCHEMA_VENV/.installed"
 }
 
-# `man -l` renders `reconcile man` in tests/it/completions.rs (man-db is not in
-# every minimal image).
-ensure_man_db() {
-  command -v man >/dev/null && return 0
-  say "installing man-db"
+# `man -l` renders `reconcile man` (tests/it/completions.rs); node runs the GitHub
+# workflow's comment step (tests/it/ci_examples.rs). Debian packages, when missing.
+ensure_man_and_node() {
+  local need=()
+  command -v man >/dev/null || need+=(man-db)
+  command -v node >/dev/null || need+=(nodejs)
+  ((${#need[@]})) || return 0
+  say "installing ${need[*]}"
   CHANGED=1
-  { apt-get update -qq && apt-get install -y -qq --no-install-recommends man-db; } \
-    >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install man-db failed (log: $LOG_DIR/apt.log)"
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"; } \
+    >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install ${need[*]} failed (log: $LOG_DIR/apt.log)"
 }
 
 # --- 8. env file + summary ---------------------------------------------------
@@ -632,7 +635,7 @@ case ${1:-up} in
     ensure_images
     ensure_ssh
     ensure_check_jsonschema
-    ensure_man_db
+    ensure_man_and_node
     write_env
     if [[ ${1:-up} == check ]] || ((CHANGED)); then smoke; fi
     summary

@@ -183,3 +183,56 @@ fn gitlab_note_script_keeps_one_note_per_environment_and_part() {
     assert!(last.iter().any(|(_, b)| b.contains("env=production part=0") && b.ends_with("## Production plan")));
     assert!(last.iter().any(|(id, _)| *id == 1), "other notes are untouched: {last:?}");
 }
+
+/// The GitHub comment step (its `actions/github-script` body, taken from the workflow)
+/// run by node against a stand-in of the comments API: one comment per environment and
+/// part, edited in place, stale parts deleted, other comments untouched.
+#[test]
+fn github_comment_step_keeps_one_comment_per_environment_and_part() {
+    let workflow = std::fs::read_to_string(root().join("examples/ci/github/reconcile.yml")).unwrap();
+    let doc = reconcile::spec::yaml::parse_str(&workflow).unwrap().value;
+    let script = doc["jobs"]["preview"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["uses"].as_str().is_some_and(|u| u.starts_with("actions/github-script@")))
+        .and_then(|s| s["with"]["script"].as_str())
+        .expect("the preview job has a github-script step")
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let script_file = dir.path().join("step.js");
+    std::fs::write(&script_file, script).unwrap();
+    let state_file = dir.path().join("state.json");
+    std::fs::write(&state_file, r#"{"comments": [{"id": 1, "body": "LGTM"}], "next": 2}"#).unwrap();
+    let post = |env: &str, parts: &[&str]| {
+        std::fs::write(dir.path().join("reconcile-plan.md"), parts.join("\n<!-- reconcile:part-break -->\n")).unwrap();
+        let o = Command::new("node")
+            .arg(root().join("tests/fixtures/ci/run_github_script.js"))
+            .arg(&script_file)
+            .arg(&state_file)
+            .env("ENVIRONMENT", env)
+            .current_dir(dir.path())
+            .output()
+            .expect("node is missing: run scripts/test-env.sh up");
+        assert!(o.status.success(), "{}", stderr(&o));
+        let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+        state["comments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["id"].as_u64().unwrap(), c["body"].as_str().unwrap().to_string()))
+            .collect::<Vec<_>>()
+    };
+    let first = post("staging", &["part one", "part two"]);
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert!(first[1].1.starts_with("<!-- reconcile:comment env=staging part=0 -->\n### reconcile: `staging`"));
+    assert!(first[1].1.ends_with("part one") && first[2].1.ends_with("part two"), "{first:?}");
+    post("production", &["prod"]);
+    let last = post("staging", &["shorter"]);
+    let staging: Vec<_> = last.iter().filter(|(_, b)| b.contains("env=staging")).collect();
+    assert_eq!(staging.len(), 1, "{last:?}");
+    assert_eq!(staging[0].0, first[1].0, "edited in place");
+    assert!(staging[0].1.ends_with("shorter"));
+    assert!(last.iter().any(|(_, b)| b.contains("env=production part=0") && b.ends_with("prod")));
+    assert!(last.contains(&(1, "LGTM".to_string())), "{last:?}");
+}
