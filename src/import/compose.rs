@@ -891,20 +891,18 @@ impl Svc<'_, '_> {
         self.health();
         self.resources();
         self.volumes();
-        self.secrets(app, secrets, env_secrets);
+        self.secrets(secrets, env_secrets);
         self.depends_on();
-        for (key, target) in [("init", "init")] {
-            if let Some(v) = svc.get(key) {
-                match v.as_bool() {
-                    Some(b) => {
-                        self.out.insert(target.into(), json!(b));
-                    }
-                    None => self.error(
-                        &[key],
-                        format!("services.{}.{key} must be true or false", self.name),
-                        "write init: true",
-                    ),
+        if let Some(v) = svc.get("init") {
+            match v.as_bool() {
+                Some(b) => {
+                    self.out.insert("init".into(), json!(b));
                 }
+                None => self.error(
+                    &["init"],
+                    format!("services.{}.init must be true or false", self.name),
+                    "write init: true",
+                ),
             }
         }
         if let Some(v) = svc.get("stop_grace_period")
@@ -1339,7 +1337,7 @@ impl Svc<'_, '_> {
         }
     }
 
-    fn secrets(&mut self, app: &str, secrets: &BTreeMap<String, SecretDef>, env_secrets: &mut Map<String, Value>) {
+    fn secrets(&mut self, secrets: &BTreeMap<String, SecretDef>, env_secrets: &mut Map<String, Value>) {
         let refs = self.svc.get("secrets").map(as_list).unwrap_or_default();
         let mut files = Vec::new();
         for (i, r) in refs.iter().enumerate() {
@@ -1375,7 +1373,6 @@ impl Svc<'_, '_> {
             let path = if target.starts_with('/') { target } else { format!("/run/secrets/{target}") };
             files.push(json!({"template": template, "path": path}));
         }
-        let _ = app;
         if !files.is_empty() {
             self.out.insert("files".into(), Value::Array(files));
         }
