@@ -36,6 +36,15 @@ pub struct ComposeArgs {
     /// Port pool of that host (bridge-mode apps are published on it).
     #[arg(long, default_value = "20000-20999")]
     pub host_ports: String,
+    /// Also write an LB (`lb:` + templates/nginx.conf.j2) listening on the ports compose
+    /// published, and an `lb:` entry for each app with a published port.
+    #[arg(long, value_enum)]
+    pub lb: Option<Lb>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lb {
+    Nginx,
 }
 
 /// # Errors
@@ -75,6 +84,7 @@ fn compose(args: &ComposeArgs) -> anyhow::Result<ExitCode> {
         read_file: &read,
         docker: args.docker.clone(),
         host_ports: args.host_ports.clone(),
+        lb: args.lb == Some(Lb::Nginx),
     };
     let imported = compose::import(&req);
     let sources: BTreeMap<String, String> = files.into_iter().map(|f| (f.name, f.text)).collect();

@@ -45,6 +45,8 @@ pub struct Request<'a> {
     pub docker: String,
     /// Port pool of that host (bridge-mode apps publish on it).
     pub host_ports: String,
+    /// Write an nginx LB that listens on the compose published ports (`--lb nginx`).
+    pub lb: bool,
 }
 
 /// The files of the config repo (relative paths → contents) and what was reported.
@@ -721,12 +723,16 @@ fn map_project(cx: &mut Cx, merged: &Value, req: &Request) -> (BTreeMap<String, 
     }
     let secrets = map_secrets(cx, top.get("secrets"), req);
     let mut env_secrets = Map::new();
+    let mut lb_ports: BTreeMap<String, u16> = BTreeMap::new();
     for (name, svc) in services {
         let Some(app) = apps.get(name).cloned() else { continue };
         let empty = Map::new();
         let svc = svc.as_object().unwrap_or(&empty);
-        let mut sx = Svc { cx, name, svc, req, apps: &apps, out: Map::new(), files: &mut files };
+        let mut sx = Svc { cx, name, svc, req, apps: &apps, out: Map::new(), files: &mut files, lb_port: None };
         let doc = sx.map(&app, &secrets, &mut env_secrets);
+        if let Some(p) = sx.lb_port {
+            lb_ports.insert(app.clone(), p);
+        }
         let mut text = format!("# imported from docker compose service `{name}` by `reconcile import compose`\n");
         text.push_str(&super::to_yaml(&doc));
         files.insert(format!("environments/{}/apps/{app}.yaml", req.env), text);
@@ -737,6 +743,18 @@ fn map_project(cx: &mut Cx, merged: &Value, req: &Request) -> (BTreeMap<String, 
     env.insert("name".into(), json!(req.env));
     if !env_secrets.is_empty() {
         env.insert("secrets".into(), Value::Object(env_secrets));
+    }
+    if !lb_ports.is_empty() {
+        env.insert(
+            "lb".into(),
+            json!({
+                "template": "templates/nginx.conf.j2",
+                "path": format!("/etc/nginx/conf.d/reconcile-{}.conf", req.env),
+                "check": ["nginx", "-t"],
+                "reload": ["nginx", "-s", "reload"],
+            }),
+        );
+        files.insert(format!("environments/{}/templates/nginx.conf.j2", req.env), nginx_template(&lb_ports));
     }
     env.insert(
         "hosts".into(),
@@ -844,6 +862,8 @@ struct Svc<'a, 'r> {
     apps: &'a BTreeMap<String, String>,
     out: Map<String, Value>,
     files: &'a mut BTreeMap<String, String>,
+    /// With `--lb nginx`: the compose published port the LB listens on for this app.
+    lb_port: Option<u16>,
 }
 
 impl Svc<'_, '_> {
@@ -888,6 +908,14 @@ impl Svc<'_, '_> {
         self.environment();
         self.replicas();
         self.network();
+        if let Some(port) = self.lb_port {
+            self.out.insert("lb".into(), json!({"host": app}));
+            self.cx.note(
+                &self.p(&["ports"]),
+                format!("services.{}: the LB (nginx) listens on {port} and proxies to the app's instances", self.name),
+                "the generated templates/nginx.conf.j2 has one server per published port; adapt it to your nginx",
+            );
+        }
         self.health();
         self.resources();
         self.volumes();
@@ -1114,10 +1142,13 @@ impl Svc<'_, '_> {
         }
         if let Some((i, target, published)) = tcp.first().cloned() {
             self.out.insert("port".into(), json!(target));
-            if let Some(h) = published {
+            let lb_port = published.as_deref().and_then(|h| h.parse::<u16>().ok()).filter(|_| self.req.lb);
+            if let Some(h) = lb_port {
+                self.lb_port = Some(h);
+            } else if let Some(h) = published {
                 self.cx.note(&self.p(&["ports", &i.to_string()]),
                     format!("services.{}: container port {target} is published on a port of the host's pool, not on {h}", self.name),
-                    "reconcile picks host ports from the host's `ports:` pool; route traffic through the LB (`lb:`) or the registry instead of a fixed host port");
+                    "reconcile picks host ports from the host's `ports:` pool; import with `--lb nginx` to have an LB listen on the published ports, or use the registry");
             }
         }
         for (i, target, _) in tcp.iter().skip(1) {
@@ -1515,6 +1546,28 @@ impl Svc<'_, '_> {
     }
 }
 
+/// The LB template for `--lb nginx`: per app, an upstream of its instances and a server
+/// on the port compose published it on (`listen` is a map baked in at import).
+fn nginx_template(ports: &BTreeMap<String, u16>) -> String {
+    let listen: Vec<String> = ports.iter().map(|(app, p)| format!("\"{app}\": {p}")).collect();
+    format!(
+        "# Rendered by reconcile for {{{{ env.name }}}}; include it from nginx.conf's http block.\n\
+         # Written by `reconcile import compose --lb nginx`: one server per port compose published.\n\
+         {{% set listen = {{{}}} %}}\n\
+         {{% for app in apps %}}\n\
+         {{% if app.instances %}}\n\
+         upstream {{{{ app.name }}}}_{{{{ env.name }}}} {{\n\
+         {{% for i in app.instances %}}\n  server {{{{ i.address }}}}:{{{{ i.port }}}};\n{{% endfor %}}\n\
+         }}\n\
+         {{% endif %}}\n\
+         server {{\n  listen {{{{ listen[app.name] }}}};\n  location {{{{ app.lb.path }}}} {{\n\
+         {{% if app.instances %}}\n    proxy_pass http://{{{{ app.name }}}}_{{{{ env.name }}}};\n\
+         {{% else %}}\n    return 503;\n{{% endif %}}\n  }}\n}}\n\
+         {{% endfor %}}\n",
+        listen.join(", ")
+    )
+}
+
 /// A value that reconcile reads as a MiniJinja template, made literal: `{{`, `{%`, `{#` are
 /// wrapped in a raw block.
 fn literal(s: String) -> String {
@@ -1744,6 +1797,10 @@ mod tests {
 
     /// Import `files` (name, text) with `vars`; env files come from `disk`.
     fn run_with(files: &[(&str, &str)], vars: &BTreeMap<String, String>, disk: &[(&str, &str)]) -> Imported {
+        run_full(files, vars, disk, false)
+    }
+
+    fn run_full(files: &[(&str, &str)], vars: &BTreeMap<String, String>, disk: &[(&str, &str)], lb: bool) -> Imported {
         let disk: BTreeMap<String, String> = disk.iter().map(|(k, v)| (format!("/p/{k}"), v.to_string())).collect();
         let read = move |p: &str| disk.get(p).cloned().ok_or_else(|| "No such file or directory".to_string());
         let req = Request {
@@ -1754,6 +1811,7 @@ mod tests {
             read_file: &read,
             docker: "unix:///var/run/docker.sock".into(),
             host_ports: "20000-20999".into(),
+            lb,
         };
         import(&req)
     }
@@ -1936,6 +1994,28 @@ mod tests {
         }
         assert!(messages(&imp, CODE_NOTE).iter().any(|m| m.contains("not on 8080")));
         assert_valid(&imp);
+    }
+
+    #[test]
+    fn with_lb_nginx_published_ports_become_lb_entries_and_an_nginx_template() {
+        let text = "services:\n  web:\n    image: busybox:1\n    ports: [\"8080:80\"]\n  api:\n    image: busybox:1\n    ports: [\"9000\"]\n";
+        let imp = run_full(&[("compose.yml", text)], &BTreeMap::new(), &[], true);
+        assert_eq!(app(&imp, "web")["lb"], json!({"host": "web"}));
+        assert_eq!(app(&imp, "web")["port"], 80);
+        assert!(app(&imp, "api").get("lb").is_none(), "a port compose does not publish has no LB entry");
+        let env = yaml::parse_str(&imp.files["environments/imp/environment.yaml"]).unwrap().value;
+        assert_eq!(env["lb"]["template"], "templates/nginx.conf.j2");
+        assert_eq!(env["lb"]["check"], json!(["nginx", "-t"]));
+        let template = &imp.files["environments/imp/templates/nginx.conf.j2"];
+        assert!(template.contains("{% set listen = {\"web\": 8080} %}"), "{template}");
+        assert!(template.contains("listen {{ listen[app.name] }};"), "{template}");
+        assert!(messages(&imp, CODE_NOTE).iter().any(|m| m.contains("the LB (nginx) listens on 8080")));
+        // validate renders the template with a representative context: it must render
+        assert_valid(&imp);
+        // without --lb: no LB, and the note says how to get one
+        let plain = run(text);
+        assert!(app(&plain, "web").get("lb").is_none());
+        assert!(!plain.files.contains_key("environments/imp/templates/nginx.conf.j2"));
     }
 
     #[test]
