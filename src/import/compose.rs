@@ -723,7 +723,7 @@ fn map_project(cx: &mut Cx, merged: &Value, req: &Request) -> (BTreeMap<String, 
     }
     let secrets = map_secrets(cx, top.get("secrets"), req);
     let mut env_secrets = Map::new();
-    let mut lb_ports: BTreeMap<String, u16> = BTreeMap::new();
+    let mut lb_ports: BTreeMap<String, String> = BTreeMap::new();
     for (name, svc) in services {
         let Some(app) = apps.get(name).cloned() else { continue };
         let empty = Map::new();
@@ -863,7 +863,7 @@ struct Svc<'a, 'r> {
     out: Map<String, Value>,
     files: &'a mut BTreeMap<String, String>,
     /// With `--lb nginx`: the compose published port the LB listens on for this app.
-    lb_port: Option<u16>,
+    lb_port: Option<String>,
 }
 
 impl Svc<'_, '_> {
@@ -908,7 +908,7 @@ impl Svc<'_, '_> {
         self.environment();
         self.replicas();
         self.network();
-        if let Some(port) = self.lb_port {
+        if let Some(port) = self.lb_port.clone() {
             self.out.insert("lb".into(), json!({"host": app}));
             self.cx.note(
                 &self.p(&["ports"]),
@@ -1142,7 +1142,9 @@ impl Svc<'_, '_> {
         }
         if let Some((i, target, published)) = tcp.first().cloned() {
             self.out.insert("port".into(), json!(target));
-            let lb_port = published.as_deref().and_then(|h| h.parse::<u16>().ok()).filter(|_| self.req.lb);
+            let lb_port = published
+                .clone()
+                .filter(|h| self.req.lb && h.rsplit(':').next().is_some_and(|p| p.parse::<u16>().is_ok()));
             if let Some(h) = lb_port {
                 self.lb_port = Some(h);
             } else if let Some(h) = published {
@@ -1548,8 +1550,8 @@ impl Svc<'_, '_> {
 
 /// The LB template for `--lb nginx`: per app, an upstream of its instances and a server
 /// on the port compose published it on (`listen` is a map baked in at import).
-fn nginx_template(ports: &BTreeMap<String, u16>) -> String {
-    let listen: Vec<String> = ports.iter().map(|(app, p)| format!("\"{app}\": {p}")).collect();
+fn nginx_template(ports: &BTreeMap<String, String>) -> String {
+    let listen: Vec<String> = ports.iter().map(|(app, p)| format!("\"{app}\": \"{p}\"")).collect();
     format!(
         "# Rendered by reconcile for {{{{ env.name }}}}; include it from nginx.conf's http block.\n\
          # Written by `reconcile import compose --lb nginx`: one server per port compose published.\n\
@@ -1701,8 +1703,8 @@ fn parse_port(v: &Value) -> Result<(u16, Option<String>, String), String> {
             let (spec, proto) = s.split_once('/').unwrap_or((s, "tcp"));
             let parts: Vec<&str> = spec.rsplitn(2, ':').collect();
             let target = parts[0];
-            let published =
-                parts.get(1).map(|h| h.rsplit(':').next().unwrap_or(h).to_string()).filter(|h| !h.is_empty());
+            // `IP:HOST` or `HOST`, kept whole: the LB listens where compose published
+            let published = parts.get(1).map(|h| h.to_string()).filter(|h| !h.is_empty() && !h.ends_with(':'));
             let port: u16 = target.split('-').next().unwrap_or_default().parse().map_err(|_| bad())?;
             if port == 0 {
                 return Err(bad());
@@ -1992,7 +1994,7 @@ mod tests {
         for key in ["ports.1", "ports.2", "volumes.2", "volumes.4"] {
             assert!(unmapped.contains(&format!("services.web.{key}`")), "{key}: {unmapped}");
         }
-        assert!(messages(&imp, CODE_NOTE).iter().any(|m| m.contains("not on 8080")));
+        assert!(messages(&imp, CODE_NOTE).iter().any(|m| m.contains("not on 127.0.0.1:8080")));
         assert_valid(&imp);
     }
 
@@ -2007,7 +2009,7 @@ mod tests {
         assert_eq!(env["lb"]["template"], "templates/nginx.conf.j2");
         assert_eq!(env["lb"]["check"], json!(["nginx", "-t"]));
         let template = &imp.files["environments/imp/templates/nginx.conf.j2"];
-        assert!(template.contains("{% set listen = {\"web\": 8080} %}"), "{template}");
+        assert!(template.contains("{% set listen = {\"web\": \"8080\"} %}"), "{template}");
         assert!(template.contains("listen {{ listen[app.name] }};"), "{template}");
         assert!(messages(&imp, CODE_NOTE).iter().any(|m| m.contains("the LB (nginx) listens on 8080")));
         // validate renders the template with a representative context: it must render

@@ -17,11 +17,16 @@ fn fixture(case: &str) -> PathBuf {
 
 /// `reconcile import compose` with `files` of `case`, extra process variables `vars`.
 fn import(case: &str, files: &[&str], env: &str, out: &Path, vars: &[(&str, &str)]) -> Output {
+    import_with(case, files, env, out, vars, &[])
+}
+
+fn import_with(case: &str, files: &[&str], env: &str, out: &Path, vars: &[(&str, &str)], flags: &[&str]) -> Output {
     let dir = fixture(case);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_reconcile"));
     cmd.args(["import", "compose"]);
     // as a user types it in the project directory: bare file names
     cmd.args(files);
+    cmd.args(flags);
     cmd.args(["--env", env, "--out"]).arg(out).env("NO_COLOR", "1").env_remove("RUST_LOG").current_dir(&dir);
     for (k, v) in vars {
         cmd.env(k, v);
@@ -66,9 +71,9 @@ fn validate(out: &Path, env: &str) {
 }
 
 #[track_caller]
-fn golden(case: &str, files: &[&str], vars: &[(&str, &str)]) {
+fn golden(case: &str, files: &[&str], vars: &[(&str, &str)], flags: &[&str]) {
     let out = tempfile::tempdir().unwrap();
-    let o = import(case, files, "imported", out.path(), vars);
+    let o = import_with(case, files, "imported", out.path(), vars, flags);
     assert!(o.status.success(), "import failed:\n{}", stderr(&o));
     let fix = fixture(case);
     let redact = [(out.path(), "<out>"), (fix.as_path(), "<project>")];
@@ -79,7 +84,7 @@ fn golden(case: &str, files: &[&str], vars: &[(&str, &str)]) {
 
 #[test]
 fn golden_web_app_with_database_proxy_secrets_and_env_files() {
-    golden("webapp", &["docker-compose.yml"], &[]);
+    golden("webapp", &["docker-compose.yml"], &[], &["--lb", "nginx"]);
 }
 
 #[test]
@@ -88,6 +93,7 @@ fn golden_several_files_merged_with_required_variable() {
         "overrides",
         &["docker-compose.yml", "docker-compose.prod.yml"],
         &[("SENTRY_DSN", "https://k@sentry.example.test/1")],
+        &[],
     );
 }
 
