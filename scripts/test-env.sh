@@ -635,6 +635,47 @@ EOF
   rm -rf "$cfg"
 }
 
+# --- 7c. check-jsonschema (tests/it/ci_examples.rs) ---------------------------
+# The examples/ci/ pipelines are checked against the public workflow schemas that
+# check-jsonschema ships (--builtin-schema vendor.github-workflows / vendor.gitlab-ci),
+# so no schema is fetched at test time. Installed from PyPI into a venv under
+# $LIB_DIR, once: a re-run only reads the .installed marker.
+CHECK_JSONSCHEMA_VENV=$LIB_DIR/check-jsonschema
+CHECK_JSONSCHEMA=$CHECK_JSONSCHEMA_VENV/bin/check-jsonschema
+CHECK_JSONSCHEMA_VERSION=0.39.0
+ensure_check_jsonschema() {
+  # .installed is written last, so an interrupted install is redone from scratch
+  if [[ -f $CHECK_JSONSCHEMA_VENV/.installed && $(cat "$CHECK_JSONSCHEMA_VENV/.installed") == "$CHECK_JSONSCHEMA_VERSION" ]]; then
+    return 0
+  fi
+  say "installing check-jsonschema $CHECK_JSONSCHEMA_VERSION (PyPI) into $CHECK_JSONSCHEMA_VENV"
+  CHANGED=1
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv; } \
+      >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install python3-venv failed (log: $LOG_DIR/apt.log)"
+  fi
+  rm -rf "$CHECK_JSONSCHEMA_VENV"
+  { python3 -m venv "$CHECK_JSONSCHEMA_VENV" &&
+    "$CHECK_JSONSCHEMA_VENV/bin/pip" install -q --disable-pip-version-check "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"; } \
+    >"$LOG_DIR/check-jsonschema.log" 2>&1 ||
+    { tail -n 20 "$LOG_DIR/check-jsonschema.log" >&2; die "pip install check-jsonschema failed (log: $LOG_DIR/check-jsonschema.log)"; }
+  "$CHECK_JSONSCHEMA" --version >/dev/null || die "$CHECK_JSONSCHEMA does not run"
+  echo "$CHECK_JSONSCHEMA_VERSION" >"$CHECK_JSONSCHEMA_VENV/.installed"
+}
+
+# `man -l` renders `reconcile man` (tests/it/completions.rs); node runs the GitHub
+# workflow's comment step (tests/it/ci_examples.rs). Debian packages, when missing.
+ensure_man_and_node() {
+  local need=()
+  command -v man >/dev/null || need+=(man-db)
+  command -v node >/dev/null || need+=(nodejs)
+  ((${#need[@]})) || return 0
+  say "installing ${need[*]}"
+  CHANGED=1
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"; } \
+    >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install ${need[*]} failed (log: $LOG_DIR/apt.log)"
+}
+
 # --- 8. env file + summary ---------------------------------------------------
 write_env() {
   local want
@@ -655,6 +696,7 @@ export RECONCILE_TEST_TLS_OTHER_KEY=$TLS_DIR/other/client-key.pem
 export RECONCILE_TEST_REGISTRY=$REGISTRY
 export RECONCILE_TEST_REGISTRY_USER=$REGISTRY_USER
 export RECONCILE_TEST_REGISTRY_PASSWORD_FILE=$REGISTRY_DIR/password
+export RECONCILE_TEST_CHECK_JSONSCHEMA=$CHECK_JSONSCHEMA
 EOF
 )
   if [[ ! -f $ENV_FILE || $(cat "$ENV_FILE") != "$want" ]]; then
@@ -810,6 +852,8 @@ case ${1:-up} in
     ensure_tls
     ensure_docker3
     ensure_registry
+    ensure_check_jsonschema
+    ensure_man_and_node
     write_env
     if [[ ${1:-up} == check ]] || ((CHANGED)); then smoke; fi
     summary

@@ -15,6 +15,7 @@ pub mod backend;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)] // an effectful edge (clippy.toml)
 pub mod cli;
 pub mod diag;
+pub mod import;
 pub mod model;
 pub mod notify;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)] // an effectful edge (clippy.toml)

@@ -3,8 +3,10 @@
 
 pub mod apply;
 pub mod common;
+pub mod completions;
 pub mod diff;
 pub mod history;
+pub mod import;
 pub mod logs;
 pub mod notify;
 pub mod plan;
@@ -76,6 +78,13 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Run a command in one instance of an app (the first healthy one by default).
     Exec(logs::ExecArgs),
+    /// Write a config repo from other tools' files: `import compose FILE… --env E`.
+    #[command(subcommand)]
+    Import(import::Command),
+    /// Print a shell completion script (bash, zsh, fish), generated from these definitions.
+    Completions(completions::Args),
+    /// Print the man page reconcile(1) (roff), generated from these definitions.
+    Man(completions::ManArgs),
 }
 
 /// Exit codes of the contract.
@@ -118,6 +127,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schema(args) => schema::exec(&args),
         Command::Logs(args) => logs::logs(&args),
         Command::Exec(args) => logs::exec(&args),
+        Command::Import(cmd) => import::exec(&cmd),
+        Command::Completions(args) => completions::exec(&args),
+        Command::Man(args) => completions::man(&args),
     }
 }
 
