@@ -64,7 +64,7 @@ fn bench(c: &mut Criterion) {
     };
     let origin = Default::default();
     let files = Arc::new(base.files.clone());
-    let d = Desired { env, files: Arc::clone(&files), origin: &origin, secrets: &secrets };
+    let d = Desired { env, files: Arc::clone(&files), origin: &origin, secrets: &secrets, digests: Default::default() };
     let first = plan::plan(&d, &empty).unwrap();
     assert_eq!(first.summary.add, APPS * 10);
     let converged = simulate(&first, &empty, "c");
@@ -72,7 +72,13 @@ fn bench(c: &mut Criterion) {
     let changed = repo("changed");
     let loaded2 = spec::load(&changed);
     let env2 = &loaded2.envs["big"];
-    let d2 = Desired { env: env2, files: Arc::new(changed.files.clone()), origin: &origin, secrets: &secrets };
+    let d2 = Desired {
+        env: env2,
+        files: Arc::new(changed.files.clone()),
+        origin: &origin,
+        secrets: &secrets,
+        digests: Default::default(),
+    };
     assert_eq!(plan::plan(&d2, &converged).unwrap().summary.replace, 10);
 
     let mut g = c.benchmark_group("plan");

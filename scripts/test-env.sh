@@ -6,6 +6,9 @@
 #                              for multi-host tests, etcd on 127.0.0.1:23790,
 #                              an sshd on 127.0.0.1:24022 (ssh alias
 #                              reconcile-test-ssh, for the ssh:// transport);
+#                              a TLS-only dockerd #3 on tcp://127.0.0.1:23761,
+#                              docker-registry (TLS + htpasswd) on 127.0.0.1:25000;
+#                              cmark-gfm and yaml-language-server (npm, cached);
 #                              import the test images; write /run/reconcile-test/env
 #   scripts/test-env.sh check  up + smoke tests (host-network httpd on both daemons
 #                              at once, --init, nginx -t / haproxy -c on temp configs)
@@ -49,6 +52,17 @@ SSH_API=                                     # the daemon's API version as seen 
 IMAGE_REPO=reconcile-test/busybox
 IMAGE_VERSIONS=(1 2)
 WAIT_SECS=30
+# TLS dockerd #3 and the private registry (issue 9): one test CA for both.
+TLS_DIR=$LIB_DIR/tls                         # ca, server, client certs (made once)
+DOCKER3=tcp://127.0.0.1:23761
+DOCKER3_PIDFILE=$RUN_DIR/docker3.pid
+DOCKER3_CONFIG=$LIB_DIR/docker3-daemon.json
+DOCKER3_BRIDGE=rt-docker3
+DOCKER3_BRIDGE_ADDR=172.31.253.1/24
+REGISTRY=127.0.0.1:25000
+REGISTRY_DIR=$LIB_DIR/registry               # config, htpasswd, password, data
+REGISTRY_PIDFILE=$RUN_DIR/registry.pid
+REGISTRY_USER=reconcile-test
 
 PACKAGES=(
   protobuf-compiler libprotobuf-dev pkg-config libssl-dev   # etcd-client / git2 builds
@@ -56,7 +70,8 @@ PACKAGES=(
   docker.io                     # dockerd 20.10 + containerd + runc + docker-init (tini)
   etcd-server etcd-client       # etcd 3.4 + etcdctl
   nginx-light haproxy           # the load balancers the tests drive
-  docker-registry docker-compose  # installed, not started (later benchmarks)
+  docker-registry docker-compose  # the TLS + htpasswd registry on :25000 (registry section)
+  apache2-utils                   # htpasswd (bcrypt) for that registry
   openssh-server openssh-client   # our own sshd on $SSH_PORT (tests/it/ssh.rs), not Debian's
   age                             # etcdsec: age/age-keygen, interop with from_age (tests/it/secrets.rs)
 )
@@ -102,6 +117,33 @@ ensure_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$LOG_DIR/apt.log" 2>&1 || rc=$?
   ((own_policy)) && rm -f /usr/sbin/policy-rc.d
   ((rc == 0)) || { tail -n 30 "$LOG_DIR/apt.log" >&2; die "apt-get failed (full log: $LOG_DIR/apt.log)"; }
+}
+
+# --- 1b. tools the schema and Markdown tests drive (tests/it/schemas.rs, markdown.rs)
+# cmark-gfm (Debian) renders each Markdown part as GitHub does; yaml-language-server
+# (npm, pinned, cached under $LIB_DIR) checks files against the editor schemas.
+YAML_LS_VERSION=1.25.0
+YAML_LS_DIR=$LIB_DIR/yaml-language-server
+ensure_doc_tools() {
+  local need=()
+  command -v cmark-gfm >/dev/null || need+=(cmark-gfm)
+  command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)
+  if ((${#need[@]})); then
+    say "installing: ${need[*]}"
+    CHANGED=1
+    { apt-get update -qq &&
+      apt-get install -y -qq --no-install-recommends "${need[@]}"; } >>"$LOG_DIR/apt.log" 2>&1 ||
+      { tail -n 30 "$LOG_DIR/apt.log" >&2; die "apt-get failed (full log: $LOG_DIR/apt.log)"; }
+  fi
+  local pkg=$YAML_LS_DIR/node_modules/yaml-language-server/package.json
+  if [[ ! -f $pkg ]] || ! grep -q "\"version\": \"$YAML_LS_VERSION\"" "$pkg"; then
+    say "installing yaml-language-server $YAML_LS_VERSION into $YAML_LS_DIR"
+    CHANGED=1
+    mkdir -p "$YAML_LS_DIR"
+    npm install --no-audit --no-fund --prefix "$YAML_LS_DIR" "yaml-language-server@$YAML_LS_VERSION" \
+      >"$LOG_DIR/npm.log" 2>&1 || { tail -n 30 "$LOG_DIR/npm.log" >&2; die "npm install failed (full log: $LOG_DIR/npm.log)"; }
+  fi
 }
 
 # --- helpers for daemons -----------------------------------------------------
@@ -580,6 +622,192 @@ Host $SSH_ALIAS
   rm -f "$RUN_DIR/ssh-check.err"
 }
 
+# --- 7b. test CA, TLS dockerd #3, private registry ---------------------------
+# ensure_tls: a test CA, a server cert for 127.0.0.1 (dockerd #3 and the registry)
+# and a client cert; plus a SECOND CA with its own client cert, which dockerd #3
+# must refuse. Made once with openssl, kept under $TLS_DIR.
+tls_cert() {  # tls_cert DIR NAME CA_DIR EXT: key + cert signed by CA_DIR's ca
+  local dir=$1 name=$2 ca=$3 ext=$4
+  openssl genrsa -out "$dir/$name-key.pem" 2048 2>/dev/null
+  openssl req -new -key "$dir/$name-key.pem" -subj "/CN=reconcile-test-$name" -out "$dir/$name.csr" 2>/dev/null
+  printf '%s\n' "$ext" >"$dir/$name.ext"
+  openssl x509 -req -in "$dir/$name.csr" -CA "$ca/ca.pem" -CAkey "$ca/ca-key.pem" -CAcreateserial \
+    -days 3650 -sha256 -extfile "$dir/$name.ext" -out "$dir/$name.pem" 2>/dev/null
+  rm -f "$dir/$name.csr" "$dir/$name.ext"
+}
+tls_ca() {  # tls_ca DIR CN
+  mkdir -p "$1"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 -subj "/CN=$2" \
+    -keyout "$1/ca-key.pem" -out "$1/ca.pem" 2>/dev/null
+}
+ensure_tls() {
+  [[ -s $TLS_DIR/client.pem && -s $TLS_DIR/other/client.pem ]] && return 0
+  say "making the test CA and certificates in $TLS_DIR"
+  CHANGED=1
+  rm -rf "$TLS_DIR"; mkdir -p "$TLS_DIR"
+  tls_ca "$TLS_DIR" reconcile-test-ca
+  tls_cert "$TLS_DIR" server "$TLS_DIR" \
+    "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth"
+  tls_cert "$TLS_DIR" client "$TLS_DIR" "extendedKeyUsage=clientAuth"
+  tls_ca "$TLS_DIR/other" reconcile-test-other-ca
+  tls_cert "$TLS_DIR/other" client "$TLS_DIR/other" "extendedKeyUsage=clientAuth"
+  # the docker CLI's DOCKER_CERT_PATH layout, for this script's own calls
+  mkdir -p "$TLS_DIR/cli"
+  cp "$TLS_DIR/ca.pem" "$TLS_DIR/cli/ca.pem"
+  cp "$TLS_DIR/client.pem" "$TLS_DIR/cli/cert.pem"
+  cp "$TLS_DIR/client-key.pem" "$TLS_DIR/cli/key.pem"
+  chmod 600 "$TLS_DIR"/*-key.pem "$TLS_DIR"/other/*-key.pem "$TLS_DIR/cli/key.pem"
+}
+
+docker3() { DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=$TLS_DIR/cli docker -H "$DOCKER3" "$@"; }
+docker3_api() {
+  DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=$TLS_DIR/cli timeout 5 docker -H "$DOCKER3" version --format '{{.Server.APIVersion}}' 2>/dev/null
+}
+
+# ensure_docker3: a third dockerd that listens ONLY on tcp://127.0.0.1:23761 with
+# --tlsverify (client certificates of the test CA); state, bridge and containerd
+# of its own, as dockerd #2.
+ensure_docker3() {
+  if ! docker3_api >/dev/null; then
+    local pid; pid=$(pid_from "$DOCKER3_PIDFILE")
+    if pid_alive "$pid" dockerd; then
+      wait_for "dockerd #3" "$pid" "$LOG_DIR/docker3.log" docker3_api
+    else
+      say "starting dockerd #3 (TLS) on $DOCKER3"
+      CHANGED=1
+      mkdir -p "$LIB_DIR/docker3"
+      if ! ip link show "$DOCKER3_BRIDGE" >/dev/null 2>&1; then
+        ip link add "$DOCKER3_BRIDGE" type bridge
+        ip addr add "$DOCKER3_BRIDGE_ADDR" dev "$DOCKER3_BRIDGE"
+        ip link set "$DOCKER3_BRIDGE" up
+      fi
+      local want="{\"deprecated-key-path\": \"$LIB_DIR/docker3/key.json\"}"
+      [[ -f $DOCKER3_CONFIG && $(cat "$DOCKER3_CONFIG") == "$want" ]] || echo "$want" >"$DOCKER3_CONFIG"
+      pid=$(spawn "$LOG_DIR/docker3.log" dockerd \
+            --config-file "$DOCKER3_CONFIG" \
+            --host "$DOCKER3" --tlsverify \
+            --tlscacert "$TLS_DIR/ca.pem" --tlscert "$TLS_DIR/server.pem" --tlskey "$TLS_DIR/server-key.pem" \
+            --data-root "$LIB_DIR/docker3" \
+            --exec-root "$RUN_DIR/docker3-exec" \
+            --pidfile "$DOCKER3_PIDFILE" \
+            --bridge="$DOCKER3_BRIDGE" --iptables=false --ip-masq=false --ip-forward=false)
+      wait_for "dockerd #3" "$pid" "$LOG_DIR/docker3.log" docker3_api
+    fi
+  fi
+  local v tag
+  for v in "${IMAGE_VERSIONS[@]}"; do
+    tag=$IMAGE_REPO:$v
+    [[ $(docker3 image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true) == "$(image_id "$DOCKER1" "$tag")" ]] && continue
+    say "loading $tag into dockerd #3"
+    CHANGED=1
+    docker -H "$DOCKER1" save "$tag" | docker3 load >/dev/null || die "copying $tag to dockerd #3 failed"
+  done
+}
+
+registry_answers() { curl -s -o /dev/null -w '%{http_code}' --cacert "$TLS_DIR/ca.pem" "https://$REGISTRY/v2/" | grep -q 401; }
+
+# ensure_registry: Debian's docker-registry on $REGISTRY with TLS (the test CA's
+# server cert) and htpasswd (bcrypt) auth; every daemon trusts the CA through
+# /etc/docker/certs.d/$REGISTRY/ca.crt (read per pull, no restart needed). The
+# test images are pushed as $REGISTRY/$IMAGE_REPO:1 and :2 after a `docker login`
+# into a throwaway DOCKER_CONFIG.
+ensure_registry() {
+  mkdir -p "$REGISTRY_DIR/data" "/etc/docker/certs.d/$REGISTRY"
+  cmp -s "$TLS_DIR/ca.pem" "/etc/docker/certs.d/$REGISTRY/ca.crt" ||
+    cp "$TLS_DIR/ca.pem" "/etc/docker/certs.d/$REGISTRY/ca.crt"
+  if [[ ! -s $REGISTRY_DIR/password ]]; then
+    CHANGED=1
+    openssl rand -hex 16 >"$REGISTRY_DIR/password"
+    chmod 600 "$REGISTRY_DIR/password"
+    rm -f "$REGISTRY_DIR/htpasswd"
+  fi
+  [[ -s $REGISTRY_DIR/htpasswd ]] ||
+    htpasswd -Bbc "$REGISTRY_DIR/htpasswd" "$REGISTRY_USER" "$(cat "$REGISTRY_DIR/password")" 2>/dev/null
+  cat >"$REGISTRY_DIR/config.yml.tmp" <<EOF
+version: 0.1
+log: {level: warn}
+storage:
+  filesystem: {rootdirectory: $REGISTRY_DIR/data}
+  delete: {enabled: true}
+http:
+  addr: $REGISTRY
+  tls: {certificate: $TLS_DIR/server.pem, key: $TLS_DIR/server-key.pem}
+auth:
+  htpasswd: {realm: reconcile-test, path: $REGISTRY_DIR/htpasswd}
+EOF
+  mv "$REGISTRY_DIR/config.yml.tmp" "$REGISTRY_DIR/config.yml"
+  if ! registry_answers; then
+    local pid; pid=$(pid_from "$REGISTRY_PIDFILE")
+    pid_alive "$pid" docker-registry && kill -TERM "$pid" && sleep 0.5
+    say "starting docker-registry on $REGISTRY (TLS, htpasswd)"
+    CHANGED=1
+    pid=$(spawn "$LOG_DIR/registry.log" docker-registry serve "$REGISTRY_DIR/config.yml")
+    echo "$pid" >"$REGISTRY_PIDFILE"
+    wait_for docker-registry "$pid" "$LOG_DIR/registry.log" registry_answers
+  fi
+  local cfg v pushed=1
+  for v in "${IMAGE_VERSIONS[@]}"; do
+    curl -fs -o /dev/null --cacert "$TLS_DIR/ca.pem" -u "$REGISTRY_USER:$(cat "$REGISTRY_DIR/password")" \
+      "https://$REGISTRY/v2/$IMAGE_REPO/manifests/$v" \
+      -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' || pushed=0
+  done
+  ((pushed)) && return 0
+  say "pushing $IMAGE_REPO:1 and :2 to $REGISTRY"
+  CHANGED=1
+  cfg=$(mktemp -d)
+  docker --config "$cfg" -H "$DOCKER1" login -u "$REGISTRY_USER" --password-stdin "$REGISTRY" \
+    <"$REGISTRY_DIR/password" >/dev/null 2>"$LOG_DIR/registry-push.log" || { rm -rf "$cfg"; die "docker login $REGISTRY failed (log: $LOG_DIR/registry-push.log)"; }
+  for v in "${IMAGE_VERSIONS[@]}"; do
+    docker -H "$DOCKER1" tag "$IMAGE_REPO:$v" "$REGISTRY/$IMAGE_REPO:$v"
+    docker --config "$cfg" -H "$DOCKER1" push "$REGISTRY/$IMAGE_REPO:$v" >>"$LOG_DIR/registry-push.log" 2>&1 ||
+      { rm -rf "$cfg"; die "docker push $REGISTRY/$IMAGE_REPO:$v failed (log: $LOG_DIR/registry-push.log)"; }
+    docker -H "$DOCKER1" rmi "$REGISTRY/$IMAGE_REPO:$v" >/dev/null
+  done
+  rm -rf "$cfg"
+}
+
+# --- 7c. check-jsonschema (tests/it/ci_examples.rs) ---------------------------
+# The examples/ci/ pipelines are checked against the public workflow schemas that
+# check-jsonschema ships (--builtin-schema vendor.github-workflows / vendor.gitlab-ci),
+# so no schema is fetched at test time. Installed from PyPI into a venv under
+# $LIB_DIR, once: a re-run only reads the .installed marker.
+CHECK_JSONSCHEMA_VENV=$LIB_DIR/check-jsonschema
+CHECK_JSONSCHEMA=$CHECK_JSONSCHEMA_VENV/bin/check-jsonschema
+CHECK_JSONSCHEMA_VERSION=0.39.0
+ensure_check_jsonschema() {
+  # .installed is written last, so an interrupted install is redone from scratch
+  if [[ -f $CHECK_JSONSCHEMA_VENV/.installed && $(cat "$CHECK_JSONSCHEMA_VENV/.installed") == "$CHECK_JSONSCHEMA_VERSION" ]]; then
+    return 0
+  fi
+  say "installing check-jsonschema $CHECK_JSONSCHEMA_VERSION (PyPI) into $CHECK_JSONSCHEMA_VENV"
+  CHANGED=1
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv; } \
+      >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install python3-venv failed (log: $LOG_DIR/apt.log)"
+  fi
+  rm -rf "$CHECK_JSONSCHEMA_VENV"
+  { python3 -m venv "$CHECK_JSONSCHEMA_VENV" &&
+    "$CHECK_JSONSCHEMA_VENV/bin/pip" install -q --disable-pip-version-check "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"; } \
+    >"$LOG_DIR/check-jsonschema.log" 2>&1 ||
+    { tail -n 20 "$LOG_DIR/check-jsonschema.log" >&2; die "pip install check-jsonschema failed (log: $LOG_DIR/check-jsonschema.log)"; }
+  "$CHECK_JSONSCHEMA" --version >/dev/null || die "$CHECK_JSONSCHEMA does not run"
+  echo "$CHECK_JSONSCHEMA_VERSION" >"$CHECK_JSONSCHEMA_VENV/.installed"
+}
+
+# `man -l` renders `reconcile man` (tests/it/completions.rs); node runs the GitHub
+# workflow's comment step (tests/it/ci_examples.rs). Debian packages, when missing.
+ensure_man_and_node() {
+  local need=()
+  command -v man >/dev/null || need+=(man-db)
+  command -v node >/dev/null || need+=(nodejs)
+  ((${#need[@]})) || return 0
+  say "installing ${need[*]}"
+  CHANGED=1
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"; } \
+    >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install ${need[*]} failed (log: $LOG_DIR/apt.log)"
+}
+
 # --- 8. env file + summary ---------------------------------------------------
 write_env() {
   local want
@@ -592,6 +820,16 @@ export RECONCILE_TEST_SSH=$SSH
 export RECONCILE_TEST_IMAGE=$IMAGE_REPO:1
 export RECONCILE_TEST_IMAGE2=$IMAGE_REPO:2
 $(write_env_etcdsec)
+export RECONCILE_TEST_DOCKER_TLS=$DOCKER3
+export RECONCILE_TEST_TLS_CA=$TLS_DIR/ca.pem
+export RECONCILE_TEST_TLS_CERT=$TLS_DIR/client.pem
+export RECONCILE_TEST_TLS_KEY=$TLS_DIR/client-key.pem
+export RECONCILE_TEST_TLS_OTHER_CERT=$TLS_DIR/other/client.pem
+export RECONCILE_TEST_TLS_OTHER_KEY=$TLS_DIR/other/client-key.pem
+export RECONCILE_TEST_REGISTRY=$REGISTRY
+export RECONCILE_TEST_REGISTRY_USER=$REGISTRY_USER
+export RECONCILE_TEST_REGISTRY_PASSWORD_FILE=$REGISTRY_DIR/password
+export RECONCILE_TEST_CHECK_JSONSCHEMA=$CHECK_JSONSCHEMA
 EOF
 )
   if [[ ! -f $ENV_FILE || $(cat "$ENV_FILE") != "$want" ]]; then
@@ -608,7 +846,10 @@ summary() {
   echo "  ssh:      $SSH  (sshd on 127.0.0.1:$SSH_PORT, docker1 through it: API $SSH_API)"
   echo "  nginx:    $(nginx -v 2>&1)"
   echo "  haproxy:  $(haproxy -v | head -n1)"
-  echo "  images:   $IMAGE_REPO:1 $IMAGE_REPO:2 (on both daemons)"
+  echo "  images:   $IMAGE_REPO:1 $IMAGE_REPO:2 (on all three daemons)"
+  echo "  docker3:  $DOCKER3 (--tlsverify, test CA in $TLS_DIR)  API $(docker3_api)"
+  echo "  registry: $REGISTRY (TLS, htpasswd user $REGISTRY_USER): $IMAGE_REPO:1 :2"
+  echo "  docs:     $(cmark-gfm --version | head -n1), yaml-language-server $YAML_LS_VERSION in $YAML_LS_DIR"
   echo "  env:      . $ENV_FILE"
 }
 
@@ -659,9 +900,19 @@ EOF
     ETCDCTL_API=3 etcdctl --endpoints="$ETCD" del /reconcile-test/smoke >/dev/null
   fi
   [[ $got == ok ]] || { ok=0; echo "smoke: etcdctl put/get failed" >&2; }
+  # dockerd #3 answers over TLS and refuses another CA's client cert; the registry
+  # wants credentials and takes the test user's
+  docker3_api >/dev/null || { ok=0; echo "smoke: dockerd #3 over TLS failed" >&2; }
+  if DOCKER_TLS_VERIFY=1 timeout 5 docker -H "$DOCKER3" --tlscacert "$TLS_DIR/ca.pem" \
+       --tlscert "$TLS_DIR/other/client.pem" --tlskey "$TLS_DIR/other/client-key.pem" version >/dev/null 2>&1; then
+    ok=0; echo "smoke: dockerd #3 accepted a client cert of another CA" >&2
+  fi
+  registry_answers || { ok=0; echo "smoke: the registry does not ask for credentials" >&2; }
+  curl -fs -o /dev/null --cacert "$TLS_DIR/ca.pem" -u "$REGISTRY_USER:$(cat "$REGISTRY_DIR/password")" \
+    "https://$REGISTRY/v2/" || { ok=0; echo "smoke: the registry refused the test user" >&2; }
   rm -rf "$tmp"
   ((ok)) || die "smoke tests failed"
-  say "smoke tests passed (host-network httpd on both daemons, --init, nginx -t, haproxy -c, etcd)"
+  say "smoke tests passed (host-network httpd on both daemons, --init, nginx -t, haproxy -c, etcd, TLS dockerd, registry)"
 }
 
 # --- stop --------------------------------------------------------------------
@@ -687,6 +938,11 @@ unmount_leftovers() {
 }
 
 do_stop() {
+  stop_pid docker-registry "$(pid_from "$REGISTRY_PIDFILE")" docker-registry
+  rm -f "$REGISTRY_PIDFILE"
+  stop_pid "dockerd #3" "$(pid_from "$DOCKER3_PIDFILE")" dockerd
+  unmount_leftovers "$RUN_DIR/docker3-exec/netns/default" "$LIB_DIR/docker3"
+  ip link del "$DOCKER3_BRIDGE" 2>/dev/null || true
   stop_pid "dockerd #2" "$(pid_from "$DOCKER2_PIDFILE")" dockerd
   unmount_leftovers "$RUN_DIR/docker2-exec/netns/default" "$LIB_DIR/docker2"
   ip link del "$DOCKER2_BRIDGE" 2>/dev/null || true
@@ -720,6 +976,7 @@ flock -w 120 9 || die "another test-env.sh run holds $RUN_DIR/.lock"
 case ${1:-up} in
   up|check)
     ensure_packages
+    ensure_doc_tools
     ensure_no_default_nginx
     ensure_docker1
     ensure_docker2
@@ -728,6 +985,11 @@ case ${1:-up} in
     ensure_etcd_cluster
     ensure_images
     ensure_ssh
+    ensure_tls
+    ensure_docker3
+    ensure_registry
+    ensure_check_jsonschema
+    ensure_man_and_node
     write_env
     if [[ ${1:-up} == check ]] || ((CHANGED)); then smoke; fi
     summary

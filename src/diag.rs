@@ -161,3 +161,64 @@ pub fn render_json(diags: &[Diagnostic]) -> serde_json::Value {
         "diagnostics": diags,
     })
 }
+
+/// GitHub Actions workflow commands, one line per diagnostic:
+/// `::error file=F,line=L,col=C,title=reconcile CODE::MESSAGE`, so a pull request shows
+/// each problem inline at its line. Warnings use `::warning`. The hint is appended on
+/// its own line of the annotation. Values are escaped as the runner expects (`%`, CR,
+/// LF everywhere; `:` and `,` also in properties).
+pub fn render_github(diags: &[Diagnostic]) -> String {
+    fn data(s: &str) -> String {
+        s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    }
+    fn prop(s: &str) -> String {
+        data(s).replace(':', "%3A").replace(',', "%2C")
+    }
+    let mut out = String::new();
+    for d in diags {
+        let mut props = Vec::new();
+        if let Some(f) = &d.file {
+            props.push(format!("file={}", prop(f)));
+        }
+        if let Some(l) = d.line {
+            props.push(format!("line={l}"));
+        }
+        if let Some(c) = d.column {
+            props.push(format!("col={c}"));
+        }
+        props.push(format!("title={}", prop(&format!("reconcile {}", d.code))));
+        let mut message = d.message.clone();
+        if let Some(h) = &d.hint {
+            message.push_str("\nhelp: ");
+            message.push_str(h);
+        }
+        let kind = match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        out.push_str(&format!("::{kind} {}::{}\n", props.join(","), data(&message)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod github_tests {
+    use super::*;
+
+    #[test]
+    fn github_commands_carry_location_and_escape_values() {
+        let pos = Pos { line: 7, col: 3, offset: 0, len: 1 };
+        let diags = vec![
+            Diagnostic::error("schema", "unknown field `imag`, 100% sure")
+                .hint("did you mean `image`?\nsee the docs")
+                .at("environments/a,b/apps/x:y.yaml", Some(pos)),
+            Diagnostic::warning("merge", "`null` deletes nothing"),
+        ];
+        assert_eq!(
+            render_github(&diags),
+            "::error file=environments/a%2Cb/apps/x%3Ay.yaml,line=7,col=3,title=reconcile schema::\
+             unknown field `imag`, 100%25 sure%0Ahelp: did you mean `image`?%0Asee the docs\n\
+             ::warning title=reconcile merge::`null` deletes nothing\n"
+        );
+    }
+}

@@ -20,10 +20,10 @@ fn main() -> std::process::ExitCode {
         LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
     }
     match cli::run(cli) {
-        Ok(code) => std::process::ExitCode::from(code as u8),
+        Ok(code) => std::process::ExitCode::from(code.code()),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::from(cli::ExitCode::Error as u8)
+            std::process::ExitCode::from(cli::ExitCode::Error.code())
         }
     }
 }

@@ -56,7 +56,9 @@ impl InstanceId {
     pub fn parse(text: &str) -> Result<Self, InstanceIdError> {
         let bad = || InstanceIdError { text: text.to_string() };
         let (app, ordinal) = text.rsplit_once('-').ok_or_else(bad)?;
-        if app.is_empty() || ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        // Canonical digits only (no sign, no leading zero), so that `parse(s)` prints as `s`.
+        let canonical = ordinal == "0" || (!ordinal.starts_with('0') && !ordinal.is_empty());
+        if app.is_empty() || !canonical || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         Ok(Self { app: app.to_string(), ordinal: ordinal.parse().map_err(|_| bad())? })
@@ -141,6 +143,13 @@ pub struct ObservedInstance {
     pub port: Option<u16>,
     /// The masked spec from the `reconcile.spec` label, if present and valid JSON.
     pub spec: Option<serde_json::Value>,
+    /// The container's image ID (`sha256:…`, from the list call).
+    #[serde(default)]
+    pub image_id: String,
+    /// That image's repo digests (`registry/name@sha256:…`), filled in only for apps
+    /// with `pull: always` (`backend::docker::fill_repo_digests`); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repo_digests: Vec<String>,
 }
 
 impl ObservedInstance {
@@ -296,7 +305,7 @@ pub mod keys {
             let id = InstanceId::parse("my-api-12").unwrap();
             assert_eq!((id.app.as_str(), id.ordinal), ("my-api", 12));
             assert_eq!(id.to_string(), "my-api-12");
-            for bad in ["", "api", "api-", "-3", "api-x", "api-+1", "api-99999999999"] {
+            for bad in ["", "api", "api-", "-3", "api-x", "api-+1", "api-01", "api-99999999999"] {
                 assert!(InstanceId::parse(bad).is_err(), "{bad:?} parsed");
             }
             assert_eq!(InstanceId::parse_of("api", "my-api-1"), None);

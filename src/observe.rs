@@ -16,11 +16,13 @@ pub struct Options {
     pub parallelism: usize,
     /// Per host (connect + list) and for etcd.
     pub timeout: Duration,
+    /// `pull: always` apps: no registry digest check (`--offline-images`).
+    pub offline_images: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { parallelism: 16, timeout: Duration::from_secs(10) }
+        Self { parallelism: 16, timeout: Duration::from_secs(10), offline_images: false }
     }
 }
 
@@ -76,4 +78,67 @@ pub async fn observe(env: &Env, opts: Options) -> Result<ObservedState, ObserveE
         return Err(ObserveError { env: name, problems });
     }
     Ok(ObservedState { env: name, hosts, etcd, lb })
+}
+
+// --- pull: always (issue 9) ---------------------------------------------------------
+
+/// For apps with `pull: always`: fill in the repo digests of their running containers'
+/// images (one inspect per distinct image per host) and resolve each image's current
+/// digest through the first host's daemon (one request per distinct image,
+/// concurrently, with the registry credentials). Empty, and nothing asked, when no
+/// app pulls always.
+///
+/// # Errors
+/// A registry that cannot be reached or refuses the credentials, a credential helper
+/// that fails, or a host that cannot be asked: every problem, each naming the image
+/// and the registry (or the host).
+pub async fn image_digests(
+    env: &Env,
+    observed: &mut ObservedState,
+    opts: Options,
+) -> Result<std::collections::BTreeMap<String, String>, ObserveError> {
+    use crate::spec::model::PullPolicy;
+    let always: Vec<&crate::spec::load::App> =
+        env.apps.values().filter(|a| a.spec.pull == PullPolicy::Always).collect();
+    if always.is_empty() {
+        return Ok(Default::default());
+    }
+    let fail = |problems: Vec<String>| ObserveError { env: env.name.clone(), problems };
+    let apps: BTreeSet<String> = always.iter().map(|a| a.spec.name.clone()).collect();
+    let images: BTreeSet<String> = always.iter().map(|a| a.spec.image.clone()).collect();
+    let auth = docker::RegistryAuth::resolve(&env.spec.registries, &env.spec.secrets)
+        .map_err(|e| fail(vec![e.to_string()]))?;
+    let mut problems = Vec::new();
+    let mut first = None;
+    for host in &env.spec.hosts {
+        let runs = observed.hosts.get(&host.name).is_some_and(|h| h.instances.iter().any(|i| apps.contains(&i.app)));
+        if !runs && first.is_some() {
+            continue;
+        }
+        let client = match docker::connect(host, opts.timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        if runs
+            && let Some(obs) = observed.hosts.get_mut(&host.name)
+            && let Err(e) = docker::fill_repo_digests(&client, &host.name, obs, &apps).await
+        {
+            problems.push(e.to_string());
+        }
+        first.get_or_insert((host.name.clone(), client));
+    }
+    let Some((host, client)) = first else {
+        return Err(fail(vec!["`pull: always` needs a host to ask the registry through, and none answers".into()]));
+    };
+    match docker::resolve_digests(&client, &host, &images, &auth).await {
+        Ok(d) if problems.is_empty() => Ok(d),
+        Ok(_) => Err(fail(problems)),
+        Err(errs) => {
+            problems.extend(errs.iter().map(|e| e.to_string()));
+            Err(fail(problems))
+        }
+    }
 }

@@ -78,7 +78,7 @@ pub async fn release(env: &Env, guard: &etcd::LockGuard) -> Result<Option<Pin>, 
     etcd::batch_fenced(&mut client, &[write], Some(&fence)).await?;
     let who = etcd::current_holder("reconcile rollback --release");
     let entry = serde_json::json!({
-        "kind": "release",
+        "kind": super::HistoryKind::Release,
         "reference": pin.reference,
         "commit": pin.commit,
         "dirty": false,

@@ -1,6 +1,8 @@
 //! Talks to the Docker daemons of an environment's hosts: connects (unix, tcp with or
 //! without TLS, ssh), negotiates the API version, observes the containers an
-//! environment owns as [`HostObservation`]s, and carries out the apply side: pull
+//! environment owns as [`HostObservation`]s, and carries out the apply side: pulls
+//! before a rollout with registry credentials ([`pull_for_plan`], [`pull_all`]; digests
+//! for `pull: always`: [`resolve_digests`], [`fill_repo_digests`]), a last-moment pull
 //! ([`ensure_image`]), create with files ([`create_instance`]), [`start`],
 //! [`stop_and_remove`], [`exec`] / [`exec_ok`], and the Docker halves of health
 //! checks ([`cmd_runner`], [`still_running`]; the probes are in `backend::probe`).
@@ -26,8 +28,7 @@
 //!   labels, which the list call returns.
 //! - *Only our containers.* The daemon filters on `reconcile.env=<env>` and every returned
 //!   container is checked again for that exact label, so a container without it can never
-//!   reach an observation, hence a plan (see DEPENDENCIES.md §4: other tools' containers
-//!   share these hosts).
+//!   reach an observation, hence a plan (other tools' containers share these hosts).
 //! - *A container with the env label but without `reconcile.app` / `reconcile.instance`*
 //!   (a half-written or hand-made one) is still returned, with empty `app` / `instance`
 //!   and no ordinal: it belongs to the environment, matches no desired instance, and the
@@ -64,11 +65,12 @@
 //! - *Bridge networking* publishes `container_port/tcp` on the pool port on all of the
 //!   host's addresses (`HostIp ""`): the host's reachable address is not known here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
@@ -77,8 +79,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::{API_DEFAULT_VERSION, Docker, body_full};
 use futures::stream::{self, StreamExt};
@@ -142,6 +144,9 @@ pub enum DockerError {
     /// [`exec`] could not run the command.
     #[error("host `{host}`: cannot exec in container `{container}`: {cause}")]
     Exec { host: String, container: String, cause: String },
+    /// [`logs_tail`] could not read the container's output.
+    #[error("host `{host}`: cannot read the logs of container `{container}`: {cause}")]
+    Logs { host: String, container: String, cause: String },
     /// [`check_running`]: the inspect failed.
     #[error("host `{host}`: cannot inspect container `{container}`: {cause}")]
     Inspect { host: String, container: String, cause: String },
@@ -173,6 +178,7 @@ impl DockerError {
             | Self::Stop { host, .. }
             | Self::Remove { host, .. }
             | Self::Exec { host, .. }
+            | Self::Logs { host, .. }
             | Self::Inspect { host, .. }
             | Self::Events { host, .. }
             | Self::NotRunning { host, .. } => host,
@@ -352,6 +358,8 @@ fn observed_instance(host: &str, env: &str, c: ContainerSummary) -> Option<Obser
         created: c.created.unwrap_or_default(),
         port: container_labels.get(labels::PORT).and_then(|p| p.parse().ok()),
         spec: container_labels.get(labels::SPEC).and_then(|s| serde_json::from_str(s).ok()),
+        image_id: c.image_id.unwrap_or_default(),
+        repo_digests: Vec::new(),
         container_id,
         app,
         instance,
@@ -486,7 +494,9 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
 /// `false` when the image was already there (one inspect, no pull).
 ///
 /// A reference without a tag or digest pulls `:latest` (the API would otherwise pull
-/// every tag). Registry credentials are not supported yet: the daemon's anonymous pull.
+/// every tag). No credentials (the daemon's anonymous pull): apply pulls with the
+/// environment's credentials before the rollout ([`pull_for_plan`]), so here the image
+/// is normally present already.
 /// Only the connection of each request is bounded (the client's timeout); bound the
 /// whole pull with `tokio::time::timeout` if needed.
 ///
@@ -499,31 +509,22 @@ pub async fn ensure_image(
     image: &str,
     progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<bool, DockerError> {
-    let pull_error = |cause: String| DockerError::Pull { host: host.to_string(), image: image.to_string(), cause };
-    match docker.inspect_image(image).await {
-        Ok(_) => return Ok(false),
-        Err(e) if status_of(&e) == Some(404) => {}
-        Err(e) => return Err(pull_error(format!("cannot inspect the image: {}", cause(&e)))),
-    }
-    let started = Instant::now();
-    tracing::info!(host, image, "pulling image");
-    progress(format!("{host}: pulling {image}"));
-    let mut options = CreateImageOptionsBuilder::default().from_image(image);
-    if !has_tag_or_digest(image) {
-        options = options.tag("latest");
-    }
-    let mut stream = docker.create_image(Some(options.build()), None, None);
-    let mut last: HashMap<String, (String, Instant)> = HashMap::new();
-    while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| pull_error(cause(&e)))?;
-        if let Some(line) = progress_line(&info, &mut last) {
-            progress(format!("{host}: pulling {image}: {line}"));
+    let progress = std::sync::Mutex::new(progress);
+    let lines = |line: String| {
+        if let Ok(mut p) = progress.lock() {
+            p(line);
         }
-    }
-    // The stream reports failures as error items; check anyway rather than trust it.
-    docker.inspect_image(image).await.map_err(|e| pull_error(format!("pulled, but not there: {}", cause(&e))))?;
-    tracing::info!(host, image, elapsed = ?started.elapsed(), "pulled image");
-    Ok(true)
+    };
+    let job = PullJob { host: host.to_string(), image: image.to_string(), always: false };
+    pull_one(docker, &job, &RegistryAuth::default(), None, &lines).await.map_err(|e| {
+        let cause = match e {
+            RegistryError::Inspect { cause, .. } => format!("cannot inspect the image: {cause}"),
+            RegistryError::Pull { cause, .. }
+            | RegistryError::Digest { cause, .. }
+            | RegistryError::Credentials { cause, .. } => cause,
+        };
+        DockerError::Pull { host: host.to_string(), image: image.to_string(), cause }
+    })
 }
 
 /// `name:tag`, `name@sha256:…`: the last path component has a `:` or there is an `@`
@@ -920,6 +921,52 @@ pub async fn check_running(docker: &Docker, host: &str, id: &str) -> Result<(), 
     }
 }
 
+/// The last `lines` lines of container `id`'s stdout and stderr (interleaved as the
+/// daemon stores them), at most `max_bytes` of them (the end is kept, cut at a line
+/// start where possible), lossily decoded: the evidence of why a new container died,
+/// read before it is removed. Works on stopped containers too.
+///
+/// # Errors
+/// [`DockerError::Logs`]: no such container, or the daemon cannot read its log (a
+/// logging driver without read support, e.g. `none`).
+pub async fn logs_tail(
+    docker: &Docker,
+    host: &str,
+    id: &str,
+    lines: usize,
+    max_bytes: usize,
+) -> Result<String, DockerError> {
+    let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&lines.to_string()).build();
+    let mut stream = docker.logs(id, Some(options));
+    let mut out: Vec<u8> = Vec::new();
+    while let Some(item) = stream.next().await {
+        let chunk = item.map_err(|e| DockerError::Logs {
+            host: host.to_string(),
+            container: id.to_string(),
+            cause: cause(&e),
+        })?;
+        out.extend_from_slice(&chunk.into_bytes());
+        if out.len() > max_bytes.saturating_mul(2) {
+            out.drain(..out.len() - max_bytes);
+        }
+    }
+    Ok(tail_text(&out, max_bytes))
+}
+
+/// The end of `bytes`, at most `max_bytes`, starting after a line break when the cut
+/// falls inside a line (unless that would drop everything).
+fn tail_text(bytes: &[u8], max_bytes: usize) -> String {
+    let start = bytes.len().saturating_sub(max_bytes);
+    let mut kept = bytes.get(start..).unwrap_or_default();
+    if start > 0
+        && let Some(nl) = kept.iter().position(|b| *b == b'\n')
+        && nl + 1 < kept.len()
+    {
+        kept = kept.get(nl + 1..).unwrap_or_default();
+    }
+    String::from_utf8_lossy(kept).into_owned()
+}
+
 /// What is wrong with a container in `state` that was restarted `restarts` times, or
 /// `None` when it runs as started. Docker resets the exit code and error when a
 /// restart policy starts the container again, so a container that is running after a
@@ -948,6 +995,15 @@ mod tests {
     use bollard::models::ContainerSummaryStateEnum;
 
     use super::*;
+
+    #[test]
+    fn a_log_tail_keeps_the_end_from_a_line_start() {
+        assert_eq!(tail_text(b"one\ntwo\n", 100), "one\ntwo\n");
+        assert_eq!(tail_text(b"first line\nsecond\n", 10), "second\n");
+        // One long line is cut rather than dropped.
+        assert_eq!(tail_text(b"abcdefghij", 4), "ghij");
+        assert_eq!(tail_text(b"", 4), "");
+    }
 
     fn summary(id: &str, label_pairs: &[(&str, &str)]) -> ContainerSummary {
         ContainerSummary {
@@ -1243,4 +1299,520 @@ pub fn container_events(
         }
         Err(e) => Err(DockerError::Events { host: host.clone(), cause: e.to_string() }),
     })
+}
+
+// --- logs and exec for operators (`reconcile logs`, `reconcile exec`) ------------
+
+/// Which stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of a container's log, with Docker's timestamp (RFC 3339, nanoseconds:
+/// sorts as text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub time: String,
+    pub stream: LogStream,
+    pub text: String,
+}
+
+/// What `logs` asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogQuery {
+    /// Seconds since the epoch; lines before it are left out.
+    pub since: Option<i64>,
+    /// The last N lines only.
+    pub tail: Option<usize>,
+    pub follow: bool,
+}
+
+/// A container's log lines (stdout and stderr, timestamped), as a stream; with
+/// `follow` it lasts until the container stops.
+pub fn logs(
+    docker: &Docker,
+    host: &str,
+    id: &str,
+    q: LogQuery,
+) -> impl futures::Stream<Item = Result<LogLine, DockerError>> + Send + 'static {
+    let mut b = bollard::query_parameters::LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true)
+        .follow(q.follow)
+        .tail(&q.tail.map_or_else(|| "all".to_string(), |n| n.to_string()));
+    if let Some(s) = q.since {
+        b = b.since(i32::try_from(s).unwrap_or(i32::MAX));
+    }
+    let (host, id) = (host.to_string(), id.to_string());
+    docker
+        .logs(&id, Some(b.build()))
+        .map(move |r| match r {
+            Ok(out) => {
+                let (stream, bytes) = match out {
+                    bollard::container::LogOutput::StdErr { message } => (LogStream::Stderr, message),
+                    bollard::container::LogOutput::StdOut { message }
+                    | bollard::container::LogOutput::Console { message }
+                    | bollard::container::LogOutput::StdIn { message } => (LogStream::Stdout, message),
+                };
+                Ok(log_lines(stream, &String::from_utf8_lossy(&bytes)))
+            }
+            Err(e) => Err(DockerError::Inspect { host: host.clone(), container: id.clone(), cause: cause(&e) }),
+        })
+        .flat_map(|r| {
+            stream::iter(match r {
+                Ok(lines) => lines.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
+        })
+}
+
+/// Split one log frame into lines (`<timestamp> <text>`); a line without its own
+/// timestamp (a frame holding several lines) gets the frame's.
+fn log_lines(stream: LogStream, frame: &str) -> Vec<LogLine> {
+    let mut out: Vec<LogLine> = Vec::new();
+    for raw in frame.lines() {
+        let (time, text) = match raw.split_once(' ') {
+            Some((t, rest)) if t.len() >= 20 && t.as_bytes().get(4) == Some(&b'-') && t.ends_with('Z') => {
+                (t.to_string(), rest.to_string())
+            }
+            _ => (out.last().map(|l| l.time.clone()).unwrap_or_default(), raw.to_string()),
+        };
+        out.push(LogLine { time, stream, text });
+    }
+    out
+}
+
+/// Run `cmd` in container `id` with its output copied to ours as it comes;
+/// returns its exit code.
+///
+/// # Errors
+/// The exec cannot be created or started, or our output cannot be written.
+pub async fn exec_attached(docker: &Docker, host: &str, id: &str, cmd: &[String]) -> Result<i64, DockerError> {
+    use std::io::Write as _;
+    let exec_error = |cause: String| DockerError::Exec { host: host.to_string(), container: id.to_string(), cause };
+    let options = CreateExecOptions::<String> {
+        cmd: Some(cmd.to_vec()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let created = docker.create_exec(id, options).await.map_err(|e| exec_error(cause(&e)))?;
+    if let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&created.id, None::<StartExecOptions>).await.map_err(|e| exec_error(cause(&e)))?
+    {
+        while let Some(chunk) = output.next().await {
+            let written = match chunk.map_err(|e| exec_error(cause(&e)))? {
+                bollard::container::LogOutput::StdErr { message } => std::io::stderr().write_all(&message),
+                other => std::io::stdout().write_all(&other.into_bytes()),
+            };
+            written.map_err(|e| exec_error(format!("writing its output: {e}")))?;
+        }
+    }
+    let _ = std::io::stdout().flush();
+    loop {
+        let info = docker.inspect_exec(&created.id).await.map_err(|e| exec_error(cause(&e)))?;
+        match (info.running, info.exit_code) {
+            (Some(false), Some(code)) => return Ok(code),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_into_timestamped_lines() {
+        let lines = log_lines(
+            LogStream::Stderr,
+            "2026-12-01T10:00:00.000000001Z first\n2026-12-01T10:00:00.5Z second\ncontinued\n",
+        );
+        let got: Vec<(&str, &str)> = lines.iter().map(|l| (l.time.as_str(), l.text.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("2026-12-01T10:00:00.000000001Z", "first"),
+                ("2026-12-01T10:00:00.5Z", "second"),
+                ("2026-12-01T10:00:00.5Z", "continued")
+            ]
+        );
+        assert!(lines.iter().all(|l| l.stream == LogStream::Stderr));
+    }
+}
+
+// --- private registries, pulls before a rollout, digests (issue 9) ---------------
+
+/// What a pull may be told about registry access (re-exported for callers).
+pub use super::registry_auth::{Auth as RegistryAuth, registry_of};
+
+/// What went wrong pulling images or asking a registry, naming the image and the
+/// registry (and which credentials were used; never their values).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The image could not be pulled on a host (wrong credentials, unknown image or
+    /// tag, registry unreachable).
+    #[error(
+        "host `{host}`: cannot pull image `{image}` from registry `{registry}` ({auth}): {cause}; {}",
+        registry_hint(cause)
+    )]
+    Pull { host: String, image: String, registry: String, auth: String, cause: String },
+    /// `pull: always`: the tag's digest could not be resolved.
+    #[error(
+        "cannot resolve the digest of image `{image}` in registry `{registry}` ({auth}, asked through host `{host}`): \
+         {cause}; {}",
+        registry_hint(cause)
+    )]
+    Digest { host: String, image: String, registry: String, auth: String, cause: String },
+    /// The credentials could not be looked up (a credential helper failed, a bad
+    /// docker config).
+    #[error("image `{image}`: {cause}")]
+    Credentials { image: String, cause: String },
+    /// The image's inspect failed (repo digests for `pull: always`).
+    #[error("host `{host}`: cannot inspect image `{image}`: {cause}")]
+    Inspect { host: String, image: String, cause: String },
+}
+
+impl RegistryError {
+    /// The image the error is about.
+    pub fn image(&self) -> &str {
+        match self {
+            Self::Pull { image, .. }
+            | Self::Digest { image, .. }
+            | Self::Credentials { image, .. }
+            | Self::Inspect { image, .. } => image,
+        }
+    }
+}
+
+fn bollard_credentials(c: &super::registry_auth::Credentials) -> DockerCredentials {
+    DockerCredentials {
+        username: c.username.clone(),
+        password: c.password.as_ref().map(|p| p.expose().to_string()),
+        identitytoken: c.identity_token.as_ref().map(|t| t.expose().to_string()),
+        serveraddress: Some(c.registry.clone()),
+        ..Default::default()
+    }
+}
+
+/// The credentials for `image` and a description of them for messages.
+fn credentials_for(auth: &RegistryAuth, image: &str) -> Result<(Option<DockerCredentials>, String), RegistryError> {
+    let registry = registry_of(image);
+    match auth.lookup(registry) {
+        Ok(Some(c)) => Ok((Some(bollard_credentials(&c)), format!("credentials from {}", c.source))),
+        Ok(None) => Ok((None, "anonymous: no credentials in `registries:` or the docker config".into())),
+        Err(e) => Err(RegistryError::Credentials { image: image.to_string(), cause: e.to_string() }),
+    }
+}
+
+/// How to fix a failed pull or lookup, from the daemon's reason.
+fn registry_hint(cause: &str) -> String {
+    let c = cause.to_ascii_lowercase();
+    if c.contains("unauthorized") || c.contains("authentication required") || c.contains("denied") {
+        "check the username and the password secret of the registry's `registries:` entry (or `docker login` for \
+         the user running reconcile)"
+            .into()
+    } else if c.contains("manifest unknown") || c.contains("not found") || c.contains("does not exist") {
+        "check the image name and tag: the registry does not have it".into()
+    } else {
+        "check that the registry is reachable from the host and trusted (/etc/docker/certs.d/HOST:PORT/ca.crt)".into()
+    }
+}
+
+/// One image wanted on one host before a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PullJob {
+    pub host: String,
+    pub image: String,
+    /// `pull: always`: pull even if the host has the image (the tag may have moved).
+    pub always: bool,
+}
+
+/// Pull every image of `jobs` that its host lacks (or every one with `always`), all
+/// concurrently, with credentials from `auth`; progress as a bar per image on a
+/// terminal (stderr), else as plain lines through `lines`. Returns the failures (an
+/// empty list when every image is there); a failed pull changes nothing on the host.
+///
+/// Jobs for hosts missing from `clients` are skipped: the rollout reports the
+/// unreachable host itself.
+pub async fn pull_all(
+    clients: &BTreeMap<String, Docker>,
+    jobs: &[PullJob],
+    auth: &RegistryAuth,
+    lines: &(dyn Fn(String) + Send + Sync),
+) -> Vec<RegistryError> {
+    use std::io::IsTerminal as _;
+    let bars = std::io::stderr().is_terminal().then(indicatif::MultiProgress::new);
+    let work = jobs.iter().filter_map(|job| {
+        let docker = clients.get(&job.host)?;
+        let bars = bars.as_ref();
+        Some(async move {
+            let bar = bars.map(|m| {
+                let style = indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:24}] {binary_bytes:>9}/{binary_total_bytes:9} {wide_msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> ");
+                let b = m.add(indicatif::ProgressBar::new(0).with_style(style));
+                b.set_prefix(format!("{}: {}", job.host, job.image));
+                b
+            });
+            let started = Instant::now();
+            let result = pull_one(docker, job, auth, bar.as_ref(), lines).await;
+            if bar.is_none() && matches!(result, Ok(true)) {
+                lines(format!("{}: pulled {} in {:.1}s", job.host, job.image, started.elapsed().as_secs_f64()));
+            }
+            if let Some(b) = bar {
+                b.finish_with_message(match &result {
+                    Ok(true) => "pulled",
+                    Ok(false) => "present",
+                    Err(_) => "FAILED",
+                });
+            }
+            result.err()
+        })
+    });
+    stream::iter(work).buffer_unordered(16).filter_map(|e| async move { e }).collect().await
+}
+
+/// One job: `Ok(true)` pulled, `Ok(false)` already there.
+async fn pull_one(
+    docker: &Docker,
+    job: &PullJob,
+    auth: &RegistryAuth,
+    bar: Option<&indicatif::ProgressBar>,
+    lines: &(dyn Fn(String) + Send + Sync),
+) -> Result<bool, RegistryError> {
+    let (host, image) = (job.host.as_str(), job.image.as_str());
+    if !job.always {
+        match docker.inspect_image(image).await {
+            Ok(_) => return Ok(false),
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => {
+                return Err(RegistryError::Inspect { host: host.into(), image: image.into(), cause: cause(&e) });
+            }
+        }
+    }
+    let (credentials, described) = credentials_for(auth, image)?;
+    let fail = |c: String| RegistryError::Pull {
+        host: host.into(),
+        image: image.into(),
+        registry: registry_of(image).into(),
+        auth: described.clone(),
+        cause: c,
+    };
+    let started = Instant::now();
+    tracing::info!(host, image, auth = %described, "pulling image");
+    if bar.is_none() {
+        lines(format!("{host}: pulling {image}"));
+    }
+    let mut options = CreateImageOptionsBuilder::default().from_image(image);
+    if !has_tag_or_digest(image) {
+        options = options.tag("latest");
+    }
+    let mut pulled = docker.create_image(Some(options.build()), None, credentials);
+    let mut last: HashMap<String, (String, Instant)> = HashMap::new();
+    let mut layers: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    while let Some(item) = pulled.next().await {
+        let info = item.map_err(|e| fail(cause(&e)))?;
+        match bar {
+            Some(b) => {
+                if let (Some(id), Some(d)) = (info.id.as_ref(), info.progress_detail.as_ref())
+                    && let (Some(c), Some(t)) = (d.current, d.total)
+                {
+                    let clamp = |n: i64| u64::try_from(n).unwrap_or(0);
+                    layers.insert(id.clone(), (clamp(c), clamp(t)));
+                    b.set_length(layers.values().map(|l| l.1).sum());
+                    b.set_position(layers.values().map(|l| l.0).sum());
+                }
+                if let Some(s) = info.status.as_deref() {
+                    b.set_message(s.trim().to_string());
+                }
+            }
+            None => {
+                if let Some(line) = progress_line(&info, &mut last) {
+                    lines(format!("{host}: pulling {image}: {line}"));
+                }
+            }
+        }
+    }
+    // The stream reports failures as error items; check anyway rather than trust it.
+    docker.inspect_image(image).await.map_err(|e| fail(format!("pulled, but not there: {}", cause(&e))))?;
+    tracing::info!(host, image, elapsed = ?started.elapsed(), "pulled image");
+    Ok(true)
+}
+
+/// `pull: always`: the digest each image's tag points to now, asked through
+/// `docker`'s distribution endpoint (`GET /distribution/{image}/json`, the daemon
+/// talks to the registry with the credentials from `auth`); one request per image,
+/// all concurrently.
+///
+/// # Errors
+/// One [`RegistryError::Digest`] (or `Credentials`) per image that could not be resolved.
+pub async fn resolve_digests(
+    docker: &Docker,
+    host: &str,
+    images: &BTreeSet<String>,
+    auth: &RegistryAuth,
+) -> Result<BTreeMap<String, String>, Vec<RegistryError>> {
+    let results: Vec<Result<(String, String), RegistryError>> = stream::iter(images)
+        .map(|image| async move {
+            let (credentials, described) = credentials_for(auth, image)?;
+            let fail = |c: String| RegistryError::Digest {
+                host: host.into(),
+                image: image.clone(),
+                registry: registry_of(image).into(),
+                auth: described.clone(),
+                cause: c,
+            };
+            let found = docker.inspect_registry_image(image, credentials).await.map_err(|e| fail(cause(&e)))?;
+            let digest = found.descriptor.digest.filter(|d| !d.is_empty()).ok_or_else(|| fail("no digest".into()))?;
+            Ok((image.clone(), digest))
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut out = BTreeMap::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok((image, digest)) => {
+                out.insert(image, digest);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// Fill in `repo_digests` of the `observation`'s instances whose app is in `apps`:
+/// one image inspect per distinct image ID. An image that is gone leaves them empty.
+///
+/// # Errors
+/// [`RegistryError::Inspect`] when the daemon cannot say.
+pub async fn fill_repo_digests(
+    docker: &Docker,
+    host: &str,
+    observation: &mut HostObservation,
+    apps: &BTreeSet<String>,
+) -> Result<(), RegistryError> {
+    let ids: BTreeSet<String> = observation
+        .instances
+        .iter()
+        .filter(|i| apps.contains(&i.app) && !i.image_id.is_empty())
+        .map(|i| i.image_id.clone())
+        .collect();
+    let mut digests: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for id in ids {
+        match docker.inspect_image(&id).await {
+            Ok(info) => {
+                digests.insert(id, info.repo_digests.unwrap_or_default());
+            }
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(RegistryError::Inspect { host: host.into(), image: id, cause: cause(&e) }),
+        }
+    }
+    for i in &mut observation.instances {
+        if let Some(d) = digests.get(&i.image_id) {
+            i.repo_digests.clone_from(d);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn hints_follow_the_daemons_reason() {
+        assert!(
+            registry_hint("Head https://r/v2/x/manifests/1: unauthorized: authentication required")
+                .contains("password")
+        );
+        assert!(registry_hint("manifest for r/x:9 not found: manifest unknown").contains("image name and tag"));
+        assert!(registry_hint("dial tcp 127.0.0.1:1: connect: connection refused").contains("reachable"));
+    }
+
+    #[test]
+    fn credentials_are_never_in_messages() {
+        let creds = super::super::registry_auth::Credentials {
+            registry: "r.example".into(),
+            username: Some("u".into()),
+            password: Some(crate::secret::Secret::new("hunter2".into())),
+            identity_token: None,
+            source: "registries[0]".into(),
+        };
+        let b = bollard_credentials(&creds);
+        assert_eq!((b.username.as_deref(), b.password.as_deref()), (Some("u"), Some("hunter2")));
+        assert!(!format!("{creds:?}").contains("hunter2"));
+        let e = RegistryError::Pull {
+            host: "n".into(),
+            image: "r.example/x:1".into(),
+            registry: "r.example".into(),
+            auth: "credentials from registries[0]".into(),
+            cause: "unauthorized".into(),
+        };
+        assert!(e.to_string().starts_with(
+            "host `n`: cannot pull image `r.example/x:1` from registry `r.example` (credentials from registries[0]): \
+             unauthorized; check the username"
+        ));
+    }
+}
+
+/// The pulls a plan needs before its rollout: for each create/replace, its image on
+/// its host (`always` for apps with `pull: always`). Every failure is reported under
+/// each app that needs the image on that host, so the executor can skip exactly those
+/// apps: nothing on any host changes for them.
+///
+/// `clients` are the executor's connections (a host that could not be reached is
+/// skipped here; the rollout reports it).
+pub async fn pull_for_plan(
+    env: &crate::spec::Env,
+    plan: &crate::plan::Plan,
+    specs: &BTreeMap<String, InstanceSpec>,
+    clients: &BTreeMap<String, Result<Docker, String>>,
+    lines: &(dyn Fn(String) + Send + Sync),
+) -> BTreeMap<String, String> {
+    use crate::plan::Action;
+    use crate::spec::model::PullPolicy;
+    let mut wanted: BTreeMap<PullJob, BTreeSet<String>> = BTreeMap::new();
+    for action in &plan.actions {
+        let (app, new) = match action {
+            Action::Create { app, new, .. } | Action::Replace { app, new, .. } => (app, new),
+            _ => continue,
+        };
+        let Some(spec) = specs.get(&new.spec_hash) else { continue };
+        let always = env.apps.get(app).is_some_and(|a| a.spec.pull == PullPolicy::Always);
+        let job = PullJob { host: new.host.clone(), image: spec.image.clone(), always };
+        wanted.entry(job).or_default().insert(app.clone());
+    }
+    if wanted.is_empty() {
+        return BTreeMap::new();
+    }
+    let auth = match RegistryAuth::resolve(&env.spec.registries, &env.spec.secrets) {
+        Ok(a) => a,
+        Err(e) => return wanted.into_values().flatten().map(|app| (app, e.to_string())).collect(),
+    };
+    let ok: BTreeMap<String, Docker> =
+        clients.iter().filter_map(|(h, c)| c.as_ref().ok().map(|c| (h.clone(), c.clone()))).collect();
+    let jobs: Vec<PullJob> = wanted.keys().cloned().collect();
+    let mut failed = BTreeMap::new();
+    for e in pull_all(&ok, &jobs, &auth, lines).await {
+        let host = match &e {
+            RegistryError::Pull { host, .. } | RegistryError::Inspect { host, .. } => Some(host.as_str()),
+            RegistryError::Digest { .. } | RegistryError::Credentials { .. } => None,
+        };
+        for (job, apps) in &wanted {
+            if job.image == e.image() && host.is_none_or(|h| h == job.host) {
+                for app in apps {
+                    failed.entry(app.clone()).or_insert_with(|| format!("{e}; nothing was changed for this app"));
+                }
+            }
+        }
+    }
+    failed
 }

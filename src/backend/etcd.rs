@@ -40,8 +40,8 @@
 //! chronological (by the wall clock of the writing host); [`history`] reads it newest
 //! first.
 //!
-//! Decisions and pitfalls of etcd-client 0.21 against etcd 3.4 are in the project's
-//! DEPENDENCIES notes (§5): `get_stream` needs etcd ≥ 3.7, so ranges use plain `get`
+//! Decisions and pitfalls of etcd-client 0.21 against etcd 3.4 (checked against a real
+//! etcd 3.4 when the crate was chosen): `get_stream` needs etcd ≥ 3.7, so ranges use plain `get`
 //! (inside transactions); the client is cheap to clone, one clone per concurrent task.
 //! The per-request timeout of [`connect`]'s client bounds a call until etcd's response
 //! headers arrive, not the life of a stream, so the lease keep-alive stream may share it.

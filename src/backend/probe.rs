@@ -44,6 +44,19 @@ pub type CmdFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 /// captured by the closure).
 pub type CmdRunner = Arc<dyn Fn(Duration) -> CmdFuture + Send + Sync>;
 
+/// A health spec that cannot be turned into a probe (validate reports these earlier).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// `http` or `tcp` on an app without a port.
+    #[error("a {kind} health check needs a port")]
+    NeedsPort { kind: &'static str },
+    #[error("the health check sets none of http, tcp or cmd")]
+    NoCheck,
+    /// `health.<field>` is not a duration.
+    #[error("health.{field}: {message}")]
+    BadDuration { field: &'static str, message: String },
+}
+
 /// One way to tell whether an instance is healthy.
 #[derive(Clone)]
 pub enum Probe {
@@ -89,8 +102,8 @@ impl Probe {
         address: &str,
         port: Option<u16>,
         cmd: impl FnOnce(Vec<String>) -> CmdRunner,
-    ) -> Result<Self, String> {
-        let need_port = |what: &str| port.ok_or_else(|| format!("a {what} health check needs a port"));
+    ) -> Result<Self, ProbeError> {
+        let need_port = |kind: &'static str| port.ok_or(ProbeError::NeedsPort { kind });
         if let Some(path) = &health.http {
             let path = if path.starts_with('/') { path.clone() } else { format!("/{path}") };
             return Ok(Self::Http { address: address.to_string(), port: need_port("http")?, path });
@@ -100,7 +113,7 @@ impl Probe {
         }
         match &health.cmd {
             Some(argv) if !argv.is_empty() => Ok(Self::Cmd { argv: argv.clone(), run: cmd(argv.clone()) }),
-            _ => Err("the health check sets none of http, tcp or cmd".to_string()),
+            _ => Err(ProbeError::NoCheck),
         }
     }
 }
@@ -131,10 +144,10 @@ impl Schedule {
     ///
     /// # Errors
     /// A duration does not parse (validate reports this earlier).
-    pub fn from_spec(health: &HealthSpec) -> Result<Self, String> {
+    pub fn from_spec(health: &HealthSpec) -> Result<Self, ProbeError> {
         let d = Self::default();
-        let parse = |field: &str, v: &Option<String>, default: Duration| match v {
-            Some(s) => units::duration(s).map_err(|e| format!("health.{field}: {}", e.message)),
+        let parse = |field: &'static str, v: &Option<String>, default: Duration| match v {
+            Some(s) => units::duration(s).map_err(|e| ProbeError::BadDuration { field, message: e.message }),
             None => Ok(default),
         };
         Ok(Self {
@@ -436,7 +449,9 @@ mod tests {
                 start_period: Duration::from_secs(1)
             }
         );
-        assert!(Probe::from_spec(&h, "10.0.0.1", None, never).unwrap_err().contains("needs a port"));
+        assert_eq!(Probe::from_spec(&h, "10.0.0.1", None, never).unwrap_err(), ProbeError::NeedsPort { kind: "http" });
+        let none = HealthSpec { http: None, ..h.clone() };
+        assert_eq!(Probe::from_spec(&none, "a", Some(1), never).unwrap_err(), ProbeError::NoCheck);
         let tcp = HealthSpec { http: None, tcp: Some(true), ..h.clone() };
         assert_eq!(Probe::from_spec(&tcp, "::1", Some(5), never).unwrap().to_string(), "tcp [::1]:5");
         let cmd = HealthSpec { http: None, cmd: Some(vec!["true".into()]), ..h.clone() };
@@ -444,6 +459,6 @@ mod tests {
         let Probe::Cmd { run, .. } = counting else { unreachable!() };
         assert_eq!(Probe::from_spec(&cmd, "a", None, |_| run).unwrap().to_string(), "cmd true");
         let bad = HealthSpec { interval: Some("soon".into()), ..h };
-        assert!(Schedule::from_spec(&bad).unwrap_err().starts_with("health.interval: invalid duration"));
+        assert!(Schedule::from_spec(&bad).unwrap_err().to_string().starts_with("health.interval: invalid duration"));
     }
 }

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use super::common::{ObserveArgs, load_env, parse_duration, resolve_secrets, runtime};
+use super::common::{ObserveArgs, load_target, parse_duration, runtime};
 use super::{ExitCode, RepoArgs};
 use crate::apply::{self, Options};
-use crate::plan::{self, Desired, Plan, render};
+use crate::model::ObservedState;
+use crate::notify::EventKind;
+use crate::plan::{self, Plan, render};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,14 +36,14 @@ pub struct Args {
 /// # Errors
 /// Bad input, stale saved plan, unreachable backends, refused confirmation.
 pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
-    run(args, "apply")
+    run(args, apply::HistoryKind::Apply)
 }
 
-/// Apply, recorded in the history as `record_as` (`apply` or `rollback`).
+/// Apply, recorded in the history as `kind` (an apply or a rollback).
 ///
 /// # Errors
 /// As [`exec`].
-pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
+pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
     let saved: Option<Plan> = match &args.plan {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read plan {}", path.display()))?;
@@ -68,69 +70,25 @@ pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
     };
     // A saved plan is re-derived from its own commit.
     let reference = saved.as_ref().and_then(|p| p.origin.commit.clone().filter(|_| !p.origin.dirty));
-    let l = load_env(&args.repo, &env_name, reference.as_deref())?;
-    let env = l.env();
-    let secrets = resolve_secrets(env)?;
+    let target = load_target(&args.repo, &env_name, reference.as_deref())?;
     let rt = runtime()?;
-    let opts = Options {
-        parallelism: args.observe.parallelism.max(1),
-        timeout: args.observe.timeout,
-        lock_timeout: args.lock_timeout,
-        record_as,
+    let req = apply::Request {
+        opts: Options {
+            parallelism: args.observe.parallelism.max(1),
+            timeout: args.observe.timeout,
+            lock_timeout: args.lock_timeout,
+            kind,
+        },
+        observe: args.observe.options(),
+        pinning: if kind == apply::HistoryKind::Rollback { apply::Pinning::Set } else { apply::Pinning::Refuse },
+        lock: true,
     };
-    let progress = progress_sink();
-    // Lock first: whatever is observed and planned below cannot change under us.
-    let guard = rt.block_on(apply::lock(env, opts, Arc::clone(&progress)))?;
-    // Every way out before apply releases the lock at once (else the next apply waits for its lease).
-    let release = |guard: Option<crate::backend::etcd::LockGuard>| {
-        if let Some(g) = guard
-            && let Err(e) = rt.block_on(g.release())
-        {
-            eprintln!("warning: releasing the apply lock: {e} (it expires with its lease)");
-        }
+    let mut hooks = Confirm { args, saved: saved.as_ref() };
+    let outcome = rt.block_on(apply::run(target, req, &mut hooks, progress_sink()))?;
+    let (p, Some(report)) = (&outcome.plan, &outcome.report) else {
+        eprintln!("nothing to do");
+        return Ok(ExitCode::Ok);
     };
-    let prepared = (|| -> anyhow::Result<_> {
-        // Under the lock: a rollback's pin holds the environment at its commit.
-        let pinned = rt.block_on(apply::pin::read(env, guard.as_ref(), args.observe.timeout))?;
-        if record_as != "rollback" {
-            apply::pin::check(&env_name, pinned.as_ref(), &l.snap.origin)?;
-        }
-        let observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
-        let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets };
-        let (p, specs) = plan::plan_with_specs(&d, &observed)?;
-        let confirmed = check_and_confirm(args, saved.as_ref(), &p, &env_name)?;
-        if record_as == "rollback"
-            && let Some(g) = &guard
-            && let Some(pin) = rt.block_on(apply::pin::set(env, g, &l.snap.origin))?
-        {
-            eprintln!(
-                "pinned environment `{env_name}` to {} ({}): watch keeps it there and apply of another commit is \
-                 refused until `reconcile rollback --env {env_name} --release`",
-                apply::pin::short(&pin.commit),
-                pin.reference
-            );
-        }
-        Ok(confirmed.map(|()| (observed, p, specs)))
-    })();
-    let (observed, p, specs) = match prepared {
-        Ok(Some(x)) => x,
-        Ok(None) => {
-            release(guard);
-            eprintln!("nothing to do");
-            return Ok(ExitCode::Ok);
-        }
-        Err(e) => {
-            release(guard);
-            return Err(e);
-        }
-    };
-
-    let report = rt.block_on(apply::apply(
-        guard,
-        apply::Job { env, files: l.files(), plan: &p, specs: &specs, observed: &observed },
-        opts,
-        progress,
-    ))?;
     let mut out = std::io::stdout().lock();
     for (app, o) in &report.apps {
         match &o.error {
@@ -142,6 +100,12 @@ pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
         writeln!(out, "error: {e}")?;
     }
     writeln!(out, "apply {}: {}", if report.ok() { "complete" } else { "incomplete" }, p.summary)?;
+    drop(out);
+    let apps: Vec<(String, Option<String>)> =
+        report.apps.iter().map(|(a, o)| (a.clone(), o.error.as_ref().map(ToString::to_string))).collect();
+    let ok_kind = if kind == apply::HistoryKind::Rollback { EventKind::Rollback } else { EventKind::ApplySucceeded };
+    let t = &outcome.target;
+    super::notify::after_apply(&rt, &t.env, &t.secrets, p, &apps, &report.errors, ok_kind);
     if !report.ok() {
         // The report (stdout) has the details; CI logs that only keep stderr still see why.
         let failed: Vec<String> = report
@@ -155,9 +119,23 @@ pub fn run(args: &Args, record_as: &'static str) -> anyhow::Result<ExitCode> {
     Ok(if report.ok() { ExitCode::Ok } else { ExitCode::Error })
 }
 
-/// Refuse a stale saved plan; show the plan and ask when there is no saved plan.
-/// `Ok(None)`: nothing to do.
-fn check_and_confirm(args: &Args, saved: Option<&Plan>, p: &Plan, env_name: &str) -> anyhow::Result<Option<()>> {
+/// The CLI's part of an apply: refuse a stale saved plan; show the plan and ask when
+/// there is no saved plan (unless `--yes`).
+struct Confirm<'a> {
+    args: &'a Args,
+    saved: Option<&'a Plan>,
+}
+
+impl apply::Hooks for Confirm<'_> {
+    // Reads the answer from stdin on the runtime's own thread: the lock's keep-alive runs
+    // on the worker threads meanwhile.
+    async fn confirm(&mut self, target: &apply::Target, plan: &Plan, _: &ObservedState) -> Result<bool, String> {
+        check_and_confirm(self.args, self.saved, plan, &target.env.name).map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// [`Confirm`]: `Ok(true)` to apply (an empty plan is not asked about).
+fn check_and_confirm(args: &Args, saved: Option<&Plan>, p: &Plan, env_name: &str) -> anyhow::Result<bool> {
     if let Some(s) = saved {
         if s.against != p.against {
             bail!(
@@ -171,7 +149,7 @@ fn check_and_confirm(args: &Args, saved: Option<&Plan>, p: &Plan, env_name: &str
         eprint!("{}", render::text(p, super::stderr_is_tty()));
     }
     if p.summary.is_empty() {
-        return Ok(None);
+        return Ok(true);
     }
     if saved.is_none() && !args.yes {
         if !std::io::stdin().is_terminal() {
@@ -187,7 +165,7 @@ fn check_and_confirm(args: &Args, saved: Option<&Plan>, p: &Plan, env_name: &str
             bail!("apply cancelled");
         }
     }
-    Ok(Some(()))
+    Ok(true)
 }
 
 /// Where progress lines go: on a terminal, an indicatif spinner showing the latest

@@ -8,8 +8,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use super::RepoArgs;
+use crate::apply::Target;
 use crate::backend::{git, secrets};
 use crate::diag::{self, Diagnostic};
+use crate::model::{ObservedState, Pin};
+use crate::plan::Plan;
 use crate::secret::Secret;
 use crate::spec::{self, Env, Loaded, RepoSnapshot};
 
@@ -22,6 +25,10 @@ pub struct ObserveArgs {
     /// Per-host and etcd timeout, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// `pull: always` apps: skip the registry digest check (a warning), e.g. when the
+    /// registry is down.
+    #[arg(long)]
+    pub offline_images: bool,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -30,7 +37,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 impl ObserveArgs {
     pub fn options(&self) -> crate::observe::Options {
-        crate::observe::Options { parallelism: self.parallelism.max(1), timeout: self.timeout }
+        crate::observe::Options {
+            parallelism: self.parallelism.max(1),
+            timeout: self.timeout,
+            offline_images: self.offline_images,
+        }
     }
 }
 
@@ -50,6 +61,47 @@ impl Loaded1 {
     pub fn files(&self) -> Arc<BTreeMap<String, Vec<u8>>> {
         Arc::new(self.snap.files.clone())
     }
+
+    /// The environment with its secrets, as apply, plan and status work on it.
+    pub fn into_target(mut self, secrets: BTreeMap<String, Secret>) -> Option<Target> {
+        let env = self.loaded.envs.remove(&self.env)?;
+        Some(Target { env, files: Arc::new(self.snap.files), origin: self.snap.origin, secrets })
+    }
+}
+
+/// [`load_env`] and [`resolve_secrets`]: the desired state of `env`, before anything is
+/// contacted.
+///
+/// # Errors
+/// As [`load_env`] and [`resolve_secrets`].
+pub fn load_target(repo: &RepoArgs, env: &str, reference: Option<&str>) -> anyhow::Result<Target> {
+    let l = load_env(repo, env, reference)?;
+    let secrets = resolve_secrets(l.env())?;
+    l.into_target(secrets).with_context(|| format!("environment `{env}` could not be loaded"))
+}
+
+/// The world and the plan for it, as `plan` and `status` show them (the same path
+/// `apply` takes under its lock).
+pub struct Planned {
+    pub observed: ObservedState,
+    pub plan: Plan,
+    /// A rollback's pin, if the environment has one.
+    pub pin: Option<Pin>,
+}
+
+/// Observe `target`'s environment, read its pin and plan, without the lock.
+///
+/// # Errors
+/// A host, etcd or the LB file cannot be observed, or the plan cannot be made.
+pub fn observe_and_plan(
+    rt: &tokio::runtime::Runtime,
+    target: &Target,
+    observe: &ObserveArgs,
+) -> anyhow::Result<Planned> {
+    let (observed, plan, _) =
+        rt.block_on(crate::apply::observe_and_plan(target, observe.options(), &Default::default()))?;
+    let pin = rt.block_on(crate::apply::pin::read(&target.env, None, observe.timeout))?;
+    Ok(Planned { observed, plan, pin })
 }
 
 /// Read the repo and validate `env`. Errors are printed to stderr with their

@@ -14,6 +14,7 @@ use super::common::load_env;
 use super::plan::{Format, print_plan};
 use super::{ExitCode, RepoArgs};
 use crate::model::{EtcdObservation, HostObservation, ObservedState};
+use crate::plan::render;
 use crate::plan::{self, Desired, simulate::simulate};
 use crate::spec::Env;
 
@@ -53,7 +54,13 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     let base_state = match load_env(&args.repo, &args.env, Some(&args.base)) {
         Ok(base) => {
             let benv = base.env();
-            let d = Desired { env: benv, files: base.files(), origin: &base.snap.origin, secrets: &no_secrets };
+            let d = Desired {
+                env: benv,
+                files: base.files(),
+                origin: &base.snap.origin,
+                secrets: &no_secrets,
+                digests: Default::default(),
+            };
             let p = plan::plan(&d, &empty(benv))?;
             let mut s = simulate(&p, &empty(benv), base.snap.origin.commit.as_deref().unwrap_or(""));
             // The head's hosts decide what exists; keep the base's containers on them.
@@ -71,8 +78,14 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
         Err(e) if e.to_string().contains("no environment") => empty(henv),
         Err(e) => return Err(e.context(format!("base revision {}", args.base))),
     };
-    let d = Desired { env: henv, files: head.files(), origin: &head.snap.origin, secrets: &no_secrets };
+    let d = Desired {
+        env: henv,
+        files: head.files(),
+        origin: &head.snap.origin,
+        secrets: &no_secrets,
+        digests: Default::default(),
+    };
     let p = plan::plan(&d, &base_state)?;
-    print_plan(&p, args.format)?;
+    print_plan(&p, args.format, render::Source::Diff)?;
     Ok(if args.detailed_exitcode && !p.summary.is_empty() { ExitCode::Changes } else { ExitCode::Ok })
 }

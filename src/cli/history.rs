@@ -60,7 +60,11 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
             for e in &entries {
                 let f = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
                 let commit: String = f("commit").chars().take(12).collect();
-                let kind = e.get("kind").and_then(|v| v.as_str()).unwrap_or("apply");
+                // Entries of older versions have no kind (applies); a newer version's kind is shown as is.
+                let kind = match crate::apply::HistoryKind::of_entry(e) {
+                    Some(k) => k.as_str(),
+                    None => e.get("kind").and_then(|v| v.as_str()).unwrap_or("?"),
+                };
                 writeln!(
                     out,
                     "{}  {kind:<8}  {commit:<12}  {:<12}  {}  → {}",
@@ -117,7 +121,7 @@ pub fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
         lock_timeout: args.lock_timeout,
         observe: args.observe.clone(),
     };
-    super::apply::run(&a, "rollback")
+    super::apply::run(&a, crate::apply::HistoryKind::Rollback)
 }
 
 /// `rollback --release`: delete the pin under the apply lock, recorded in the history.
@@ -132,7 +136,7 @@ fn release(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
         parallelism: 1,
         timeout: args.observe.timeout,
         lock_timeout: args.lock_timeout,
-        record_as: "release",
+        kind: crate::apply::HistoryKind::Release,
     };
     let progress: crate::apply::Progress = std::sync::Arc::new(|line: String| eprintln!("{line}"));
     let Some(guard) = rt.block_on(crate::apply::lock(env, opts, progress))? else {

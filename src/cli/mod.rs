@@ -3,8 +3,12 @@
 
 pub mod apply;
 pub mod common;
+pub mod completions;
 pub mod diff;
 pub mod history;
+pub mod import;
+pub mod logs;
+pub mod notify;
 pub mod plan;
 pub mod schema;
 pub mod secret;
@@ -78,14 +82,39 @@ pub enum Command {
     /// Encrypted secrets in the repo: `set` (encrypt stdin with age), `list` (names and sources).
     #[command(subcommand)]
     Secret(secret::Command),
+    /// The environment's container logs from every host, merged in time order.
+    Logs(logs::LogsArgs),
+    /// Run a command in one instance of an app (the first healthy one by default).
+    Exec(logs::ExecArgs),
+    /// Write a config repo from other tools' files: `import compose FILE… --env E`.
+    #[command(subcommand)]
+    Import(import::Command),
+    /// Print a shell completion script (bash, zsh, fish), generated from these definitions.
+    Completions(completions::Args),
+    /// Print the man page reconcile(1) (roff), generated from these definitions.
+    Man(completions::ManArgs),
 }
 
 /// Exit codes of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
-    Ok = 0,
-    Error = 1,
-    Changes = 2,
+    Ok,
+    Error,
+    Changes,
+    /// `exec`: the exit code of the command run in the container.
+    Passed(u8),
+}
+
+impl ExitCode {
+    /// The process exit code: 0, 1, 2, or the passed-through one.
+    pub fn code(self) -> u8 {
+        match self {
+            ExitCode::Ok => 0,
+            ExitCode::Error => 1,
+            ExitCode::Changes => 2,
+            ExitCode::Passed(c) => c,
+        }
+    }
 }
 
 /// Run the parsed command.
@@ -108,6 +137,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback(args) => history::rollback(&args),
         Command::Schema(args) => schema::exec(&args),
         Command::Secret(cmd) => secret::exec(&cmd),
+        Command::Logs(args) => logs::logs(&args),
+        Command::Exec(args) => logs::exec(&args),
+        Command::Import(cmd) => import::exec(&cmd),
+        Command::Completions(args) => completions::exec(&args),
+        Command::Man(args) => completions::man(&args),
     }
 }
 

@@ -5,9 +5,9 @@ use std::io::Write as _;
 use anyhow::Context as _;
 use clap::ValueEnum;
 
-use super::common::{ObserveArgs, load_env, resolve_secrets, runtime};
+use super::common::{ObserveArgs, Planned, load_target, observe_and_plan, runtime};
 use super::{ExitCode, RepoArgs};
-use crate::plan::{self, Desired, Plan, render};
+use crate::plan::{Plan, render};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -42,17 +42,12 @@ pub const PART_BREAK: &str = "<!-- reconcile:part-break -->";
 /// # Errors
 /// Bad input, missing secrets, or an unreachable host/etcd/LB file.
 pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
-    let l = load_env(&args.repo, &args.env, None)?;
-    let env = l.env();
-    let secrets = resolve_secrets(env)?;
+    let target = load_target(&args.repo, &args.env, None)?;
     let rt = runtime()?;
-    let observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
-    let pin = rt.block_on(crate::apply::pin::read(env, None, args.observe.timeout))?;
-    let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets };
-    let p = plan::plan(&d, &observed)?;
-    print_plan(&p, args.format)?;
+    let Planned { plan: p, pin, .. } = observe_and_plan(&rt, &target, &args.observe)?;
+    print_plan(&p, args.format, render::Source::Plan)?;
     // A plan that apply would refuse says so where CI logs show it.
-    if let Err(e) = crate::apply::pin::check(&args.env, pin.as_ref(), &l.snap.origin) {
+    if let Err(e) = crate::apply::pin::check(&args.env, pin.as_ref(), &target.origin) {
         eprintln!("warning: {e}");
     }
     if let Some(path) = &args.out {
@@ -66,13 +61,13 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
 ///
 /// # Errors
 /// stdout is closed.
-pub fn print_plan(p: &Plan, format: Format) -> anyhow::Result<()> {
+pub fn print_plan(p: &Plan, format: Format, source: render::Source) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match format {
         Format::Text => write!(out, "{}", render::text(p, super::stdout_is_tty()))?,
         Format::Json => write!(out, "{}", render::json(p))?,
         Format::Markdown => {
-            let parts = render::markdown(p, render::MARKDOWN_LIMIT);
+            let parts = render::markdown_for(p, render::MARKDOWN_LIMIT, source);
             write!(out, "{}", parts.join(&format!("\n{PART_BREAK}\n")))?;
         }
     }

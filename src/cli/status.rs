@@ -10,9 +10,9 @@ use std::io::Write as _;
 use clap::ValueEnum;
 use serde::Serialize;
 
-use super::common::{ObserveArgs, load_env, resolve_secrets, runtime};
+use super::common::{ObserveArgs, Planned, load_target, observe_and_plan, runtime};
 use super::{ExitCode, RepoArgs};
-use crate::plan::{self, Action, Desired, render::reason_text};
+use crate::plan::{self, Action, render::reason_text};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -55,14 +55,10 @@ pub struct Row {
 /// # Errors
 /// Bad input, missing secrets, or an unreachable host/etcd.
 pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
-    let l = load_env(&args.repo, &args.env, None)?;
-    let env = l.env();
-    let secrets = resolve_secrets(env)?;
+    let target = load_target(&args.repo, &args.env, None)?;
+    let env = &target.env;
     let rt = runtime()?;
-    let observed = rt.block_on(crate::observe::observe(env, args.observe.options()))?;
-    let pin = rt.block_on(crate::apply::pin::read(env, None, args.observe.timeout))?;
-    let d = Desired { env, files: l.files(), origin: &l.snap.origin, secrets: &secrets };
-    let p = plan::plan(&d, &observed)?;
+    let Planned { observed, plan: p, pin } = observe_and_plan(&rt, &target, &args.observe)?;
     let ids: BTreeMap<String, Vec<String>> = observed
         .hosts
         .iter()
@@ -140,7 +136,7 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => {
-            let v = serde_json::json!({"format_version": 1, "env": env.name, "origin": l.snap.origin, "pin": pin, "instances": rows, "summary": p.summary});
+            let v = serde_json::json!({"format_version": 1, "env": env.name, "origin": target.origin, "pin": pin, "instances": rows, "summary": p.summary});
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         }
         Format::Table => {

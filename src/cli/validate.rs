@@ -29,6 +29,8 @@ pub struct Args {
 pub enum Format {
     Text,
     Json,
+    /// GitHub Actions workflow commands (`::error file=…,line=…,col=…::…`): inline annotations on a PR.
+    Github,
 }
 
 /// # Errors
@@ -85,6 +87,15 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
             v["origin"] = serde_json::to_value(&snap.origin)?;
             v["environments"] = serde_json::to_value(&checked)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Format::Github => {
+            print!("{}", diag::render_github(&diags));
+            let state = snap.origin.describe();
+            if errors == 0 {
+                println!("ok: valid at {state}");
+            } else {
+                println!("validation failed at {state}: {errors} error(s)");
+            }
         }
         Format::Text => {
             let sources = spec::sources(&snap);

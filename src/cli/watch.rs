@@ -74,7 +74,7 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
             parallelism: args.observe.parallelism.max(1),
             timeout: args.observe.timeout,
             lock_timeout: args.lock_timeout,
-            record_as: "watch",
+            kind: crate::apply::HistoryKind::Watch,
         },
         observe: args.observe.options(),
         backoff_base: args.backoff_base,

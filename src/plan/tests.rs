@@ -50,7 +50,7 @@ fn plan_for(snap: &RepoSnapshot, secrets: &BTreeMap<String, Secret>, o: &Observe
     assert!(loaded.diagnostics.iter().all(|d| !d.is_error()), "{:?}", loaded.diagnostics);
     let env = &loaded.envs["t"];
     let origin = Origin::default();
-    let d = Desired { env, files: Arc::new(snap.files.clone()), origin: &origin, secrets };
+    let d = Desired { env, files: Arc::new(snap.files.clone()), origin: &origin, secrets, digests: Default::default() };
     plan(&d, o).unwrap()
 }
 
@@ -356,7 +356,8 @@ fn held_instances_are_neither_created_nor_registered() {
     let loaded = load(&snap);
     let env = &loaded.envs["t"];
     let origin = Origin::default();
-    let d = Desired { env, files: Arc::new(snap.files.clone()), origin: &origin, secrets: &s };
+    let d =
+        Desired { env, files: Arc::new(snap.files.clone()), origin: &origin, secrets: &s, digests: Default::default() };
     let (free, _) = plan_with_specs(&d, &o).unwrap();
     assert_eq!(free.summary.add, 1);
     let (held, _) = plan_holding(&d, &o, &["app-1-0".to_string()].into()).unwrap();

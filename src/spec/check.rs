@@ -34,8 +34,10 @@ pub fn check(env: &Env, files: &Arc<BTreeMap<String, Vec<u8>>>, display: &dyn Fn
     if let Some(Err(e)) = env.spec.lb.as_ref().and_then(|lb| lb.drain.as_deref()).map(units::duration) {
         c.invalid(&env.doc, "/lb/drain", e);
     }
+    c.notifications();
     c.apps(&hosts);
     c.secrets_and_etcd();
+    c.registries();
     c.dependencies();
     let assignments = c.placement(&hosts);
     c.templates(&templates, &hosts, &assignments);
@@ -50,6 +52,34 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Notification targets: the secrets they name exist, durations parse.
+    fn notifications(&mut self) {
+        let env = self.env;
+        for (i, n) in env.spec.notifications.iter().enumerate() {
+            let p = format!("/notifications/{i}");
+            let named = [("url", &n.url), ("signing_secret", &n.signing_secret), ("token", &n.token)];
+            for (field, name) in named {
+                let Some(name) = name else { continue };
+                if !env.spec.secrets.contains_key(name) {
+                    self.at(
+                        &env.doc,
+                        &format!("{p}/{field}"),
+                        Diagnostic::error(
+                            "unknown-secret",
+                            format!("notification `{field}` names secret `{name}`, which `secrets` does not declare"),
+                        )
+                        .hint(format!("declare it, e.g. secrets: {{{name}: {{from_env: {}}}}}", name.to_uppercase())),
+                    );
+                }
+            }
+            for (field, value) in [("repeat", &n.repeat), ("timeout", &n.timeout)] {
+                if let Some(Err(e)) = value.as_deref().map(units::duration) {
+                    self.invalid(&env.doc, &format!("{p}/{field}"), e);
+                }
+            }
+        }
+    }
+
     fn at(&mut self, doc: &Merged, ptr: &str, d: Diagnostic) {
         let (file, pos) = doc.locate(ptr);
         self.out.push(d.at((self.display)(&file), pos));
@@ -791,5 +821,116 @@ mod etcdsec_tests {
         assert!(super::mentions_secret("{{ secrets[\"db\"] | trim }}", "db"));
         assert!(!super::mentions_secret("{{ secrets.db_password }}", "db"));
         assert!(!super::mentions_secret("{{ vars.db }}", "db"));
+    }
+}
+
+// --- private registries (issue 9, item 1) ---------------------------------------
+
+/// `HOST` or `HOST:PORT` as in image references (`registry.example:5000`, `localhost`,
+/// `127.0.0.1:5000`, `docker.io`): DNS labels of letters, digits and `-`, a port 1-65535.
+pub fn registry_host(s: &str) -> Result<(), Invalid> {
+    let bad = |why: &str| Invalid {
+        message: format!("invalid registry host {s:?}: {why}"),
+        hint: "write the registry as it appears in image references: HOST or HOST:PORT, e.g. registry.example:5000 \
+               (no scheme, no path)"
+            .into(),
+    };
+    if s.contains("://") {
+        return Err(bad("a scheme is not part of it"));
+    }
+    if s.contains('/') {
+        return Err(bad("a path is not part of it"));
+    }
+    let (host, port) = match s.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || !host.split('.').all(label_ok) {
+        return Err(bad("the host name is not valid"));
+    }
+    if let Some(p) = port
+        && !matches!(p.parse::<u16>(), Ok(n) if n > 0)
+    {
+        return Err(bad("the port must be a number from 1 to 65535"));
+    }
+    Ok(())
+}
+
+impl Checker<'_> {
+    /// `registries`: host syntax, one entry per host, `password` names a secret.
+    fn registries(&mut self) {
+        let env = self.env;
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, r) in env.spec.registries.iter().enumerate() {
+            let p = format!("/registries/{i}");
+            if let Err(e) = registry_host(&r.host) {
+                self.invalid(&env.doc, &format!("{p}/host"), e);
+            } else if let Some(first) = seen.insert(&r.host, i) {
+                self.at(
+                    &env.doc,
+                    &format!("{p}/host"),
+                    Diagnostic::error(
+                        "duplicate-registry",
+                        format!("registry `{}` has credentials twice (also registries[{first}])", r.host),
+                    )
+                    .hint("keep one entry per registry host"),
+                );
+            }
+            if !env.spec.secrets.contains_key(&r.password) {
+                let known: Vec<&str> = env.spec.secrets.keys().map(String::as_str).collect();
+                let hint = if known.is_empty() {
+                    format!("declare it: secrets: {{{}: {{from_env: VARIABLE}}}}", r.password)
+                } else {
+                    format!(
+                        "`password` names an entry of `secrets` (known: {}); declare `{}` there, e.g. \
+                         {{from_env: VARIABLE}}",
+                        known.join(", "),
+                        r.password
+                    )
+                };
+                self.at(
+                    &env.doc,
+                    &format!("{p}/password"),
+                    Diagnostic::error(
+                        "unknown-secret",
+                        format!("registry `{}`: password names unknown secret `{}`", r.host, r.password),
+                    )
+                    .hint(hint),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::registry_host;
+
+    #[test]
+    fn registry_hosts() {
+        for ok in ["registry.example", "registry.example:5000", "localhost", "127.0.0.1:25000", "docker.io", "a-b.c"] {
+            assert!(registry_host(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("https://registry.example", "scheme"),
+            ("registry.example/team", "path"),
+            ("registry.example:0", "port"),
+            ("registry.example:99999", "port"),
+            ("registry.example:", "port"),
+            ("-x.example", "host name"),
+            ("reg..example", "host name"),
+            ("reg_istry", "host name"),
+            ("", "host name"),
+        ] {
+            let e = registry_host(bad).unwrap_err();
+            assert!(e.message.contains(why), "{bad}: {}", e.message);
+        }
     }
 }

@@ -34,6 +34,70 @@ pub struct EnvironmentSpec {
     // -- etcdsec: age recipients --
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age: Option<AgeSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationSpec>,
+    // --- private registries (issue 9, item 1) ---
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<RegistrySpec>,
+}
+
+/// Where `apply`, `rollback` and `watch` send what happened (`crate::notify`).
+/// Credentials and URLs that carry tokens are names of entries in `secrets`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationSpec {
+    pub kind: NotifyKind,
+    /// webhook, slack: the name of the secret holding the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// webhook: the name of the secret whose value signs the body (HMAC-SHA256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
+    /// github_status, gitlab_status: the name of the secret holding the API token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// github_status: `owner/name` of the config repo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// gitlab_status: the project's id or `group/name` path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// github_status, gitlab_status: the API base URL (GitHub Enterprise, self-hosted GitLab).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// github_status, gitlab_status: the status's name; default `reconcile/<env>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// Only these events; all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<crate::notify::EventKind>,
+    /// A failure that persists is sent again at most this often (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<String>,
+    /// Per delivery, retries included (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyKind {
+    Webhook,
+    Slack,
+    GithubStatus,
+    GitlabStatus,
+}
+
+/// Credentials for one image registry. `password` names an entry of `secrets`; the
+/// value is resolved only when pulling or resolving a digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySpec {
+    /// As in image references: `HOST` or `HOST:PORT`.
+    pub host: String,
+    pub username: String,
+    /// The name of a secret.
+    pub password: String,
 }
 
 /// Where a secret's value comes from. Never holds the value itself.
@@ -229,6 +293,28 @@ pub struct AppSpec {
     pub init: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<String>,
+    // --- pull policy (issue 9, item 2) ---
+    /// Not serialised when `missing`, so desired copies of existing apps stay byte-identical.
+    #[serde(default, skip_serializing_if = "PullPolicy::is_missing")]
+    pub pull: PullPolicy,
+}
+
+/// When an image is pulled (compose's `pull_policy` names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Only when the host lacks the image.
+    #[default]
+    Missing,
+    /// `plan` resolves the tag's digest in the registry; instances running another
+    /// digest are replaced.
+    Always,
+}
+
+impl PullPolicy {
+    pub fn is_missing(&self) -> bool {
+        *self == Self::Missing
+    }
 }
 
 fn one() -> u32 {

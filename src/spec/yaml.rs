@@ -110,6 +110,20 @@ pub fn parse(bytes: &[u8]) -> Result<Document, YamlError> {
 /// # Errors
 /// See [`parse`].
 pub fn parse_str(src: &str) -> Result<Document, YamlError> {
+    parse_inner(src, false)
+}
+
+/// Like [`parse_str`], but YAML 1.1 merge keys (`<<: *anchor`, `<<: [*a, *b]`) are
+/// expanded, keys written in the mapping itself taking precedence: for docker compose
+/// files (`import compose`), where they are common. Spec files never allow them.
+///
+/// # Errors
+/// See [`parse`]; a merge key whose value is not a mapping (or a list of them) too.
+pub fn parse_str_merging(src: &str) -> Result<Document, YamlError> {
+    parse_inner(src, true)
+}
+
+fn parse_inner(src: &str, merge_keys: bool) -> Result<Document, YamlError> {
     let offsets = CharOffsets::new(src);
     let docs = MarkedYaml::load_from_str(src).map_err(|e| {
         let m = e.marker();
@@ -143,7 +157,7 @@ pub fn parse_str(src: &str) -> Result<Document, YamlError> {
             pos: Pos { line: 1, col: 1, offset: 0, len: 0 },
         });
     }
-    let mut conv = Converter { offsets: &offsets, index: SpanIndex::default(), nodes: 0 };
+    let mut conv = Converter { offsets: &offsets, index: SpanIndex::default(), nodes: 0, merge_keys };
     let value = conv.convert(&doc, "", 0)?;
     Ok(Document { value, index: conv.index })
 }
@@ -182,6 +196,7 @@ struct Converter<'a> {
     offsets: &'a CharOffsets<'a>,
     index: SpanIndex,
     nodes: usize,
+    merge_keys: bool,
 }
 
 impl Converter<'_> {
@@ -230,7 +245,13 @@ impl Converter<'_> {
             }
             YamlData::Mapping(m) => {
                 let mut o = Map::new();
+                if self.merge_keys {
+                    self.merge_into(&mut o, m, ptr, depth)?;
+                }
                 for (k, v) in m.iter() {
+                    if self.merge_keys && is_merge_key(k) {
+                        continue;
+                    }
                     let key = match &k.data {
                         YamlData::Value(Scalar::String(s)) => s.to_string(),
                         YamlData::Value(Scalar::Integer(i)) => i.to_string(),
@@ -269,6 +290,49 @@ impl Converter<'_> {
             }
         })
     }
+}
+
+impl Converter<'_> {
+    /// Expand the merge keys (`<<`) of mapping `m` into `o` before its own keys are
+    /// converted, so that its own keys (and their positions) win; of several merged
+    /// mappings the first wins, as YAML 1.1 says.
+    fn merge_into(
+        &mut self,
+        o: &mut Map<String, Value>,
+        m: &saphyr::AnnotatedMapping<'_, MarkedYaml<'_>>,
+        ptr: &str,
+        depth: usize,
+    ) -> Result<(), YamlError> {
+        for (k, v) in m.iter().filter(|(k, _)| is_merge_key(k)) {
+            let own = self.index.value.get(ptr).copied();
+            let merged = self.convert(v, ptr, depth + 1)?;
+            if let Some(own) = own {
+                self.index.value.insert(ptr.to_string(), own);
+            }
+            let maps: Vec<Map<String, Value>> = match merged {
+                Value::Object(one) => vec![one],
+                Value::Array(many) if many.iter().all(Value::is_object) => {
+                    many.into_iter().filter_map(|x| x.as_object().cloned()).collect()
+                }
+                _ => Vec::new(),
+            };
+            if maps.is_empty() {
+                return Err(self.err(
+                    k,
+                    "a merge key needs a mapping".into(),
+                    "write `<<: *anchor` where the anchor names a mapping",
+                ));
+            }
+            for (mk, mv) in maps.into_iter().flatten() {
+                o.entry(mk).or_insert(mv);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_merge_key(k: &MarkedYaml<'_>) -> bool {
+    matches!(&k.data, YamlData::Value(Scalar::String(s)) if s == "<<")
 }
 
 fn scalar(s: &Scalar<'_>) -> Value {

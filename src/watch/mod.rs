@@ -34,19 +34,14 @@ use tokio::time::Instant;
 
 use crate::apply;
 use crate::backend::{docker, etcd};
+use crate::model::{InstanceId, Pin};
 use crate::model::{ObservedState, keys};
-use crate::plan::{self, Action, Desired, Reason};
-use crate::secret::Secret;
+use crate::plan::{self, Action, Plan, Reason};
 use crate::spec::{Env, Origin};
 use schedule::{Backoff, HealthTracker, Trigger};
 
 /// What one run works from: the environment as the repo says now.
-pub struct Snapshot {
-    pub env: Env,
-    pub files: Arc<BTreeMap<String, Vec<u8>>>,
-    pub origin: Origin,
-    pub secrets: BTreeMap<String, Secret>,
-}
+pub type Snapshot = apply::Target;
 
 /// Reads the repo (fetching a remote) and validates the environment, at the watched ref,
 /// or at the given commit (a rollback's pin). Blocking.
@@ -347,25 +342,25 @@ impl Watcher {
         let secs = t0.elapsed().as_secs_f64();
         let mut failures = 0;
         if let Ok(mut m) = self.metrics.lock() {
-            *m.runs.entry(result).or_default() += 1;
+            *m.runs.entry(result.as_str()).or_default() += 1;
             match result {
-                "failed" => m.consecutive_failures += 1,
-                "busy" => {}
-                _ => m.consecutive_failures = 0,
+                RunResult::Failed => m.consecutive_failures += 1,
+                RunResult::Busy => {}
+                RunResult::Ok | RunResult::DryRun => m.consecutive_failures = 0,
             }
             failures = m.consecutive_failures;
             m.run_seconds_sum += secs;
             m.run_seconds_last = secs;
         }
-        tracing::info!(result, seconds = secs, "run done");
+        tracing::info!(result = result.as_str(), seconds = secs, "run done");
         let retry = match result {
-            "failed" => {
+            RunResult::Failed => {
                 let cap = self.cfg.interval.min(self.cfg.backoff_max);
                 let delay = schedule::retry_delay(failures.max(1), self.cfg.backoff_base, cap);
                 tracing::info!(?delay, failures, "retrying");
                 Some((Instant::now() + delay, Trigger::Retry))
             }
-            _ => None,
+            RunResult::Ok | RunResult::Busy | RunResult::DryRun => None,
         };
         let wake = wake.map(|at| (at, Trigger::BackoffEnded));
         match (wake, retry) {
@@ -374,162 +369,52 @@ impl Watcher {
         }
     }
 
-    fn fail(&self, stage: &'static str, e: impl std::fmt::Display) -> (&'static str, Option<Instant>) {
+    fn fail(&self, stage: &'static str, e: impl std::fmt::Display) -> (RunResult, Option<Instant>) {
         tracing::error!(stage, error = %e, "watch run failed; retrying with back-off");
         if let Ok(mut m) = self.metrics.lock() {
             *m.failures.entry(stage).or_default() += 1;
         }
-        ("failed", None)
+        (RunResult::Failed, None)
     }
 
-    async fn converge(&mut self, targets: &watch::Sender<Vec<health::Target>>) -> (&'static str, Option<Instant>) {
+    /// Load, then one apply through [`apply::run`] (lock → pin → observe → plan → this
+    /// run's hooks → execute → record → unlock).
+    async fn converge(&mut self, targets: &watch::Sender<Vec<health::Target>>) -> (RunResult, Option<Instant>) {
         let snap = match self.load(None).await {
             Ok(s) => s,
             Err(e) => return self.fail("load", e),
         };
         let progress: apply::Progress = Arc::new(|line: String| tracing::info!("{line}"));
         let mut opts = self.cfg.apply;
-        opts.record_as = "watch";
-        let guard = if self.cfg.dry_run {
-            None
-        } else {
-            match apply::lock(&snap.env, opts, Arc::clone(&progress)).await {
-                Ok(g) => g,
-                Err(apply::ApplyError::Etcd(etcd::EtcdError::LockTimeout { holder, .. })) => {
-                    tracing::info!(%holder, "the apply lock is held; this run is skipped");
-                    return ("busy", Some(Instant::now() + Duration::from_secs(5)));
-                }
-                Err(e) => return self.fail("lock", e),
-            }
+        opts.kind = apply::HistoryKind::Watch;
+        let req = apply::Request {
+            opts,
+            observe: self.cfg.observe,
+            pinning: apply::Pinning::Follow,
+            lock: !self.cfg.dry_run,
         };
-        // Under the lock: a rollback's pin holds the environment at its commit.
-        let snap = match self.pinned(snap, guard.as_ref()).await {
-            Ok(s) => s,
-            Err(e) => {
-                if let Some(g) = guard
-                    && let Err(e) = g.release().await
-                {
-                    tracing::warn!(error = %e, "releasing the apply lock (it expires with its lease)");
-                }
-                return self.fail("pin", e);
-            }
-        };
-        self.hosts = Some(snap.env.spec.hosts.clone());
-        let outcome = self.plan_and_apply(&snap, guard, opts, progress, targets).await;
-        match outcome {
-            Ok((r, w)) => (r, w),
-            Err((stage, e)) => self.fail(stage, e),
-        }
-    }
-
-    /// Load the repo (at `commit`, else the watched ref) off the async threads.
-    async fn load(&self, commit: Option<String>) -> Result<Snapshot, String> {
-        let load = Arc::clone(&self.load);
-        match tokio::task::spawn_blocking(move || load(commit)).await {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(format!("{e:#}")),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// `snap`, or the snapshot of the commit a rollback pinned the environment to.
-    async fn pinned(&mut self, snap: Snapshot, guard: Option<&etcd::LockGuard>) -> Result<Snapshot, String> {
-        let pin = apply::pin::read(&snap.env, guard, self.cfg.observe.timeout).await.map_err(|e| e.to_string())?;
-        if let Ok(mut m) = self.metrics.lock() {
-            m.pinned = pin.is_some();
-        }
-        if pin != self.pin {
-            match &pin {
-                Some(p) => tracing::warn!(
-                    commit = apply::pin::short(&p.commit),
-                    reference = p.reference,
-                    by = p.who,
-                    since = p.time,
-                    "pinned by a rollback: converging to the pinned commit, not the repo's head \
-                     (`reconcile rollback --release` ends it)"
-                ),
-                None => tracing::info!("the rollback pin was released: following the repo again"),
-            }
-            self.pin.clone_from(&pin);
-        }
-        let Some(pin) = pin else { return Ok(snap) };
-        if snap.origin.commit.as_deref() == Some(pin.commit.as_str()) && !snap.origin.dirty {
-            return Ok(snap);
-        }
-        self.load(Some(pin.commit.clone())).await.map_err(|e| format!("loading the pinned commit {}: {e}", pin.commit))
-    }
-
-    async fn plan_and_apply(
-        &mut self,
-        snap: &Snapshot,
-        guard: Option<etcd::LockGuard>,
-        opts: apply::Options,
-        progress: apply::Progress,
-        targets: &watch::Sender<Vec<health::Target>>,
-    ) -> Result<(&'static str, Option<Instant>), (&'static str, String)> {
-        let env = &snap.env;
-        let release = |g: Option<etcd::LockGuard>| async move {
-            if let Some(g) = g
-                && let Err(e) = g.release().await
-            {
-                tracing::warn!(error = %e, "releasing the apply lock (it expires with its lease)");
-            }
-        };
-        let observed = match crate::observe::observe(env, self.cfg.observe).await {
+        let now = Instant::now();
+        let mut hooks = RunHooks { w: self, targets, now, next_wake: None, heals: Vec::new() };
+        let result = apply::run(snap, req, &mut hooks, progress).await;
+        let RunHooks { next_wake, heals, .. } = hooks;
+        let outcome = match result {
             Ok(o) => o,
             Err(e) => {
-                release(guard).await;
-                return Err(("observe", e.to_string()));
+                if let Some(holder) = e.busy() {
+                    tracing::info!(%holder, "the apply lock is held; this run is skipped");
+                    return (RunResult::Busy, Some(Instant::now() + Duration::from_secs(5)));
+                }
+                return self.fail(e.stage(), e);
             }
         };
-        self.update_targets(env, &observed, targets).await;
-        let now = Instant::now();
-        let present: BTreeSet<String> =
-            observed.hosts.values().flat_map(|h| h.instances.iter().map(|i| i.instance.clone())).collect();
-        let desired_instances: BTreeSet<String> =
-            env.apps.iter().flat_map(|(n, a)| (0..a.spec.replicas).map(move |i| format!("{n}-{i}"))).collect();
-        self.backoff.retain(|i| desired_instances.contains(i));
-        let hold: BTreeSet<String> = self.backoff.held(now).into_keys().collect();
-        let d = Desired { env, files: Arc::clone(&snap.files), origin: &snap.origin, secrets: &snap.secrets };
-        let (p, specs) = match plan::plan_holding(&d, &observed, &hold) {
-            Ok(x) => x,
-            Err(e) => {
-                release(guard).await;
-                return Err(("plan", e.to_string()));
+        let (p, target) = (&outcome.plan, &outcome.target);
+        let Some(report) = &outcome.report else {
+            if p.summary.is_empty() {
+                self.synced(&target.origin);
+                return (RunResult::Ok, next_wake);
             }
+            return (RunResult::DryRun, next_wake);
         };
-        if let Ok(mut m) = self.metrics.lock() {
-            m.drift_actions = p.actions.len() as u64;
-            m.backoff = hold.len() as u64;
-            m.instances = BTreeMap::new();
-            for i in observed.hosts.values().flat_map(|h| h.instances.iter()) {
-                let state = serde_json::to_value(i.state).ok().and_then(|v| v.as_str().map(String::from));
-                *m.instances.entry(state.unwrap_or_else(|| "unknown".into())).or_default() += 1;
-            }
-        }
-        let next_wake = self.backoff.held(now).values().min().copied();
-        for i in &hold {
-            tracing::warn!(instance = i, "crash-looping: held back until its back-off ends");
-        }
-        let heals = heals(&p.actions, &self.seen);
-        self.seen = present;
-        self.seen.extend(p.actions.iter().filter_map(|a| match a {
-            Action::Create { instance, .. } => Some(instance.clone()),
-            _ => None,
-        }));
-        if p.summary.is_empty() {
-            release(guard).await;
-            self.synced(&snap.origin);
-            return Ok(("ok", next_wake));
-        }
-        if self.cfg.dry_run {
-            tracing::warn!(summary = %p.summary, "drift (dry run: nothing changed)");
-            eprint!("{}", plan::render::text(&p, false));
-            return Ok(("dry_run", next_wake));
-        }
-        tracing::info!(summary = %p.summary, "applying");
-        let job = apply::Job { env, files: Arc::clone(&snap.files), plan: &p, specs: &specs, observed: &observed };
-        let report = apply::apply(guard, job, opts, progress).await.map_err(|e| ("apply", e.to_string()))?;
         let now = Instant::now();
         for i in &heals {
             let failed = p.actions.iter().any(|a| {
@@ -549,10 +434,48 @@ impl Watcher {
                 }
             }
             let errors = report.errors.join("; ");
-            return Err(("apply", format!("apply incomplete: {} {errors}", p.summary)));
+            return self.fail("apply", format!("apply incomplete: {} {errors}", p.summary));
         }
-        self.synced(&snap.origin);
-        Ok(("ok", self.backoff.held(Instant::now()).values().min().copied().or(next_wake)))
+        self.synced(&target.origin);
+        (RunResult::Ok, self.backoff.held(Instant::now()).values().min().copied().or(next_wake))
+    }
+
+    /// Load the repo (at `commit`, else the watched ref) off the async threads.
+    async fn load(&self, commit: Option<String>) -> Result<Snapshot, String> {
+        let load = Arc::clone(&self.load);
+        match tokio::task::spawn_blocking(move || load(commit)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// `None` (apply `snap`), or the snapshot of the commit a rollback pinned the
+    /// environment to.
+    async fn follow_pin(&mut self, pin: Option<&Pin>, snap: &Snapshot) -> Result<Option<Snapshot>, String> {
+        if let Ok(mut m) = self.metrics.lock() {
+            m.pinned = pin.is_some();
+        }
+        if pin != self.pin.as_ref() {
+            match pin {
+                Some(p) => tracing::warn!(
+                    commit = apply::pin::short(&p.commit),
+                    reference = p.reference,
+                    by = p.who,
+                    since = p.time,
+                    "pinned by a rollback: converging to the pinned commit, not the repo's head \
+                     (`reconcile rollback --release` ends it)"
+                ),
+                None => tracing::info!("the rollback pin was released: following the repo again"),
+            }
+            self.pin = pin.cloned();
+        }
+        let Some(pin) = pin else { return Ok(None) };
+        if snap.origin.commit.as_deref() == Some(pin.commit.as_str()) && !snap.origin.dirty {
+            return Ok(None);
+        }
+        let pinned = self.load(Some(pin.commit.clone())).await;
+        pinned.map(Some).map_err(|e| format!("loading the pinned commit {}: {e}", pin.commit))
     }
 
     fn synced(&self, origin: &Origin) {
@@ -587,6 +510,96 @@ impl Watcher {
             }
         }
         let _ = targets.send(health::targets(env, observed, &self.probe_clients));
+    }
+}
+
+/// How one watch run ended (the `result` label of `reconcile_watch_runs_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunResult {
+    /// Converged (or nothing to do).
+    Ok,
+    /// Another apply held the lock: skipped, retried shortly.
+    Busy,
+    /// Something failed: retried with back-off.
+    Failed,
+    /// `--dry-run` found drift and changed nothing.
+    DryRun,
+}
+
+impl RunResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Busy => "busy",
+            Self::Failed => "failed",
+            Self::DryRun => "dry_run",
+        }
+    }
+}
+
+/// Watch's part of one apply: follow the pin, hold crash-looping instances back,
+/// update the probe targets and metrics from the observation, and print instead of
+/// applying in a dry run.
+struct RunHooks<'w> {
+    w: &'w mut Watcher,
+    targets: &'w watch::Sender<Vec<health::Target>>,
+    now: Instant,
+    /// When the earliest back-off of a held instance ends.
+    next_wake: Option<Instant>,
+    /// Instances this run brings back.
+    heals: Vec<String>,
+}
+
+impl apply::Hooks for RunHooks<'_> {
+    async fn follow_pin(&mut self, pin: Option<&Pin>, target: &Snapshot) -> Result<Option<Snapshot>, String> {
+        self.w.follow_pin(pin, target).await
+    }
+
+    fn hold(&mut self, target: &Snapshot) -> BTreeSet<String> {
+        let desired: BTreeSet<String> = target
+            .env
+            .apps
+            .iter()
+            .flat_map(|(n, a)| (0..a.spec.replicas).map(move |i| InstanceId::new(n.clone(), i).to_string()))
+            .collect();
+        self.w.backoff.retain(|i| desired.contains(i));
+        let hold: BTreeSet<String> = self.w.backoff.held(self.now).into_keys().collect();
+        for i in &hold {
+            tracing::warn!(instance = i, "crash-looping: held back until its back-off ends");
+        }
+        self.next_wake = self.w.backoff.held(self.now).values().min().copied();
+        hold
+    }
+
+    async fn confirm(&mut self, target: &Snapshot, p: &Plan, observed: &ObservedState) -> Result<bool, String> {
+        let w = &mut *self.w;
+        w.hosts = Some(target.env.spec.hosts.clone());
+        w.update_targets(&target.env, observed, self.targets).await;
+        if let Ok(mut m) = w.metrics.lock() {
+            m.drift_actions = p.actions.len() as u64;
+            m.backoff = w.backoff.held(self.now).len() as u64;
+            m.instances = BTreeMap::new();
+            for i in observed.hosts.values().flat_map(|h| h.instances.iter()) {
+                let state = serde_json::to_value(i.state).ok().and_then(|v| v.as_str().map(String::from));
+                *m.instances.entry(state.unwrap_or_else(|| "unknown".into())).or_default() += 1;
+            }
+        }
+        self.heals = heals(&p.actions, &w.seen);
+        w.seen = observed.hosts.values().flat_map(|h| h.instances.iter().map(|i| i.instance.clone())).collect();
+        w.seen.extend(p.actions.iter().filter_map(|a| match a {
+            Action::Create { instance, .. } => Some(instance.clone()),
+            _ => None,
+        }));
+        if p.summary.is_empty() {
+            return Ok(true);
+        }
+        if w.cfg.dry_run {
+            tracing::warn!(summary = %p.summary, "drift (dry run: nothing changed)");
+            eprint!("{}", plan::render::text(p, false));
+            return Ok(false);
+        }
+        tracing::info!(summary = %p.summary, "applying");
+        Ok(true)
     }
 }
 

@@ -191,6 +191,16 @@ CASES = {
     "from-command-not-a-list": (sub(BENV, "{from_env: DB_PASSWORD}", "{from_command: vault kv get secret/db}"), f"{BENV}:8", "is not of type"),
 }
 
+# --- private registries and pull policies (issue 9) ---
+REG = "vars:\n  log_level: debug\n"
+CASES.update({
+    "registry-unknown-secret": (sub(ENV, REG, REG + "registries:\n  - {host: 'registry.example:5000', username: ci-bot, password: registry_pasword}\n"), f"{ENV}:8", "unknown secret `registry_pasword`", "known: db_password"),
+    "registry-bad-host": (sub(ENV, REG, REG + "registries:\n  - {host: 'https://registry.example', username: ci-bot, password: db_password}\n"), f"{ENV}:8", "invalid registry host", "scheme"),
+    "registry-missing-username": (sub(ENV, REG, REG + "registries:\n  - {host: registry.example, password: db_password}\n"), f"{ENV}:8", "username"),
+    "registry-duplicate-host": (sub(ENV, REG, REG + "registries:\n  - {host: registry.example, username: a, password: db_password}\n  - {host: registry.example, username: b, password: db_password}\n"), f"{ENV}:9", "credentials twice"),
+    "pull-invalid": (sub(API, "replicas: 3", "replicas: 3\npull: sometimes"), f"{API}:6", "pull"),
+})
+
 
 def write(root, files):
     for rel, text in files.items():

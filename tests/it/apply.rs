@@ -2,44 +2,37 @@
 //! Apps are busybox httpd on loopback with host networking; the LB file is
 //! included by an nginx this test runs on its own 127.0.0.1 port.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::support::{TestEnv, app_yaml, daemons, reconcile_cmd, registry_under, spawn_piped};
+pub use super::support::{http_get, http_get_at, var};
 use super::{stderr, stdout};
 
-pub fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test.sh"))
-}
+/// The page the test stacks' web app serves (`files:` of `web_app`).
+pub const INDEX_TEMPLATE: &str = "version={{ vars.version }} instance={{ instance.name }}\n";
 
-/// A config repo + an nginx + cleanup of everything the environment made.
+/// A config repo + an nginx + cleanup of everything the environment made (the
+/// `TestEnv` it derefs to: env, prefix, repo, apply, plan).
 pub struct Stack {
-    pub dir: tempfile::TempDir,
-    pub env: String,
-    pub prefix: String,
+    t: TestEnv,
     pub lb_port: u16,
     pub pool: (u16, u16),
 }
 
+impl Deref for Stack {
+    type Target = TestEnv;
+    fn deref(&self) -> &TestEnv {
+        &self.t
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
+        // First nginx; then `t` removes the containers, the etcd keys and the directory.
         let _ = Command::new("nginx").args(["-s", "stop", "-c", &self.nginx_conf().to_string_lossy()]).output();
-        for d in [var("RECONCILE_TEST_DOCKER1"), var("RECONCILE_TEST_DOCKER2")] {
-            if let Ok(o) = Command::new("docker")
-                .args(["-H", &d, "ps", "-aq", "--filter", &format!("label=reconcile.env={}", self.env)])
-                .output()
-            {
-                for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("docker").args(["-H", &d, "rm", "-f", id]).output();
-                }
-            }
-        }
-        let etcd = var("RECONCILE_TEST_ETCD");
-        for p in [self.prefix.clone(), format!("{}-reg", self.prefix)] {
-            let _ = Command::new("etcdctl").args(["--endpoints", &etcd, "del", "--prefix", &p]).output();
-        }
     }
 }
 
@@ -47,25 +40,21 @@ impl Drop for Stack {
 /// `index.html.j2` on its pool port, LB-backed and registered, checked over http at
 /// `health`; `version` goes into its config key.
 pub fn web_app(version: &str, health: &str, replicas: u32) -> String {
-    format!(
-        "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {img}\ncommand: [/bin/busybox, httpd, -f, -p, '{{{{ instance.address }}}}:{{{{ instance.port }}}}', -h, /www]\nenv: {{VERSION: '{{{{ vars.version }}}}'}}\nreplicas: {replicas}\nport: 8080\nhealth: {{http: '{health}', interval: 200ms, timeout: 1s, retries: 10}}\nfiles: [{{template: templates/index.html.j2, path: /www/index.html}}]\nlb: {{host: web.test}}\nregistry: true\nconfig: {{version: '{version}'}}\nstop_timeout: 2s\n",
-        img = var("RECONCILE_TEST_IMAGE"),
+    app_yaml(
+        "web",
+        &var("RECONCILE_TEST_IMAGE"),
+        "[/bin/busybox, httpd, -f, -p, '{{ instance.address }}:{{ instance.port }}', -h, /www]",
+        &format!(
+            "env: {{VERSION: '{{{{ vars.version }}}}'}}\nreplicas: {replicas}\nport: 8080\nhealth: {{http: '{health}', interval: 200ms, timeout: 1s, retries: 10}}\nfiles: [{{template: templates/index.html.j2, path: /www/index.html}}]\nlb: {{host: web.test}}\nregistry: true\nconfig: {{version: '{version}'}}\nstop_timeout: 2s\n"
+        ),
     )
 }
 
 impl Stack {
     /// `tag` makes names unique; `slot` picks disjoint ports per test (0..20).
     pub fn new(tag: &str, slot: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let pid = std::process::id();
         let base = 22000 + slot * 50;
-        let s = Stack {
-            dir,
-            env: format!("it-{tag}-{pid}"),
-            prefix: format!("/it-apply-{tag}-{pid}"),
-            lb_port: 28100 + slot,
-            pool: (base, base + 49),
-        };
+        let s = Stack { t: TestEnv::new("apply", tag), lb_port: 28100 + slot, pool: (base, base + 49) };
         std::fs::create_dir_all(s.root().join("nginx")).unwrap();
         std::fs::write(
             s.nginx_conf(),
@@ -83,77 +72,46 @@ impl Stack {
         s
     }
 
-    pub fn root(&self) -> &Path {
-        self.dir.path()
-    }
     pub fn nginx_conf(&self) -> PathBuf {
         self.root().join("nginx/nginx.conf")
     }
     pub fn lb_file(&self) -> PathBuf {
         self.root().join("nginx/reconcile.conf")
     }
-    pub fn repo(&self) -> String {
-        self.root().join("repo").to_string_lossy().into_owned()
-    }
-    /// The environment's directory in the config repo (for tests that add apps or edit files).
-    pub fn env_dir(&self) -> PathBuf {
-        self.root().join("repo/environments").join(&self.env)
-    }
 
     /// `version` goes into the page and an env var; `health` is the http check path.
     pub fn write_repo(&self, version: &str, health: &str, replicas: u32) {
-        let e = self.root().join("repo/environments").join(&self.env);
-        std::fs::create_dir_all(e.join("apps")).unwrap();
-        std::fs::create_dir_all(e.join("templates")).unwrap();
         let nginx = self.nginx_conf().to_string_lossy().into_owned();
-        std::fs::write(
-            e.join("environment.yaml"),
-            format!(
-                "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nvars: {{version: '{version}'}}\nhosts:\n  - {{name: node-1, docker: '{d1}', address: 127.0.0.1, ports: {a}-{b}}}\n  - {{name: node-2, docker: '{d2}', address: 127.0.0.2, ports: {a}-{b}}}\netcd: {{endpoints: ['{etcd}'], prefix: '{prefix}', registry_prefix: '{prefix}-reg'}}\nlb:\n  template: templates/lb.j2\n  path: '{lb}'\n  check: [nginx, -t, -q, -c, '{nginx}']\n  reload: [nginx, -s, reload, -c, '{nginx}']\n",
-                env = self.env,
-                d1 = var("RECONCILE_TEST_DOCKER1"),
-                d2 = var("RECONCILE_TEST_DOCKER2"),
-                etcd = var("RECONCILE_TEST_ETCD"),
-                prefix = self.prefix,
+        self.write_environment(
+            &format!("{{version: '{version}'}}"),
+            &var("RECONCILE_TEST_DOCKER2"),
+            self.pool,
+            &format!(
+                "\n  template: templates/lb.j2\n  path: '{lb}'\n  check: [nginx, -t, -q, -c, '{nginx}']\n  reload: [nginx, -s, reload, -c, '{nginx}']\n",
                 lb = self.lb_file().display(),
-                a = self.pool.0,
-                b = self.pool.1,
             ),
-        )
-        .unwrap();
-        std::fs::write(
-            e.join("templates/lb.j2"),
-            format!("{{% for app in apps %}}\nupstream {{{{ app.name }}}} {{\n{{% for i in app.instances %}}\n  server {{{{ i.address }}}}:{{{{ i.port }}}};\n{{% else %}}\n  server 127.0.0.1:1 down;\n{{% endfor %}}\n}}\nserver {{\n  listen 127.0.0.1:{port};\n  location / {{ proxy_pass http://{{{{ app.name }}}}; proxy_next_upstream off; }}\n}}\n{{% endfor %}}\n", port = self.lb_port),
-        )
-        .unwrap();
-        std::fs::write(e.join("templates/index.html.j2"), "version={{ vars.version }} instance={{ instance.name }}\n")
-            .unwrap();
-        std::fs::write(e.join("apps/web.yaml"), web_app(version, health, replicas)).unwrap();
-        std::fs::write(
-            e.join("apps/worker.yaml"),
-            format!("apiVersion: reconcile/v1\nkind: App\nname: worker\nimage: {}\ncommand: [/bin/busybox, sleep, '3600']\ndepends_on: [web]\nstop_timeout: 1s\n", var("RECONCILE_TEST_IMAGE2")),
-        )
-        .unwrap();
-    }
-
-    pub fn apply(&self, extra: &[&str]) -> Output {
-        let repo = self.repo();
-        let mut args = vec!["apply", "--env", &self.env, "--repo", &repo, "--yes", "--timeout", "10s"];
-        args.extend_from_slice(extra);
-        super::reconcile(&args)
-    }
-
-    pub fn plan_json(&self) -> reconcile::plan::Plan {
-        let repo = self.repo();
-        let o = super::reconcile(&["plan", "--env", &self.env, "--repo", &repo, "--format", "json"]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        serde_json::from_slice(&o.stdout).unwrap()
+        );
+        self.write(
+            "templates/lb.j2",
+            &format!("{{% for app in apps %}}\nupstream {{{{ app.name }}}} {{\n{{% for i in app.instances %}}\n  server {{{{ i.address }}}}:{{{{ i.port }}}};\n{{% else %}}\n  server 127.0.0.1:1 down;\n{{% endfor %}}\n}}\nserver {{\n  listen 127.0.0.1:{port};\n  location / {{ proxy_pass http://{{{{ app.name }}}}; proxy_next_upstream off; }}\n}}\n{{% endfor %}}\n", port = self.lb_port),
+        );
+        self.write("templates/index.html.j2", INDEX_TEMPLATE);
+        self.write("apps/web.yaml", &web_app(version, health, replicas));
+        self.write(
+            "apps/worker.yaml",
+            &app_yaml(
+                "worker",
+                &var("RECONCILE_TEST_IMAGE2"),
+                "[/bin/busybox, sleep, '3600']",
+                "depends_on: [web]\nstop_timeout: 1s\n",
+            ),
+        );
     }
 
     /// Container ids of the environment by name, on both daemons.
     pub fn containers(&self) -> Vec<(String, String, String)> {
         let mut out = Vec::new();
-        for d in [var("RECONCILE_TEST_DOCKER1"), var("RECONCILE_TEST_DOCKER2")] {
+        for d in daemons() {
             let o = Command::new("docker")
                 .args([
                     "-H",
@@ -185,37 +143,9 @@ impl Stack {
         http_get(self.lb_port)
     }
 
+    /// The registry's keys (under `<prefix>-reg/`).
     pub fn registry(&self) -> Vec<String> {
-        let o = Command::new("etcdctl")
-            .args([
-                "--endpoints",
-                &var("RECONCILE_TEST_ETCD"),
-                "get",
-                "--prefix",
-                "--keys-only",
-                &format!("{}-reg/", self.prefix),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
-    }
-}
-
-pub fn http_get(port: u16) -> Result<String, String> {
-    http_get_at("127.0.0.1", port)
-}
-
-/// GET / from `address:port` (a loopback address); the body on a 200, else the status line or error.
-pub fn http_get_at(address: &str, port: u16) -> Result<String, String> {
-    let mut s = TcpStream::connect((address, port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
-    if buf.starts_with("HTTP/1.1 200") {
-        Ok(buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
-    } else {
-        Err(buf.lines().next().unwrap_or_default().to_string())
+        registry_under(&self.prefix).into_keys().collect()
     }
 }
 
@@ -273,21 +203,7 @@ fn dr_drill_rebuilds_a_wiped_environment() {
     let s = Stack::new("dr", 2);
     assert_eq!(s.apply(&[]).status.code(), Some(0));
     // Disaster: containers, etcd keys and the LB file are gone.
-    for d in [var("RECONCILE_TEST_DOCKER1"), var("RECONCILE_TEST_DOCKER2")] {
-        let o = Command::new("docker")
-            .args(["-H", &d, "ps", "-aq", "--filter", &format!("label=reconcile.env={}", s.env)])
-            .output()
-            .unwrap();
-        for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-            Command::new("docker").args(["-H", &d, "rm", "-f", id]).output().unwrap();
-        }
-    }
-    let etcd = var("RECONCILE_TEST_ETCD");
-    Command::new("etcdctl").args(["--endpoints", &etcd, "del", "--prefix", &s.prefix]).output().unwrap();
-    Command::new("etcdctl")
-        .args(["--endpoints", &etcd, "del", "--prefix", &format!("{}-reg", s.prefix)])
-        .output()
-        .unwrap();
+    s.wipe();
     std::fs::write(s.lb_file(), format!("server {{ listen 127.0.0.1:{}; return 503; }}\n", s.lb_port)).unwrap();
     Command::new("nginx").args(["-s", "reload", "-c", &s.nginx_conf().to_string_lossy()]).output().unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -308,13 +224,7 @@ fn concurrent_applies_do_nothing_twice() {
     let s = Stack::new("lock", 3);
     let repo = s.repo();
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_reconcile"))
-            .args(["apply", "--env", &s.env, "--repo", &repo, "--yes", "--lock-timeout", "60s"])
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+        spawn_piped(&mut reconcile_cmd(&["apply", "--env", &s.env, "--repo", &repo, "--yes", "--lock-timeout", "60s"]))
     };
     let (a, b) = (spawn(), spawn());
     let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());

@@ -10,17 +10,18 @@
 //! Ports: the LB on 28130, the hosts' pool 23500-23549 (slot 30 of `apply::Stack`'s
 //! scheme, which no other test uses).
 
-use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::apply::{http_get_at, var};
-use super::apply_chaos::{Managed, managed_env, registry_under};
+use super::apply::{INDEX_TEMPLATE, http_get_at, var};
+use super::support::{
+    Daemon, TestEnv, get_web, managed_env, reconcile_cmd, registry_under, spawn_piped, start_load, wait_steady,
+};
 use super::{stderr, stdout};
 
 const LB_PORT: u16 = 28130;
@@ -53,50 +54,28 @@ backend {{ app.name }}
 @EXTRA@{% endfor %}
 ";
 
-/// A config repo + a running haproxy + cleanup of everything the environment made.
+/// How long one GET through haproxy may take to answer before it counts as failed.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A config repo + a running haproxy + cleanup of everything the environment made
+/// (fields drop in order: haproxy first, then the environment's containers and keys).
 struct HaStack {
-    dir: tempfile::TempDir,
-    env: String,
-    prefix: String,
+    haproxy: Daemon,
+    t: TestEnv,
 }
 
-impl Drop for HaStack {
-    fn drop(&mut self) {
-        // haproxy: SIGTERM to the master (it stops its workers), then wait for it to go.
-        if let Some(pid) = self.haproxy_pid() {
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
-            let proc = PathBuf::from(format!("/proc/{pid}"));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while proc.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        // No `var` here: a panic in a destructor during a failed test's unwinding aborts.
-        for d in ["RECONCILE_TEST_DOCKER1", "RECONCILE_TEST_DOCKER2"].iter().filter_map(|v| std::env::var(v).ok()) {
-            if let Ok(o) = Command::new("docker")
-                .args(["-H", &d, "ps", "-aq", "--filter", &format!("label=reconcile.env={}", self.env)])
-                .output()
-            {
-                for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("docker").args(["-H", &d, "rm", "-f", id]).output();
-                }
-            }
-        }
-        let Ok(etcd) = std::env::var("RECONCILE_TEST_ETCD") else { return };
-        for p in [self.prefix.clone(), format!("{}-reg", self.prefix)] {
-            let _ = Command::new("etcdctl").args(["--endpoints", &etcd, "del", "--prefix", &p]).output();
-        }
+impl Deref for HaStack {
+    type Target = TestEnv;
+    fn deref(&self) -> &TestEnv {
+        &self.t
     }
 }
 
 impl HaStack {
     fn new(tag: &str) -> Self {
-        let pid = std::process::id();
-        let s = HaStack {
-            dir: tempfile::tempdir().unwrap(),
-            env: format!("it-{tag}-{pid}"),
-            prefix: format!("/it-apply-{tag}-{pid}"),
-        };
+        let t = TestEnv::new("apply", tag);
+        let haproxy = Daemon { name: "haproxy", pid_file: t.root().join("haproxy/haproxy.pid") };
+        let s = HaStack { haproxy, t };
         s.write_repo("1", ""); // first: it needs the test environment's variables
         // haproxy binds with SO_REUSEPORT: a leftover one on the port would share the traffic.
         assert!(
@@ -127,20 +106,13 @@ impl HaStack {
             .unwrap_or_else(|e| panic!("cannot run haproxy (is it installed and on PATH?): {e}"));
         assert!(status.success(), "haproxy failed ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default());
         let deadline = Instant::now() + Duration::from_secs(10);
-        while s.haproxy_pid().is_none() || !get_once(LB_PORT).is_err_and(|e| e.contains("503")) {
-            assert!(
-                Instant::now() < deadline,
-                "haproxy did not come up on 127.0.0.1:{LB_PORT}: {:?}",
-                get_once(LB_PORT)
-            );
+        while s.haproxy_pid().is_none() || !get_lb().is_err_and(|e| e.contains("503")) {
+            assert!(Instant::now() < deadline, "haproxy did not come up on 127.0.0.1:{LB_PORT}: {:?}", get_lb());
             std::thread::sleep(Duration::from_millis(30));
         }
         s
     }
 
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
     fn haproxy_dir(&self) -> PathBuf {
         self.root().join("haproxy")
     }
@@ -148,67 +120,45 @@ impl HaStack {
     fn lb_file(&self) -> PathBuf {
         self.haproxy_dir().join("haproxy.cfg")
     }
-    fn pid_file(&self) -> PathBuf {
-        self.haproxy_dir().join("haproxy.pid")
+    fn pid_file(&self) -> &Path {
+        &self.haproxy.pid_file
     }
     fn haproxy_pid(&self) -> Option<String> {
-        std::fs::read_to_string(self.pid_file()).ok().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty())
-    }
-    fn repo(&self) -> String {
-        self.root().join("repo").to_string_lossy().into_owned()
+        self.haproxy.pid()
     }
 
     /// `version` goes into the page and an env var; `extra` is added to every backend of
     /// the LB template (to break it).
     fn write_repo(&self, version: &str, extra: &str) {
-        let e = self.root().join("repo/environments").join(&self.env);
-        std::fs::create_dir_all(e.join("apps")).unwrap();
-        std::fs::create_dir_all(e.join("templates")).unwrap();
-        std::fs::write(
-            e.join("environment.yaml"),
-            format!(
-                "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nvars: {{version: '{version}'}}\nhosts:\n  - {{name: node-1, docker: '{d1}', address: 127.0.0.1, ports: {a}-{b}}}\n  - {{name: node-2, docker: '{d2}', address: 127.0.0.2, ports: {a}-{b}}}\netcd: {{endpoints: ['{etcd}'], prefix: '{prefix}', registry_prefix: '{prefix}-reg'}}\nlb:\n  template: templates/lb.j2\n  path: '{lb}'\n  check: [haproxy, -c, -f, '{{file}}']\n  reload: [pkill, -USR2, -F, '{pid}']\n  drain: 3s\n",
-                env = self.env,
-                d1 = var("RECONCILE_TEST_DOCKER1"),
-                d2 = var("RECONCILE_TEST_DOCKER2"),
-                etcd = var("RECONCILE_TEST_ETCD"),
-                prefix = self.prefix,
+        self.write_environment(
+            &format!("{{version: '{version}'}}"),
+            &var("RECONCILE_TEST_DOCKER2"),
+            POOL,
+            &format!(
+                "\n  template: templates/lb.j2\n  path: '{lb}'\n  check: [haproxy, -c, -f, '{{file}}']\n  reload: [pkill, -USR2, -F, '{pid}']\n  drain: 3s\n",
                 lb = self.lb_file().display(),
                 pid = self.pid_file().display(),
-                a = POOL.0,
-                b = POOL.1,
             ),
-        )
-        .unwrap();
-        std::fs::write(
-            e.join("templates/lb.j2"),
-            TEMPLATE.replace("@PORT@", &LB_PORT.to_string()).replace("@EXTRA@", extra),
-        )
-        .unwrap();
-        std::fs::write(e.join("templates/index.html.j2"), "version={{ vars.version }} instance={{ instance.name }}\n")
-            .unwrap();
-        std::fs::write(e.join("apps/web.yaml"), super::apply::web_app(version, "/", 2)).unwrap();
-    }
-
-    fn apply(&self) -> Output {
-        let repo = self.repo();
-        super::reconcile(&["apply", "--env", &self.env, "--repo", &repo, "--yes", "--timeout", "10s"])
+        );
+        self.write("templates/lb.j2", &TEMPLATE.replace("@PORT@", &LB_PORT.to_string()).replace("@EXTRA@", extra));
+        self.write("templates/index.html.j2", INDEX_TEMPLATE);
+        self.write("apps/web.yaml", &super::apply::web_app(version, "/", 2));
     }
 
     /// `apply`, with each line of its stderr (the plan, then one line per step) stamped
     /// with the seconds since `t0`, to set the steps against the load's failures.
     fn apply_stamped(&self, t0: Instant) -> Output {
         let repo = self.repo();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_reconcile"))
-            .args(["apply", "--env", &self.env, "--repo", &repo, "--yes", "--timeout", "10s"])
-            .current_dir(super::root())
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_piped(&mut reconcile_cmd(&[
+            "apply",
+            "--env",
+            &self.env,
+            "--repo",
+            &repo,
+            "--yes",
+            "--timeout",
+            "10s",
+        ]));
         let err = child.stderr.take().unwrap();
         let stamper = std::thread::spawn(move || {
             let mut stamped = String::new();
@@ -221,23 +171,6 @@ impl HaStack {
         let mut o = child.wait_with_output().unwrap();
         o.stderr = stamper.join().unwrap().into_bytes();
         o
-    }
-
-    fn plan_json(&self) -> reconcile::plan::Plan {
-        let repo = self.repo();
-        let o = super::reconcile(&["plan", "--env", &self.env, "--repo", &repo, "--format", "json"]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
-
-    /// The environment's containers on both daemons.
-    fn managed(&self) -> Vec<Managed> {
-        managed_env(&self.env)
-    }
-
-    /// Registry entries: key → `address:port`.
-    fn registry(&self) -> BTreeMap<String, String> {
-        registry_under(&self.prefix)
     }
 
     /// `address:port` of every `server` line of the LB file.
@@ -261,74 +194,16 @@ impl HaStack {
     /// Poll GET through haproxy until it answers with a body starting `prefix`, steadily
     /// (a reload is asynchronous); panics with the last answer after 10 s.
     fn wait_serving(&self, prefix: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut streak = 0;
-        loop {
-            let last = get_once(LB_PORT);
-            streak = if last.as_deref().is_ok_and(|b| b.starts_with(prefix)) { streak + 1 } else { 0 };
-            if streak >= 10 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "haproxy never steadily answered {prefix:?}; last answer: {last:?}");
-            std::thread::sleep(Duration::from_millis(30));
-        }
+        wait_steady(&format!("haproxy (for {prefix:?})"), Duration::ZERO, get_lb, |last| {
+            last.as_deref().is_ok_and(|b| b.starts_with(prefix))
+        });
     }
 }
 
-/// One GET / with Host web.test through the LB, short timeouts: the body on a 200, else
+/// One GET / with Host web.test through haproxy, short timeouts: the body on a 200, else
 /// the status line or the error.
-fn get_once(port: u16) -> Result<String, String> {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
-    s.set_write_timeout(Some(Duration::from_secs(2))).ok();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n").map_err(|e| format!("write: {e}"))?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).map_err(|e| format!("read: {e}"))?;
-    let status = buf.lines().next().unwrap_or("(empty answer)").to_string();
-    if status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200") {
-        Ok(buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
-    } else {
-        Err(status)
-    }
-}
-
-/// What the load generator saw.
-#[derive(Debug, Default)]
-struct Load {
-    ok: u64,
-    failed: u64,
-    /// The first failures: seconds since the load started, reason.
-    errors: Vec<(f64, String)>,
-    /// Answers per `version=…` of the body.
-    versions: BTreeMap<String, u64>,
-}
-
-/// GETs through the LB one connection at a time, ~2 ms apart, until `stop` (or 120 s);
-/// `made` counts requests as they complete.
-fn start_load(t0: Instant, stop: Arc<AtomicBool>, made: Arc<AtomicU64>) -> std::thread::JoinHandle<Load> {
-    std::thread::spawn(move || {
-        let mut r = Load::default();
-        while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(120) {
-            let at = t0.elapsed().as_secs_f64();
-            let answer = get_once(LB_PORT);
-            made.fetch_add(1, Ordering::SeqCst);
-            match answer {
-                Ok(body) => {
-                    r.ok += 1;
-                    *r.versions.entry(body.split_whitespace().next().unwrap_or("?").to_string()).or_default() += 1;
-                }
-                Err(e) => {
-                    r.failed += 1;
-                    if r.errors.len() < 20 {
-                        r.errors.push((at, e));
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        r
-    })
+fn get_lb() -> Result<String, String> {
+    get_web("127.0.0.1", LB_PORT, Some(Duration::from_secs(1)), READ_TIMEOUT)
 }
 
 /// Names of the files in `dir`, sorted.
@@ -344,11 +219,11 @@ fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
     let s = HaStack::new("haproxy");
 
     // 1. First apply: two web instances behind haproxy, the config valid, nothing left to plan.
-    let o = s.apply();
+    let o = s.apply(&[]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("app web: ok"), "{}", stdout(&o));
     s.wait_serving("version=1 instance=web-");
-    let v1 = s.managed();
+    let v1 = managed_env(&s.env);
     assert_eq!(v1.len(), 2, "{v1:?}");
     assert!(v1.iter().all(|c| c.state == "running"), "{v1:?}");
     assert_eq!(v1.iter().map(|c| c.daemon).collect::<std::collections::BTreeSet<_>>().len(), 2, "spread: {v1:?}");
@@ -358,7 +233,7 @@ fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
         v
     };
     assert_eq!(s.lb_servers(), running, "{}", std::fs::read_to_string(s.lb_file()).unwrap());
-    let mut reg: Vec<String> = s.registry().into_values().collect();
+    let mut reg: Vec<String> = registry_under(&s.prefix).into_values().collect();
     reg.sort();
     assert_eq!(reg, running, "registry vs running instances");
     for addr in &reg {
@@ -376,7 +251,7 @@ fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
     let stop = Arc::new(AtomicBool::new(false));
     let made = Arc::new(AtomicU64::new(0));
     let load_t0 = Instant::now();
-    let load = start_load(load_t0, Arc::clone(&stop), Arc::clone(&made));
+    let load = start_load(LB_PORT, READ_TIMEOUT, load_t0, Arc::clone(&stop), Arc::clone(&made));
     std::thread::sleep(Duration::from_millis(300)); // traffic flows before the apply starts
     let (t0, made_before) = (Instant::now(), made.load(Ordering::SeqCst));
     let o = s.apply_stamped(load_t0);
@@ -407,7 +282,7 @@ fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
     assert!(r.versions.get("version=1").is_some_and(|n| *n > 0), "{:?}", r.versions);
     assert!(r.versions.get("version=2").is_some_and(|n| *n > 0), "{:?}", r.versions);
     s.wait_serving("version=2 ");
-    let v2 = s.managed();
+    let v2 = managed_env(&s.env);
     assert_eq!(v2.len(), 2, "old containers are gone: {v2:?}");
     assert!(v2.iter().all(|c| c.state == "running" && v1.iter().all(|old| old.id != c.id)), "{v2:?} vs {v1:?}");
     let running2: Vec<String> = {
@@ -416,7 +291,7 @@ fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
         v
     };
     assert_eq!(s.lb_servers(), running2, "{}", std::fs::read_to_string(s.lb_file()).unwrap());
-    let mut reg2: Vec<String> = s.registry().into_values().collect();
+    let mut reg2: Vec<String> = registry_under(&s.prefix).into_values().collect();
     reg2.sort();
     assert_eq!(reg2, running2);
     assert_eq!(s.haproxy_pid().unwrap(), master, "reloaded in place, not restarted");
@@ -435,7 +310,7 @@ fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
     let before = std::fs::read_to_string(s.lb_file()).unwrap();
     let mtime = std::fs::metadata(s.lb_file()).unwrap().modified().unwrap();
     let files = files_in(&s.haproxy_dir());
-    let o = s.apply();
+    let o = s.apply(&[]);
     let (out, err) = (stdout(&o), stderr(&o));
     eprintln!("apply with a broken haproxy config: exit {:?}\nstdout:\n{out}\nstderr:\n{err}", o.status.code());
     assert_eq!(o.status.code(), Some(1), "{out}{err}");
@@ -451,25 +326,28 @@ fn apply_with_haproxy_converges_rolls_under_load_and_rejects_a_broken_config() {
     assert_eq!(std::fs::read_to_string(s.lb_file()).unwrap(), before, "the LB file changed");
     assert_eq!(std::fs::metadata(s.lb_file()).unwrap().modified().unwrap(), mtime, "the LB file was rewritten");
     assert_eq!(files_in(&s.haproxy_dir()), files, "no candidate or backup left behind");
-    assert_eq!(s.managed().iter().map(|c| &c.id).collect::<Vec<_>>(), v2.iter().map(|c| &c.id).collect::<Vec<_>>());
+    assert_eq!(
+        managed_env(&s.env).iter().map(|c| &c.id).collect::<Vec<_>>(),
+        v2.iter().map(|c| &c.id).collect::<Vec<_>>()
+    );
     assert_eq!(s.haproxy_pid().unwrap(), master);
     s.wait_serving("version=2 ");
 
     // 4. A new version AND a config haproxy rejects: the first new instance is healthy,
     // but the LB refuses the config that adds it — as with a failed health check, the new
     // instance leaves the registry and is removed; the old ones keep serving.
-    let reg_before = s.registry();
+    let reg_before = registry_under(&s.prefix);
     s.write_repo("3", "  no-such-keyword-reconcile-it\n");
-    let o = s.apply();
+    let o = s.apply(&[]);
     let all = format!("{}{}", stdout(&o), stderr(&o));
     assert_eq!(o.status.code(), Some(1), "{all}");
     assert!(all.contains("the new instances were removed, the old ones keep serving"), "{all}");
     assert_eq!(
-        s.managed().iter().map(|c| &c.id).collect::<Vec<_>>(),
+        managed_env(&s.env).iter().map(|c| &c.id).collect::<Vec<_>>(),
         v2.iter().map(|c| &c.id).collect::<Vec<_>>(),
         "only the old containers run: {all}"
     );
-    assert_eq!(s.registry(), reg_before, "the registry holds the old instances only");
+    assert_eq!(registry_under(&s.prefix), reg_before, "the registry holds the old instances only");
     assert_eq!(std::fs::read_to_string(s.lb_file()).unwrap(), before, "the LB file is unchanged");
     s.wait_serving("version=2 ");
 }

@@ -12,38 +12,13 @@ use std::time::{Duration, Instant};
 
 use reconcile::backend::docker::{DockerError, connect, observe_all, observe_host};
 use reconcile::model::{ContainerState, HostObservation, labels};
-use reconcile::spec::model::{HostSpec, TlsSpec};
+use reconcile::spec::model::TlsSpec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub use super::support::host;
+use super::support::{docker_cli, docker_quiet, unique, var};
+
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests through scripts/test.sh (it starts the test environment)")
-    })
-}
-
-/// A name no other test (or concurrent test run) uses.
-fn unique(test: &str) -> String {
-    format!("it-docker-{}-{test}", std::process::id())
-}
-
-pub fn host(name: &str, docker: &str) -> HostSpec {
-    HostSpec {
-        name: name.into(),
-        docker: docker.into(),
-        tls: None,
-        address: "127.0.0.1".into(),
-        labels: BTreeMap::new(),
-        ports: "20000-20999".into(),
-    }
-}
-
-fn docker_cli(endpoint: &str, args: &[&str]) -> String {
-    let o = Command::new("docker").arg("-H").arg(endpoint).args(args).output().expect("docker CLI");
-    assert!(o.status.success(), "docker -H {endpoint} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
 
 /// Containers a test created; all removed on drop (also when the test panics).
 #[derive(Default)]
@@ -75,12 +50,10 @@ impl Drop for Containers {
             by_endpoint.entry(endpoint).or_default().push(name);
         }
         for (endpoint, names) in by_endpoint {
-            let _ = Command::new("docker")
-                .args(["-H", &endpoint, "rm", "-f"])
-                .args(&names)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            docker_quiet(
+                &endpoint,
+                &[&["rm", "-f"], &names.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat(),
+            );
         }
     }
 }
@@ -109,7 +82,7 @@ fn now() -> i64 {
 async fn observes_both_daemons_with_every_field() {
     let (d1, d2) = (var("RECONCILE_TEST_DOCKER1"), var("RECONCILE_TEST_DOCKER2"));
     let (image1, image2) = (var("RECONCILE_TEST_IMAGE"), var("RECONCILE_TEST_IMAGE2"));
-    let env = unique("fields");
+    let env = unique("docker", "fields");
     let hosts = [host("node-1", &d1), host("node-2", &d2)];
 
     // Negotiation: both 20.10 daemons speak 1.41 (bollard's default is newer).
@@ -179,7 +152,7 @@ async fn observes_both_daemons_with_every_field() {
 async fn unmanaged_and_other_env_containers_are_never_returned() {
     let d1 = var("RECONCILE_TEST_DOCKER1");
     let image = var("RECONCILE_TEST_IMAGE");
-    let env = unique("ownership");
+    let env = unique("docker", "ownership");
     let other = format!("{env}-other"); // its name extends ours: the filter is exact
     let containers = Containers::default();
     containers.make(&d1, &format!("{env}-unmanaged"), &image, &[], true);
@@ -208,7 +181,7 @@ async fn unmanaged_and_other_env_containers_are_never_returned() {
 async fn unreachable_hosts_fail_the_whole_observation() {
     let d1 = var("RECONCILE_TEST_DOCKER1");
     let image = var("RECONCILE_TEST_IMAGE");
-    let env = unique("unreachable");
+    let env = unique("docker", "unreachable");
     let containers = Containers::default();
     containers.make(&d1, &format!("{env}-api-0"), &image, &managed(&env, "api", "api-0"), false);
     let nope = "unix:///run/reconcile-test/nope.sock";
@@ -251,7 +224,7 @@ async fn a_daemon_that_never_answers_times_out() {
     let timeout = Duration::from_millis(500);
 
     let started = Instant::now();
-    let errors = observe_all(&hosts, &unique("timeout"), 2, timeout).await.expect_err("must time out");
+    let errors = observe_all(&hosts, &unique("docker", "timeout"), 2, timeout).await.expect_err("must time out");
     let elapsed = started.elapsed();
     eprintln!("observe_all with a silent host failed after {elapsed:?}: {}", errors[0]);
     assert_eq!(errors.len(), 1, "{errors:?}");
@@ -342,7 +315,7 @@ async fn one_list_call_per_host_whatever_the_container_count() {
     let d1 = var("RECONCILE_TEST_DOCKER1");
     let image = var("RECONCILE_TEST_IMAGE");
     let socket = d1.strip_prefix("unix://").expect("RECONCILE_TEST_DOCKER1 is a unix:// endpoint").to_string();
-    let env = unique("cost");
+    let env = unique("docker", "cost");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.sock");
     let (seen, proxy) = unix_proxy(&path, &socket);
@@ -390,7 +363,7 @@ async fn tcp_without_tls_speaks_plain_http() {
     let d1 = var("RECONCILE_TEST_DOCKER1");
     let image = var("RECONCILE_TEST_IMAGE");
     let socket = d1.strip_prefix("unix://").expect("RECONCILE_TEST_DOCKER1 is a unix:// endpoint").to_string();
-    let env = unique("tcp");
+    let env = unique("docker", "tcp");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Seen::default();

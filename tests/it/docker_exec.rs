@@ -7,7 +7,6 @@
 //! removes what it created, even when it fails (`Cleanup`'s `Drop`).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -23,28 +22,14 @@ use reconcile::model::labels;
 use reconcile::plan::instance::{InstanceSpec, Rendered};
 use reconcile::spec::model::{HostSpec, Network};
 
+use super::support::{self, docker_cli, docker_quiet, http_exchange, split_response, unique, var};
+
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests through scripts/test.sh (it starts the test environment)")
-    })
-}
-
-fn unique(test: &str) -> String {
-    format!("it-exec-{}-{test}", std::process::id())
-}
 
 async fn client(var_name: &str) -> (Client, String) {
     let endpoint = var(var_name);
-    let host = HostSpec {
-        name: format!("node-{}", &var_name[var_name.len() - 1..]),
-        docker: endpoint.clone(),
-        tls: None,
-        address: "127.0.0.1".into(),
-        labels: BTreeMap::new(),
-        ports: "20000-29999".into(),
-    };
+    let name = format!("node-{}", &var_name[var_name.len() - 1..]);
+    let host = HostSpec { ports: "20000-29999".into(), ..support::host(&name, &endpoint) };
     (connect(&host, TIMEOUT).await.unwrap(), endpoint)
 }
 
@@ -60,12 +45,6 @@ fn free_port() -> u16 {
             return candidate;
         }
     }
-}
-
-fn docker_cli(endpoint: &str, args: &[&str]) -> String {
-    let o = Command::new("docker").arg("-H").arg(endpoint).args(args).output().expect("docker CLI");
-    assert!(o.status.success(), "docker -H {endpoint} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 fn inspect(endpoint: &str, id: &str) -> serde_json::Value {
@@ -93,19 +72,11 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let quiet = |endpoint: &str, args: &[&str]| {
-            let _ = Command::new("docker")
-                .args(["-H", endpoint])
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        };
         for (endpoint, name) in std::mem::take(&mut *self.containers.lock().unwrap_or_else(|e| e.into_inner())) {
-            quiet(&endpoint, &["rm", "-f", "-v", &name]);
+            docker_quiet(&endpoint, &["rm", "-f", "-v", &name]);
         }
         for (endpoint, name) in std::mem::take(&mut *self.images.lock().unwrap_or_else(|e| e.into_inner())) {
-            quiet(&endpoint, &["rmi", &name]);
+            docker_quiet(&endpoint, &["rmi", &name]);
         }
         for mut child in std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner())) {
             let _ = child.kill();
@@ -146,15 +117,12 @@ fn managed_labels(env: &str, app: &str, ordinal: u32) -> BTreeMap<String, String
     ])
 }
 
-/// `GET path` on 127.0.0.1:port with std: (status line, body).
-fn http_get(port: u16, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+/// `GET path` on 127.0.0.1:port (HTTP/1.0): (status line, body); panics when the exchange fails.
+fn get_path(port: u16, path: &str) -> (String, String) {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let (response, error) = http_exchange("127.0.0.1", port, &request, None, Duration::from_secs(5));
+    assert!(error.is_none(), "GET {path} on 127.0.0.1:{port}: {error:?}");
+    split_response(&response)
 }
 
 fn http_probe(port: u16, path: &str) -> Probe {
@@ -178,7 +146,7 @@ async fn full_instance(var_name: &str, image_var: &str, test: &str) {
     let host = "node-x";
     let image = var(image_var);
     let cleanup = Cleanup::default();
-    let env_name = unique(test);
+    let env_name = unique("exec", test);
     let name = format!("{env_name}-web-1");
     cleanup.container(&endpoint, &name);
     let port = free_port();
@@ -209,7 +177,7 @@ async fn full_instance(var_name: &str, image_var: &str, test: &str) {
     let t = Instant::now();
     wait_healthy(&http_probe(port, "/"), &quick(50), || still_running(&d, host, &id)).await.unwrap();
     println!("{var_name}: healthy in {:?}", t.elapsed());
-    let (status, body) = http_get(port, "/index.html");
+    let (status, body) = get_path(port, "/index.html");
     assert!(status.contains("200"), "{status}");
     assert_eq!(body, content);
 
@@ -284,7 +252,7 @@ async fn stop_and_remove_is_idempotent_and_quick_with_init() {
     let (d, endpoint) = client("RECONCILE_TEST_DOCKER1").await;
     let host = "node-1";
     let cleanup = Cleanup::default();
-    let env_name = unique("stop");
+    let env_name = unique("exec", "stop");
     let image = var("RECONCILE_TEST_IMAGE");
     let sleeper = spec(&image, &["sleep", "300"]);
 
@@ -328,7 +296,7 @@ async fn exec_and_probes() {
     let (d, endpoint) = client("RECONCILE_TEST_DOCKER1").await;
     let host = "node-1";
     let cleanup = Cleanup::default();
-    let env_name = unique("probes");
+    let env_name = unique("exec", "probes");
     let image = var("RECONCILE_TEST_IMAGE");
     let port = free_port();
 
@@ -506,8 +474,9 @@ async fn ensure_image_pulls_only_when_missing() {
     assert!(e.to_string().starts_with(&format!("host `{host}`: cannot pull image `Not/A:Valid:Ref`")), "{e}");
 
     // A missing image on create: a create error naming it (ensure_image comes first).
-    let e =
-        create_instance(&d, host, &unique("noimage"), &spec(&missing, &["true"]), &BTreeMap::new()).await.unwrap_err();
+    let e = create_instance(&d, host, &unique("exec", "noimage"), &spec(&missing, &["true"]), &BTreeMap::new())
+        .await
+        .unwrap_err();
     assert!(matches!(e, DockerError::Create { .. }), "{e:?}");
     assert!(e.to_string().contains(&format!("from image `{missing}`")), "{e}");
 }
@@ -517,7 +486,7 @@ async fn bridge_publishes_the_container_port_on_the_pool_port() {
     let (d, endpoint) = client("RECONCILE_TEST_DOCKER1").await;
     let host = "node-1";
     let cleanup = Cleanup::default();
-    let env_name = unique("bridge");
+    let env_name = unique("exec", "bridge");
     let port = free_port();
     let mut s = spec(&var("RECONCILE_TEST_IMAGE"), &["busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]);
     s.network = Network::Bridge;
@@ -529,7 +498,7 @@ async fn bridge_publishes_the_container_port_on_the_pool_port() {
     let id = create_instance(&d, host, &name, &s, &managed_labels(&env_name, "web", 1)).await.unwrap();
     start(&d, host, &id).await.unwrap();
     wait_healthy(&http_probe(port, "/"), &quick(50), || still_running(&d, host, &id)).await.unwrap();
-    assert_eq!(http_get(port, "/").1, "bridged\n");
+    assert_eq!(get_path(port, "/").1, "bridged\n");
     let i = inspect(&endpoint, &id);
     assert_eq!(i["HostConfig"]["NetworkMode"], "bridge");
     assert_eq!(i["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostPort"], port.to_string());
@@ -541,7 +510,7 @@ async fn bridge_publishes_the_container_port_on_the_pool_port() {
 async fn bad_file_paths_leave_nothing_behind() {
     let (d, endpoint) = client("RECONCILE_TEST_DOCKER1").await;
     let cleanup = Cleanup::default();
-    let name = unique("badfile");
+    let name = unique("exec", "badfile");
     cleanup.container(&endpoint, &name);
     let mut s = spec(&var("RECONCILE_TEST_IMAGE"), &["true"]);
     s.files.insert("/etc/../../escape".into(), Rendered::plain("x"));

@@ -4,11 +4,7 @@
 
 use std::process::Command;
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests through scripts/test.sh (it starts the test environment)")
-    })
-}
+use super::support::var as env;
 
 fn run(cmd: &str, args: &[&str]) -> std::process::Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))

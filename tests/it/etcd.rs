@@ -5,76 +5,18 @@
 //! name) containing the process id, and a guard deletes its keys even when it panics.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reconcile::backend::etcd::{self, Client, EtcdError, Write};
 use reconcile::model::keys;
 use reconcile::spec::model::EtcdSpec;
 
+use super::support::{EtcdCleanup as Cleanup, etcd_client as client, etcd_spec as spec, unique_prefix};
+
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-fn endpoint() -> String {
-    std::env::var("RECONCILE_TEST_ETCD").unwrap_or_else(|_| {
-        panic!("RECONCILE_TEST_ETCD is not set: run the tests through scripts/test.sh (it starts the test environment)")
-    })
-}
-
-/// `/it-etcd-<pid>-<test>`: unique per test and per run.
-fn prefix(test: &str) -> String {
-    format!("/it-etcd-{}-{test}", std::process::id())
-}
-
-fn spec(prefix: &str, registry_prefix: &str) -> EtcdSpec {
-    EtcdSpec {
-        endpoints: vec![endpoint()],
-        prefix: prefix.into(),
-        registry_prefix: registry_prefix.into(),
-        ..Default::default()
-    }
-}
 
 fn set(apps: &[&str]) -> BTreeSet<String> {
     apps.iter().map(|a| a.to_string()).collect()
-}
-
-/// Deletes everything under its prefixes when created (a previous run with the same pid)
-/// and when dropped (also on panic, best effort: a panic in `drop` while unwinding would
-/// abort the whole test binary). Uses etcdctl so cleanup needs no async runtime.
-struct Cleanup {
-    endpoint: String,
-    prefixes: Vec<String>,
-}
-
-impl Cleanup {
-    fn new(prefixes: &[&str]) -> Self {
-        let c = Cleanup { endpoint: endpoint(), prefixes: prefixes.iter().map(|p| p.to_string()).collect() };
-        for p in &c.prefixes {
-            assert!(p.len() > 1, "refusing to delete the whole keyspace");
-            let o = c.del(p).unwrap_or_else(|e| panic!("etcdctl: {e}"));
-            assert!(o.status.success(), "etcdctl del --prefix {p}: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        c
-    }
-    fn del(&self, prefix: &str) -> std::io::Result<std::process::Output> {
-        Command::new("etcdctl").args(["--endpoints", &self.endpoint, "del", "--prefix", prefix]).output()
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for p in &self.prefixes {
-            match self.del(p) {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => eprintln!("cleanup of {p} failed: {}", String::from_utf8_lossy(&o.stderr)),
-                Err(e) => eprintln!("cleanup of {p} failed: etcdctl: {e}"),
-            }
-        }
-    }
-}
-
-async fn client(spec: &EtcdSpec) -> Client {
-    etcd::connect(spec, TIMEOUT).await.unwrap()
 }
 
 async fn put_all(client: &mut Client, kvs: &[(&str, &str)]) {
@@ -89,7 +31,7 @@ fn map(kvs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 #[tokio::test]
 async fn observe_on_an_empty_namespace_is_empty() {
-    let p = prefix("empty");
+    let p = unique_prefix("etcd", "empty");
     let _cleanup = Cleanup::new(&[&p]);
     let spec = spec(&p, &format!("{p}/services"));
     let mut c = client(&spec).await;
@@ -101,7 +43,7 @@ async fn observe_on_an_empty_namespace_is_empty() {
 
 #[tokio::test]
 async fn observe_reads_exactly_the_env_namespaces_and_registry_dirs() {
-    let p = prefix("scope");
+    let p = unique_prefix("etcd", "scope");
     let other = format!("{p}-other");
     let r = format!("{p}/services");
     let _cleanup = Cleanup::new(&[&p, &other]);
@@ -162,7 +104,7 @@ async fn observe_reads_exactly_the_env_namespaces_and_registry_dirs() {
 #[tokio::test]
 async fn empty_registry_prefix_reads_only_the_apps_dirs_at_the_root() {
     let pid = std::process::id();
-    let p = prefix("root");
+    let p = unique_prefix("etcd", "root");
     let env = format!("itroot{pid}");
     let decoy = format!("/unrelated/it-etcd-{pid}");
     let api_dir = keys::registry_dir("", "api", &env);
@@ -234,7 +176,7 @@ async fn no_endpoints_is_an_error() {
 
 #[tokio::test]
 async fn non_utf8_values_are_an_error_naming_the_key() {
-    let p = prefix("utf8");
+    let p = unique_prefix("etcd", "utf8");
     let r = format!("{p}/services");
     let _cleanup = Cleanup::new(&[&p]);
     let spec = spec(&p, &r);
@@ -256,7 +198,7 @@ async fn non_utf8_values_are_an_error_naming_the_key() {
 
 #[tokio::test]
 async fn many_apps_are_read_in_chunked_transactions() {
-    let p = prefix("chunk");
+    let p = unique_prefix("etcd", "chunk");
     let r = format!("{p}/services");
     let _cleanup = Cleanup::new(&[&p]);
     let spec = spec(&p, &r);
@@ -293,7 +235,7 @@ async fn many_apps_are_read_in_chunked_transactions() {
 
 #[tokio::test]
 async fn put_delete_and_batch_round_trip() {
-    let p = prefix("write");
+    let p = unique_prefix("etcd", "write");
     let _cleanup = Cleanup::new(&[&p]);
     let spec = spec(&p, &format!("{p}/services"));
     let mut c = client(&spec).await;

@@ -7,43 +7,22 @@
 //! `lock_child_helper` (which does nothing unless `RECONCILE_LOCK_CHILD=1`), to hold the
 //! lock in a child process that is then killed with SIGKILL.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reconcile::backend::etcd::{self, Client, EtcdError, Holder, LockGuard};
 use reconcile::model::keys;
-use reconcile::spec::model::EtcdSpec;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+use super::support::{EtcdCleanup, etcd_client, etcd_spec, unique_prefix};
+
 const ENV: &str = "staging";
 const CHILD_VAR: &str = "RECONCILE_LOCK_CHILD";
 const CHILD_PREFIX_VAR: &str = "RECONCILE_LOCK_CHILD_PREFIX";
 const CHILD_MARKER: &str = "RECONCILE-LOCK-CHILD-LOCKED";
-
-fn endpoint() -> String {
-    std::env::var("RECONCILE_TEST_ETCD").unwrap_or_else(|_| {
-        panic!("RECONCILE_TEST_ETCD is not set: run the tests through scripts/test.sh (it starts the test environment)")
-    })
-}
-
-/// `/it-lock-<pid>-<test>`: unique per test and per run.
-fn prefix(test: &str) -> String {
-    format!("/it-lock-{}-{test}", std::process::id())
-}
-
-async fn client() -> Client {
-    let spec = EtcdSpec {
-        endpoints: vec![endpoint()],
-        prefix: String::new(),
-        registry_prefix: String::new(),
-        ..Default::default()
-    };
-    etcd::connect(&spec, TIMEOUT).await.unwrap()
-}
 
 fn holder(who: &str) -> Holder {
     Holder {
@@ -52,36 +31,6 @@ fn holder(who: &str) -> Holder {
         pid: std::process::id(),
         since: "2000-01-01T00:00:00Z".into(),
         command: format!("reconcile apply --env {ENV}"),
-    }
-}
-
-/// Deletes everything under its prefix when created and when dropped (also on panic,
-/// best effort). Uses etcdctl so cleanup needs no async runtime.
-struct Cleanup {
-    endpoint: String,
-    prefix: String,
-}
-
-impl Cleanup {
-    fn new(prefix: &str) -> Self {
-        assert!(prefix.len() > 1, "refusing to delete the whole keyspace");
-        let c = Cleanup { endpoint: endpoint(), prefix: format!("{prefix}/") };
-        let o = c.del().unwrap_or_else(|e| panic!("etcdctl: {e}"));
-        assert!(o.status.success(), "etcdctl del --prefix {}: {}", c.prefix, String::from_utf8_lossy(&o.stderr));
-        c
-    }
-    fn del(&self) -> std::io::Result<std::process::Output> {
-        Command::new("etcdctl").args(["--endpoints", &self.endpoint, "del", "--prefix", &self.prefix]).output()
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        match self.del() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!("cleanup of {} failed: {}", self.prefix, String::from_utf8_lossy(&o.stderr)),
-            Err(e) => eprintln!("cleanup of {} failed: etcdctl: {e}", self.prefix),
-        }
     }
 }
 
@@ -120,9 +69,9 @@ async fn wait_until_gone(client: &mut Client, prefix: &str, limit: Duration) -> 
 
 #[tokio::test]
 async fn acquire_writes_the_holder_on_a_lease_and_release_revokes_it() {
-    let p = prefix("acquire");
-    let _cleanup = Cleanup::new(&p);
-    let mut c = client().await;
+    let p = unique_prefix("lock", "acquire");
+    let _cleanup = EtcdCleanup::new(&[&format!("{p}/")]);
+    let mut c = etcd_client(&etcd_spec("", "")).await;
     let me = holder("alice");
 
     let guard = acquire(&c, &p, &me, Duration::from_secs(15), Duration::ZERO).await.unwrap();
@@ -148,9 +97,9 @@ async fn acquire_writes_the_holder_on_a_lease_and_release_revokes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_apply_waits_for_the_first_and_never_overlaps() {
-    let p = prefix("contend");
-    let _cleanup = Cleanup::new(&p);
-    let c = client().await;
+    let p = unique_prefix("lock", "contend");
+    let _cleanup = EtcdCleanup::new(&[&format!("{p}/")]);
+    let c = etcd_client(&etcd_spec("", "")).await;
     let in_section = Arc::new(AtomicBool::new(false));
 
     let a = acquire(&c, &p, &holder("alice"), Duration::from_secs(15), Duration::ZERO).await.unwrap();
@@ -196,9 +145,9 @@ async fn a_second_apply_waits_for_the_first_and_never_overlaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_contenders_take_turns() {
-    let p = prefix("many");
-    let _cleanup = Cleanup::new(&p);
-    let c = client().await;
+    let p = unique_prefix("lock", "many");
+    let _cleanup = EtcdCleanup::new(&[&format!("{p}/")]);
+    let c = etcd_client(&etcd_spec("", "")).await;
     let in_section = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..5)
         .map(|i| {
@@ -223,9 +172,9 @@ async fn many_contenders_take_turns() {
 
 #[tokio::test]
 async fn a_short_wait_times_out_naming_the_holder() {
-    let p = prefix("timeout");
-    let _cleanup = Cleanup::new(&p);
-    let c = client().await;
+    let p = unique_prefix("lock", "timeout");
+    let _cleanup = EtcdCleanup::new(&[&format!("{p}/")]);
+    let c = etcd_client(&etcd_spec("", "")).await;
     let a = acquire(&c, &p, &holder("alice"), Duration::from_secs(15), Duration::ZERO).await.unwrap();
 
     let start = Instant::now();
@@ -264,9 +213,9 @@ async fn a_short_wait_times_out_naming_the_holder() {
 
 #[tokio::test]
 async fn a_lock_outlives_its_ttl_while_held() {
-    let p = prefix("keepalive");
-    let _cleanup = Cleanup::new(&p);
-    let mut c = client().await;
+    let p = unique_prefix("lock", "keepalive");
+    let _cleanup = EtcdCleanup::new(&[&format!("{p}/")]);
+    let mut c = etcd_client(&etcd_spec("", "")).await;
     let guard = acquire(&c, &p, &holder("alice"), Duration::from_secs(2), Duration::ZERO).await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(!guard.lost());
@@ -281,7 +230,7 @@ async fn lock_child_helper() {
         return;
     }
     let p = std::env::var(CHILD_PREFIX_VAR).unwrap();
-    let c = client().await;
+    let c = etcd_client(&etcd_spec("", "")).await;
     let me = etcd::current_holder("lock child helper");
     let _guard = acquire(&c, &p, &me, Duration::from_secs(2), Duration::ZERO).await.unwrap();
     println!("\n{CHILD_MARKER}");
@@ -292,9 +241,9 @@ async fn lock_child_helper() {
 
 #[tokio::test]
 async fn lease_dies_with_the_process() {
-    let p = prefix("sigkill");
-    let _cleanup = Cleanup::new(&p);
-    let mut c = client().await;
+    let p = unique_prefix("lock", "sigkill");
+    let _cleanup = EtcdCleanup::new(&[&format!("{p}/")]);
+    let mut c = etcd_client(&etcd_spec("", "")).await;
 
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "etcd_lock::lock_child_helper", "--nocapture"])
@@ -349,9 +298,9 @@ async fn lease_dies_with_the_process() {
 
 #[tokio::test]
 async fn dropping_the_guard_lets_the_lease_expire() {
-    let p = prefix("drop");
-    let _cleanup = Cleanup::new(&p);
-    let mut c = client().await;
+    let p = unique_prefix("lock", "drop");
+    let _cleanup = EtcdCleanup::new(&[&format!("{p}/")]);
+    let mut c = etcd_client(&etcd_spec("", "")).await;
     let guard = acquire(&c, &p, &holder("alice"), Duration::from_secs(2), Duration::ZERO).await.unwrap();
     let lease = guard.lease_id();
     drop(guard);
@@ -365,9 +314,9 @@ async fn dropping_the_guard_lets_the_lease_expire() {
 
 #[tokio::test]
 async fn record_apply_sets_applied_and_appends_history() {
-    let p = prefix("history");
-    let _cleanup = Cleanup::new(&p);
-    let mut c = client().await;
+    let p = unique_prefix("lock", "history");
+    let _cleanup = EtcdCleanup::new(&[&format!("{p}/")]);
+    let mut c = etcd_client(&etcd_spec("", "")).await;
     assert_eq!(etcd::history(&mut c, &p, ENV, 10).await.unwrap(), Vec::<serde_json::Value>::new());
 
     let first =
@@ -405,9 +354,9 @@ fn etcd_client_prefix() -> etcd_client::GetOptions {
 
 #[tokio::test]
 async fn a_revoked_lease_is_reported_lost() {
-    let p = prefix("lost");
-    let _cleanup = Cleanup::new(&p);
-    let mut c = client().await;
+    let p = unique_prefix("lock", "lost");
+    let _cleanup = EtcdCleanup::new(&[&format!("{p}/")]);
+    let mut c = etcd_client(&etcd_spec("", "")).await;
     let guard = acquire(&c, &p, &holder("alice"), Duration::from_secs(3), Duration::ZERO).await.unwrap();
     assert!(!guard.lost());
     c.lease_revoke(guard.lease_id()).await.unwrap(); // as if it had expired
@@ -422,9 +371,9 @@ async fn a_revoked_lease_is_reported_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_longer_than_the_ttl_keeps_the_waiters_lease_alive() {
-    let p = prefix("longwait");
-    let _cleanup = Cleanup::new(&p);
-    let c = client().await;
+    let p = unique_prefix("lock", "longwait");
+    let _cleanup = EtcdCleanup::new(&[&format!("{p}/")]);
+    let c = etcd_client(&etcd_spec("", "")).await;
     let a = acquire(&c, &p, &holder("alice"), Duration::from_secs(15), Duration::ZERO).await.unwrap();
     let b = tokio::spawn({
         let (c, p) = (c.clone(), p.clone());
@@ -451,9 +400,9 @@ async fn a_wait_longer_than_the_ttl_keeps_the_waiters_lease_alive() {
 
 #[tokio::test]
 async fn fenced_writes_fail_once_the_lock_is_someone_elses() {
-    let p = prefix("fence");
-    let _cleanup = Cleanup::new(&p);
-    let mut c = client().await;
+    let p = unique_prefix("lock", "fence");
+    let _cleanup = EtcdCleanup::new(&[&format!("{p}/")]);
+    let mut c = etcd_client(&etcd_spec("", "")).await;
     let first = acquire(&c, &p, &holder("first"), Duration::from_secs(5), Duration::ZERO).await.unwrap();
     let fence = first.fence();
     let a = format!("{p}/staging/config/web/a");

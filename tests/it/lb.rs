@@ -16,14 +16,16 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reconcile::backend::lb::{self, LbError};
+
+use super::support::{Daemon, http_exchange, split_response, wait_steady};
 
 const NGINX_PORT: u16 = 28701;
 const HAPROXY_PORT: u16 = 28702;
@@ -87,46 +89,29 @@ impl Drop for Upstream {
 
 /// GET / through the LB on `port`; the response body, or the error as text.
 fn get(port: u16) -> String {
-    let attempt = || -> std::io::Result<String> {
-        let mut c = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
-        c.set_read_timeout(Some(Duration::from_secs(5)))?;
-        c.write_all(b"GET / HTTP/1.0\r\nHost: api.internal\r\n\r\n")?;
-        let mut resp = String::new();
-        c.read_to_string(&mut resp)?;
-        Ok(resp)
-    };
-    match attempt() {
-        Ok(resp) if resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200") => {
-            resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
-        }
-        Ok(resp) => format!("(non-200: {})", resp.lines().next().unwrap_or_default()),
-        Err(e) => format!("(error: {e})"),
+    let request = "GET / HTTP/1.0\r\nHost: api.internal\r\n\r\n";
+    let (response, error) =
+        http_exchange("127.0.0.1", port, request, Some(Duration::from_secs(2)), Duration::from_secs(5));
+    if let Some(e) = error {
+        return format!("(error: {e})");
+    }
+    let (status, body) = split_response(&response);
+    if status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200") {
+        body
+    } else {
+        format!("(non-200: {status})")
     }
 }
 
 /// Poll until GET through the LB answers `body`, steadily: reloads are asynchronous, and
 /// for a moment old workers (previous config) still accept next to the new ones.
 fn wait_for_body(port: u16, body: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut steady_since: Option<Instant> = None;
-    let mut streak = 0;
-    loop {
-        let last = get(port);
-        if last == body {
-            streak += 1;
-            let since = *steady_since.get_or_insert_with(Instant::now);
-            if streak >= 10 && since.elapsed() >= Duration::from_millis(300) {
-                return;
-            }
-        } else {
-            (streak, steady_since) = (0, None);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "LB on 127.0.0.1:{port} never steadily answered {body:?}; last answer: {last:?}"
-        );
-        std::thread::sleep(Duration::from_millis(30));
-    }
+    wait_steady(
+        &format!("LB on 127.0.0.1:{port} (for {body:?})"),
+        Duration::from_millis(300),
+        || get(port),
+        |last| last == body,
+    );
 }
 
 /// The directory holds exactly `names` (no temp, backup or marker file left behind).
@@ -154,39 +139,6 @@ fn start_daemon(dir: &Path, program: &str, args: &[&str]) {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     std::fs::remove_file(&log).unwrap();
     assert!(status.success(), "{program} {args:?} failed ({status}): {text}");
-}
-
-/// Stops a daemon we started (SIGTERM to the pid in its pid file) when dropped, and waits
-/// for it to exit so its port is free.
-struct Daemon {
-    name: &'static str,
-    pid_file: PathBuf,
-}
-
-impl Daemon {
-    fn pid(&self) -> Option<String> {
-        std::fs::read_to_string(&self.pid_file).ok().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty())
-    }
-
-    fn wait_started(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.pid().is_none() {
-            assert!(Instant::now() < deadline, "{} did not write {}", self.name, self.pid_file.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let Some(pid) = self.pid() else { return };
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let proc = PathBuf::from(format!("/proc/{pid}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while proc.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 fn nginx_upstream(port: u16) -> String {

@@ -38,7 +38,13 @@ fn plan_of(snap: &RepoSnapshot, env: &str, observed: Option<&ObservedState>) -> 
     let e = &loaded.envs[env];
     let secrets: BTreeMap<String, Secret> =
         e.spec.secrets.keys().map(|k| (k.clone(), Secret::new(format!("{k}-value")))).collect();
-    let d = Desired { env: e, files: Arc::new(snap.files.clone()), origin: &snap.origin, secrets: &secrets };
+    let d = Desired {
+        env: e,
+        files: Arc::new(snap.files.clone()),
+        origin: &snap.origin,
+        secrets: &secrets,
+        digests: Default::default(),
+    };
     let o = observed.cloned().unwrap_or_else(|| empty(e));
     (plan::plan(&d, &o).unwrap(), o)
 }

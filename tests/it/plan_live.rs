@@ -1,25 +1,29 @@
 //! `reconcile plan` against the real world: two Docker daemons, etcd and an LB
-//! file. Until `apply` exists, the tests carry out a plan's creates, etcd writes
-//! and LB write themselves (docker CLI with the labels `plan::container_labels`
-//! gives, etcdctl, a file write), then change things out of band and check that
-//! the next plan names exactly those changes.
+//! file. The tests carry out a plan's creates, etcd writes and LB write themselves
+//! (docker CLI with the labels `plan::container_labels` gives, etcdctl, a file write),
+//! not through `apply`, so that the plan is checked on its own; then they change things
+//! out of band and check that the next plan names exactly those changes.
 
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
+use std::path::PathBuf;
 use std::process::Command;
 
 use reconcile::plan::{Action, Plan, container_labels};
 
+use super::support::{TestEnv, app_yaml, daemons, var};
 use super::{reconcile, stderr, stdout};
 
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test.sh"))
+/// A config repo (`TestEnv`) and the containers a test made by hand, removed on drop.
+struct World {
+    t: TestEnv,
+    created: Vec<(String, String)>,
 }
 
-struct World {
-    dir: tempfile::TempDir,
-    env: String,
-    prefix: String,
-    created: Vec<(String, String)>,
+impl Deref for World {
+    type Target = TestEnv;
+    fn deref(&self) -> &TestEnv {
+        &self.t
+    }
 }
 
 impl Drop for World {
@@ -27,25 +31,14 @@ impl Drop for World {
         for (host, id) in &self.created {
             let _ = Command::new("docker").args(["-H", host, "rm", "-f", id]).output();
         }
-        let etcd = std::env::var("RECONCILE_TEST_ETCD").unwrap_or_default();
-        for p in [&self.prefix, &format!("{}-reg", self.prefix)] {
-            let _ = Command::new("etcdctl").args(["--endpoints", &etcd, "del", "--prefix", p]).output();
-        }
     }
 }
 
 impl World {
     fn new(tag: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let env = format!("it-{tag}-{}", std::process::id());
-        let prefix = format!("/it-plan-{tag}-{}", std::process::id());
-        let w = World { dir, env, prefix, created: Vec::new() };
+        let w = World { t: TestEnv::new("plan", tag), created: Vec::new() };
         w.write_repo(&var("RECONCILE_TEST_DOCKER2"));
         w
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
     }
 
     fn lb_path(&self) -> PathBuf {
@@ -53,51 +46,38 @@ impl World {
     }
 
     fn write_repo(&self, docker2: &str) {
-        let e = self.root().join("environments").join(&self.env);
-        std::fs::create_dir_all(e.join("apps")).unwrap();
-        std::fs::write(
-            e.join("environment.yaml"),
-            format!(
-                "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nvars: {{level: info}}\nhosts:\n  - {{name: node-1, docker: '{d1}', address: 127.0.0.1, ports: 21000-21099}}\n  - {{name: node-2, docker: '{d2}', address: 127.0.0.2, ports: 21000-21099}}\netcd: {{endpoints: ['{etcd}'], prefix: '{prefix}', registry_prefix: '{prefix}-reg'}}\nlb: {{template: lb.j2, path: '{lb}', reload: ['true']}}\n",
-                env = self.env,
-                d1 = var("RECONCILE_TEST_DOCKER1"),
-                d2 = docker2,
-                etcd = var("RECONCILE_TEST_ETCD"),
-                prefix = self.prefix,
-                lb = self.lb_path().display()
+        self.write_environment(
+            "{level: info}",
+            docker2,
+            (21000, 21099),
+            &format!(" {{template: lb.j2, path: '{lb}', reload: ['true']}}\n", lb = self.lb_path().display()),
+        );
+        self.write("lb.j2", "{% for app in apps %}upstream {{ app.name }} {\n{% for i in app.instances %}  server {{ i.address }}:{{ i.port }};\n{% endfor %}}\n{% endfor %}");
+        let image = var("RECONCILE_TEST_IMAGE");
+        self.write(
+            "apps/web.yaml",
+            &app_yaml(
+                "web",
+                &image,
+                "[/bin/busybox, sleep, '300']",
+                "env: {LEVEL: '{{ vars.level }}'}\nreplicas: 2\nplacement: {spread: true}\nport: 8080\nregistry: true\nconfig: {greeting: hi}\nlb: {host: web.test}\n",
             ),
-        )
-        .unwrap();
-        std::fs::write(e.join("lb.j2"), "{% for app in apps %}upstream {{ app.name }} {\n{% for i in app.instances %}  server {{ i.address }}:{{ i.port }};\n{% endfor %}}\n{% endfor %}").unwrap();
-        std::fs::write(
-            e.join("apps/web.yaml"),
-            format!("apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {}\ncommand: [/bin/busybox, sleep, '300']\nenv: {{LEVEL: '{{{{ vars.level }}}}'}}\nreplicas: 2\nplacement: {{spread: true}}\nport: 8080\nregistry: true\nconfig: {{greeting: hi}}\nlb: {{host: web.test}}\n", var("RECONCILE_TEST_IMAGE")),
-        )
-        .unwrap();
-        std::fs::write(
-            e.join("apps/worker.yaml"),
-            format!(
-                "apiVersion: reconcile/v1\nkind: App\nname: worker\nimage: {}\ncommand: [/bin/busybox, sleep, '300']\n",
-                var("RECONCILE_TEST_IMAGE")
-            ),
-        )
-        .unwrap();
+        );
+        self.write("apps/worker.yaml", &app_yaml("worker", &image, "[/bin/busybox, sleep, '300']", ""));
     }
 
     fn plan(&self) -> Plan {
-        let repo = self.root().to_string_lossy().into_owned();
-        let o = reconcile(&["plan", "--env", &self.env, "--repo", &repo, "--format", "json", "--timeout", "5s"]);
-        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-        serde_json::from_slice(&o.stdout).unwrap()
+        self.plan_json_with(&["--timeout", "5s"])
     }
 
     fn endpoint(&self, host: &str) -> String {
-        if host == "node-1" { var("RECONCILE_TEST_DOCKER1") } else { var("RECONCILE_TEST_DOCKER2") }
+        let [d1, d2] = daemons();
+        if host == "node-1" { d1 } else { d2 }
     }
 
     /// Carry out creates, etcd writes and the LB write of a plan.
     fn carry_out(&mut self, p: &Plan) {
-        let etcd = var("RECONCILE_TEST_ETCD");
+        let etcd = super::support::etcd_endpoint();
         for a in &p.actions {
             match a {
                 Action::Create { app, instance, new, .. } => {
@@ -163,7 +143,7 @@ fn plan_against_real_daemons_etcd_and_lb() {
     w.carry_out(&p);
 
     // Nothing to do now; --detailed-exitcode says so.
-    let repo = w.root().to_string_lossy().into_owned();
+    let repo = w.repo();
     let o = reconcile(&["plan", "--env", &w.env, "--repo", &repo, "--detailed-exitcode"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("No changes"), "{}", stdout(&o));
@@ -244,7 +224,7 @@ fn plan_against_real_daemons_etcd_and_lb() {
 fn unreachable_host_is_a_clear_error() {
     let w = World::new("down");
     w.write_repo("unix:///run/reconcile-test/nope.sock");
-    let repo = w.root().to_string_lossy().into_owned();
+    let repo = w.repo();
     let o = reconcile(&["plan", "--env", &w.env, "--repo", &repo, "--timeout", "2s"]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     let err = stderr(&o);

@@ -7,14 +7,13 @@
 //! `$RECONCILE_TEST_DOCKER1`: what goes through ssh is checked with the docker CLI on
 //! the unix socket. Fails, never skips, when the environment is missing.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reconcile::backend::docker::{connect, observe_host};
 use reconcile::model::labels;
 use reconcile::spec::model::HostSpec;
 
-use super::apply::{http_get, var};
+use super::support::{app_yaml, docker_cli, host, http_get, remove_env_containers, var};
 use super::{reconcile, stderr, stdout};
 
 /// Generous: every new connection of the ssh transport starts an `ssh` master.
@@ -25,7 +24,7 @@ const SSHD_PORT: u16 = 24022;
 const POOL: (u16, u16) = (24600, 24649);
 
 fn ssh_host(name: &str, docker: &str) -> HostSpec {
-    HostSpec { ports: format!("{}-{}", POOL.0, POOL.1), ..super::docker::host(name, docker) }
+    HostSpec { ports: format!("{}-{}", POOL.0, POOL.1), ..host(name, docker) }
 }
 
 /// A config repo in `dir` with environment `env`: one host `node-ssh` on `endpoint`
@@ -48,25 +47,15 @@ fn write_env(dir: &std::path::Path, env: &str, endpoint: &str, extra: &str) -> s
 
 /// `docker -H $RECONCILE_TEST_DOCKER1 …` (the unix socket, not ssh); stdout trimmed.
 fn docker1(args: &[&str]) -> String {
-    let d1 = var("RECONCILE_TEST_DOCKER1");
-    let o = Command::new("docker").args(["-H", &d1]).args(args).output().expect("docker CLI");
-    assert!(o.status.success(), "docker -H {d1} {args:?}: {}", stderr(&o));
-    stdout(&o).trim().to_string()
+    docker_cli(&var("RECONCILE_TEST_DOCKER1"), args)
 }
 
-/// Removes every container of `env` on daemon 1 when dropped (also when the test panics).
+/// Removes every container of `env` when dropped (also when the test panics).
 struct EnvContainers(String);
 
 impl Drop for EnvContainers {
     fn drop(&mut self) {
-        let d1 = var("RECONCILE_TEST_DOCKER1");
-        let filter = format!("label={}={}", labels::ENV, self.0);
-        if let Ok(o) = Command::new("docker").args(["-H", &d1, "ps", "-aq", "--filter", &filter]).output() {
-            let ids: Vec<String> = stdout(&o).split_whitespace().map(str::to_string).collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker").args(["-H", &d1, "rm", "-f"]).args(&ids).output();
-            }
-        }
+        remove_env_containers(&self.0);
     }
 }
 
@@ -154,9 +143,11 @@ fn apply_plan_and_status_through_an_ssh_alias() {
     .unwrap();
     std::fs::write(
         e.join("apps/web.yaml"),
-        format!(
-            "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {img}\ncommand: [/bin/busybox, httpd, -f, -p, '{{{{ instance.address }}}}:{{{{ instance.port }}}}', -h, /www]\nport: 8080\nhealth: {{http: /, interval: 200ms, timeout: 1s, retries: 20}}\nfiles: [{{template: templates/index.html.j2, path: /www/index.html}}]\nstop_timeout: 1s\n",
-            img = var("RECONCILE_TEST_IMAGE"),
+        app_yaml(
+            "web",
+            &var("RECONCILE_TEST_IMAGE"),
+            "[/bin/busybox, httpd, -f, -p, '{{ instance.address }}:{{ instance.port }}', -h, /www]",
+            "port: 8080\nhealth: {http: /, interval: 200ms, timeout: 1s, retries: 20}\nfiles: [{template: templates/index.html.j2, path: /www/index.html}]\nstop_timeout: 1s\n",
         ),
     )
     .unwrap();
@@ -218,10 +209,7 @@ fn an_ssh_port_in_the_endpoint_is_refused_with_the_ssh_config_hint() {
     let e = write_env(dir.path(), &env, &format!("ssh://root@127.0.0.1:{SSHD_PORT}"), "");
     std::fs::write(
         e.join("apps/web.yaml"),
-        format!(
-            "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {}\ncommand: [/bin/busybox, sleep, '300']\n",
-            var("RECONCILE_TEST_IMAGE")
-        ),
+        app_yaml("web", &var("RECONCILE_TEST_IMAGE"), "[/bin/busybox, sleep, '300']", ""),
     )
     .unwrap();
     let repo = dir.path().to_string_lossy().into_owned();

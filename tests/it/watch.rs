@@ -2,13 +2,12 @@
 //! test environment: self-healing (kill, rm -f), a commit to a watched local repo,
 //! health-driven deregistration, leader election, SIGTERM, /metrics.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::apply::{Stack, var};
 use super::apply_chaos::{etcd_get, lb_upstreams, managed, registry_values};
+use super::support::{app_yaml, daemons, docker_cli, http_exchange, reconcile_cmd};
 use super::{git, stderr};
 
 /// A running `reconcile watch`, killed on drop; its log in the stack's directory.
@@ -24,19 +23,17 @@ impl Watcher {
         let file = std::fs::File::create(&log).unwrap();
         let repo = s.repo();
         let addr = format!("127.0.0.1:{metrics_port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_reconcile"))
-            .args(["watch", "--env", &s.env, "--repo", &repo, "--interval", "60s", "--metrics-addr", &addr])
-            .args(["--timeout", "10s", "--health-hold", "1s"])
-            .args(extra)
-            .current_dir(super::root())
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "reconcile=info")
-            .env("RECONCILE_LOCK_TTL", "3s")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
+        let child =
+            reconcile_cmd(&["watch", "--env", &s.env, "--repo", &repo, "--interval", "60s", "--metrics-addr", &addr])
+                .args(["--timeout", "10s", "--health-hold", "1s"])
+                .args(extra)
+                .env("RUST_LOG", "reconcile=info")
+                .env("RECONCILE_LOCK_TTL", "3s")
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .spawn()
+                .unwrap();
         Watcher { child: Some(child), log, metrics_port }
     }
 
@@ -46,12 +43,8 @@ impl Watcher {
 
     /// The whole HTTP response (status line first) to `GET path` on the metrics address.
     fn http(&self, path: &str) -> String {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.metrics_port)) else { return String::new() };
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-        let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes());
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        http_exchange("127.0.0.1", self.metrics_port, &request, None, Duration::from_secs(2)).0
     }
 
     fn metrics(&self) -> String {
@@ -100,13 +93,9 @@ fn wait_for(what: &str, limit: Duration, w: &Watcher, mut f: impl FnMut() -> boo
     t0.elapsed()
 }
 
-fn docker_for(daemon: usize) -> String {
-    [var("RECONCILE_TEST_DOCKER1"), var("RECONCILE_TEST_DOCKER2")][daemon].clone()
-}
-
+/// `docker ARGS` on daemon `daemon` (0 or 1, as in `Managed`); panics when it fails.
 fn docker(daemon: usize, args: &[&str]) {
-    let o = Command::new("docker").arg("-H").arg(docker_for(daemon)).args(args).output().unwrap();
-    assert!(o.status.success(), "docker {args:?}: {}", stderr(&o));
+    docker_cli(&daemons()[daemon], args);
 }
 
 fn running(s: &Stack, instance: &str) -> Option<String> {
@@ -230,7 +219,7 @@ fn an_unhealthy_instance_leaves_the_registry_and_the_lb_and_comes_back() {
 fn managed_name(s: &Stack, id: &str) -> String {
     let m = managed(s).into_iter().find(|m| m.id == id).unwrap();
     let o = Command::new("docker")
-        .args(["-H", &docker_for(m.daemon), "inspect", "--format", "{{.Name}}", id])
+        .args(["-H", &daemons()[m.daemon], "inspect", "--format", "{{.Name}}", id])
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout).trim().trim_start_matches('/').to_string()
@@ -307,14 +296,15 @@ fn bad_input_at_start_is_exit_1() {
 #[test]
 fn a_crash_looping_app_is_reported_and_never_restarted_in_a_tight_loop() {
     let s = Stack::new("wcrash", 17);
-    std::fs::write(
-        s.env_dir().join("apps/crash.yaml"),
-        format!(
-            "apiVersion: reconcile/v1\nkind: App\nname: crash\nimage: {}\ncommand: [/bin/busybox, sh, -c, 'sleep 1; exit 1']\nstop_timeout: 1s\n",
-            var("RECONCILE_TEST_IMAGE")
+    s.write(
+        "apps/crash.yaml",
+        &app_yaml(
+            "crash",
+            &var("RECONCILE_TEST_IMAGE"),
+            "[/bin/busybox, sh, -c, 'sleep 1; exit 1']",
+            "stop_timeout: 1s\n",
         ),
-    )
-    .unwrap();
+    );
     let w = Watcher::start(&s, "c", 28191, &[]);
     let mut most = 0;
     let t = wait_for("a crash-loop report", Duration::from_secs(60), &w, || {

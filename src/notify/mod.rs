@@ -1,0 +1,578 @@
+//! Notifications: what happened (an [`Event`]), whether to send it now
+//! ([`Dedup`]: a failure repeated by watch's retries is sent once, then as a
+//! reminder at most every `repeat`, then as resolved), and what each target kind
+//! receives ([`request`]: the HTTP request, body signed for webhooks).
+//!
+//! Invariant: pure. Delivery (HTTP, timeouts, retries) is `backend::notify`;
+//! the clock is passed in. Secret values are masked out of every body
+//! ([`request`] replaces each one with `(sensitive)`), whatever a message carries.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::secret::{MASK, Secret};
+use crate::spec::model::{NotificationSpec, NotifyKind};
+
+/// Version of the webhook payload.
+pub const FORMAT_VERSION: u32 = 1;
+/// Default for a target's `repeat`.
+pub const REPEAT: Duration = Duration::from_secs(3600);
+/// Default for a target's `timeout`.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    ApplySucceeded,
+    ApplyFailed,
+    Rollback,
+    Pin,
+    PinReleased,
+    CanaryStarted,
+    CanaryPromoted,
+    CanaryAborted,
+    Heal,
+    CrashLoop,
+    Unhealthy,
+    Drift,
+    Recovered,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ApplySucceeded => "apply_succeeded",
+            Self::ApplyFailed => "apply_failed",
+            Self::Rollback => "rollback",
+            Self::Pin => "pin",
+            Self::PinReleased => "pin_released",
+            Self::CanaryStarted => "canary_started",
+            Self::CanaryPromoted => "canary_promoted",
+            Self::CanaryAborted => "canary_aborted",
+            Self::Heal => "heal",
+            Self::CrashLoop => "crash_loop",
+            Self::Unhealthy => "unhealthy",
+            Self::Drift => "drift",
+            Self::Recovered => "recovered",
+        }
+    }
+
+    /// A problem that lasts until something clears it (de-duplicated while it lasts).
+    pub fn is_problem(self) -> bool {
+        matches!(self, Self::ApplyFailed | Self::CrashLoop | Self::Unhealthy | Self::Drift | Self::CanaryAborted)
+    }
+}
+
+/// One thing that happened, as every target is told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub env: String,
+    /// The app it concerns, if one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The instance it concerns, if one (crash loop, unhealthy, recovered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The commit applied (or being applied), when from Git.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    pub reference: String,
+    /// The plan's summary line.
+    pub summary: String,
+    /// What happened, one or a few lines.
+    pub message: String,
+    /// RFC 3339.
+    pub time: String,
+}
+
+impl Event {
+    /// What identifies one problem across repeats: a later event with the same key
+    /// is the same problem again, or its end.
+    pub fn incident_key(&self) -> String {
+        let family = match self.kind {
+            EventKind::ApplyFailed | EventKind::ApplySucceeded | EventKind::Heal => "apply",
+            EventKind::CrashLoop | EventKind::Unhealthy | EventKind::Recovered => "instance",
+            EventKind::Drift => "drift",
+            other => other.as_str(),
+        };
+        let scope = match family {
+            "instance" => self.instance.as_deref().or(self.app.as_deref()).unwrap_or(""),
+            "apply" => self.app.as_deref().unwrap_or(""),
+            _ => "",
+        };
+        format!("{}/{family}/{scope}", self.env)
+    }
+}
+
+/// How a sent event stands to the problem it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// A new problem, or an event that is no problem.
+    New,
+    /// The same problem, still there after `repeat`.
+    Reminder,
+    /// A problem that has cleared.
+    Resolved,
+}
+
+/// An event that is to be sent, and how it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub event: Event,
+    pub status: Status,
+}
+
+/// Open problems, by incident key: when each was last sent. `now` is any monotonic
+/// clock reading the caller keeps (watch: time since it started).
+#[derive(Debug, Default, Clone)]
+pub struct Dedup {
+    open: BTreeMap<String, Duration>,
+}
+
+impl Dedup {
+    /// Whether `event` is sent now, and as what. An "all good" event for a key with
+    /// no open problem (an apply that succeeded again) is sent only if `quiet_ok` is
+    /// false — watch sets it, so that its periodic successful runs stay silent.
+    pub fn admit(&mut self, event: Event, now: Duration, repeat: Duration, quiet_ok: bool) -> Option<Outgoing> {
+        let key = event.incident_key();
+        if event.kind.is_problem() {
+            return match self.open.get(&key) {
+                Some(last) if now.saturating_sub(*last) < repeat => None,
+                Some(_) => {
+                    self.open.insert(key, now);
+                    Some(Outgoing { event, status: Status::Reminder })
+                }
+                None => {
+                    self.open.insert(key, now);
+                    Some(Outgoing { event, status: Status::New })
+                }
+            };
+        }
+        let clears = matches!(event.kind, EventKind::ApplySucceeded | EventKind::Heal | EventKind::Recovered);
+        if clears && self.open.remove(&key).is_some() {
+            return Some(Outgoing { event, status: Status::Resolved });
+        }
+        // An all-clear with nothing to clear: worth sending only outside watch's loop.
+        if clears && quiet_ok && event.kind != EventKind::Heal {
+            return None;
+        }
+        Some(Outgoing { event, status: Status::New })
+    }
+
+    /// Open problems now.
+    pub fn open(&self) -> usize {
+        self.open.len()
+    }
+}
+
+/// A target, resolved: its secrets looked up.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub spec: NotificationSpec,
+    /// Name for logs and metrics: `<index>:<kind>`.
+    pub name: String,
+    pub url: Option<Secret>,
+    pub signing: Option<Secret>,
+    pub token: Option<Secret>,
+}
+
+impl Target {
+    /// Whether this target wants `kind` (its `on:` filter; status targets take only
+    /// the events that have a commit status).
+    pub fn wants(&self, kind: EventKind) -> bool {
+        let status_kind = matches!(self.spec.kind, NotifyKind::GithubStatus | NotifyKind::GitlabStatus);
+        if status_kind && commit_state(kind).is_none() {
+            return false;
+        }
+        self.spec.on.is_empty() || self.spec.on.contains(&kind)
+    }
+}
+
+/// An HTTP request to make (the body may hold nothing secret: see [`request`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: &'static str,
+    /// May carry a token (Slack's URLs do): never logged.
+    pub url: Secret,
+    pub headers: Vec<(String, Secret)>,
+    pub body: String,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request").field("method", &self.method).field("body", &self.body).finish_non_exhaustive()
+    }
+}
+
+/// Why a request cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyError {
+    #[error("notification {target}: `{field}` is required for kind {kind}")]
+    Missing { target: String, kind: &'static str, field: &'static str },
+    #[error("notification {target}: {event} has no commit to set a status on")]
+    NoCommit { target: String, event: &'static str },
+}
+
+/// The commit status an event sets: (GitHub state, GitLab state, description prefix).
+fn commit_state(kind: EventKind) -> Option<(&'static str, &'static str)> {
+    match kind {
+        EventKind::ApplySucceeded | EventKind::Heal => Some(("success", "success")),
+        EventKind::ApplyFailed | EventKind::CanaryAborted => Some(("failure", "failed")),
+        EventKind::CanaryStarted => Some(("pending", "running")),
+        EventKind::CanaryPromoted => Some(("success", "success")),
+        _ => None,
+    }
+}
+
+/// One line for people: `[staging] apply_failed api: …`.
+pub fn headline(o: &Outgoing) -> String {
+    let e = &o.event;
+    let status = match o.status {
+        Status::New => "",
+        Status::Reminder => " (still failing)",
+        Status::Resolved => " (resolved)",
+    };
+    let what = e.instance.as_deref().or(e.app.as_deref()).map(|a| format!(" {a}")).unwrap_or_default();
+    format!("[{}] {}{what}{status}: {}", e.env, e.kind.as_str(), e.message)
+}
+
+/// The request `target` receives for `o`, with every value of `secrets` masked
+/// out of the body.
+///
+/// # Errors
+/// The target lacks a field its kind needs, or a status event has no commit.
+pub fn request(target: &Target, o: &Outgoing, secrets: &[Secret]) -> Result<Request, NotifyError> {
+    let kind_name = match target.spec.kind {
+        NotifyKind::Webhook => "webhook",
+        NotifyKind::Slack => "slack",
+        NotifyKind::GithubStatus => "github_status",
+        NotifyKind::GitlabStatus => "gitlab_status",
+    };
+    let missing = |field| NotifyError::Missing { target: target.name.clone(), kind: kind_name, field };
+    let mask = |s: String| mask_all(s, secrets);
+    let e = &o.event;
+    let json = |h: &[(&str, String)]| -> Vec<(String, Secret)> {
+        let mut v = vec![("content-type".to_string(), Secret::new("application/json".into()))];
+        v.extend(h.iter().map(|(k, val)| (k.to_string(), Secret::new(val.clone()))));
+        v
+    };
+    match target.spec.kind {
+        NotifyKind::Webhook => {
+            let url = target.url.clone().ok_or_else(|| missing("url"))?;
+            let body = mask(
+                serde_json::json!({
+                    "format_version": FORMAT_VERSION,
+                    "event": e.kind,
+                    "status": o.status,
+                    "env": e.env,
+                    "app": e.app,
+                    "instance": e.instance,
+                    "commit": e.commit,
+                    "reference": e.reference,
+                    "summary": e.summary,
+                    "message": e.message,
+                    "time": e.time,
+                })
+                .to_string(),
+            );
+            let mut headers = vec![("x-reconcile-event", e.kind.as_str().to_string())];
+            if let Some(key) = &target.signing {
+                headers.push(("x-reconcile-signature", format!("sha256={}", sign(key, &body))));
+            }
+            Ok(Request { method: "POST", url, headers: json(&headers), body })
+        }
+        NotifyKind::Slack => {
+            let url = target.url.clone().ok_or_else(|| missing("url"))?;
+            let mut text = headline(o);
+            if !e.summary.is_empty() {
+                text.push_str(&format!("\n{}", e.summary));
+            }
+            if let Some(c) = &e.commit {
+                text.push_str(&format!("\ncommit {} ({})", short(c), e.reference));
+            }
+            let body = mask(serde_json::json!({ "text": text, "username": "reconcile" }).to_string());
+            Ok(Request { method: "POST", url, headers: json(&[]), body })
+        }
+        NotifyKind::GithubStatus | NotifyKind::GitlabStatus => {
+            let token = target.token.clone().ok_or_else(|| missing("token"))?;
+            let commit = e
+                .commit
+                .as_deref()
+                .ok_or(NotifyError::NoCommit { target: target.name.clone(), event: e.kind.as_str() })?;
+            let (gh_state, gl_state) = commit_state(e.kind)
+                .ok_or(NotifyError::NoCommit { target: target.name.clone(), event: e.kind.as_str() })?;
+            let context = target.spec.context.clone().unwrap_or_else(|| format!("reconcile/{}", e.env));
+            let description: String = mask(headline(o)).chars().take(140).collect();
+            if target.spec.kind == NotifyKind::GithubStatus {
+                let repo = target.spec.repository.as_deref().ok_or_else(|| missing("repository"))?;
+                let api = target.spec.api_url.as_deref().unwrap_or("https://api.github.com").trim_end_matches('/');
+                let body = mask(
+                    serde_json::json!({ "state": gh_state, "context": context, "description": description })
+                        .to_string(),
+                );
+                let headers = json(&[
+                    ("accept", "application/vnd.github+json".into()),
+                    ("user-agent", "reconcile".into()),
+                    ("authorization", format!("Bearer {}", token.expose())),
+                ]);
+                let url = Secret::new(format!("{api}/repos/{repo}/statuses/{commit}"));
+                Ok(Request { method: "POST", url, headers, body })
+            } else {
+                let project = target.spec.project.as_deref().ok_or_else(|| missing("project"))?;
+                let api = target.spec.api_url.as_deref().unwrap_or("https://gitlab.com/api/v4").trim_end_matches('/');
+                let body = mask(
+                    serde_json::json!({ "state": gl_state, "name": context, "description": description }).to_string(),
+                );
+                let headers = json(&[("private-token", token.expose().to_string())]);
+                let url = Secret::new(format!("{api}/projects/{}/statuses/{commit}", path_segment(project)));
+                Ok(Request { method: "POST", url, headers, body })
+            }
+        }
+    }
+}
+
+/// `sha256=` HMAC of `body` under `key`, hex.
+pub fn sign(key: &Secret, body: &str) -> String {
+    // HMAC takes keys of any length; this cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(body.as_bytes());
+    crate::plan::instance::hex(&mac.finalize().into_bytes())
+}
+
+/// Replace every secret value (longer than 3 bytes: shorter ones would mask
+/// ordinary text) by `(sensitive)`.
+fn mask_all(mut s: String, secrets: &[Secret]) -> String {
+    for v in secrets.iter().map(Secret::expose).filter(|v| v.len() > 3) {
+        // Values as they appear inside JSON strings, too.
+        let escaped = serde_json::to_string(v).unwrap_or_default();
+        let escaped = escaped.trim_matches('"');
+        for form in [v, escaped] {
+            if s.contains(form) {
+                s = s.replace(form, MASK);
+            }
+        }
+    }
+    s
+}
+
+/// A GitLab project path as one URL path segment (`group/name` → `group%2Fname`).
+fn path_segment(p: &str) -> String {
+    let mut out = String::new();
+    for b in p.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(char::from(b)),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
+
+/// The environment's targets with their secrets looked up in `secrets` (the
+/// resolved secrets of the run; validate checks that the names exist).
+pub fn targets(spec: &[NotificationSpec], secrets: &BTreeMap<String, Secret>) -> Vec<Target> {
+    spec.iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let get = |name: &Option<String>| name.as_ref().and_then(|k| secrets.get(k)).cloned();
+            let kind =
+                serde_json::to_value(n.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            Target {
+                spec: n.clone(),
+                name: format!("{i}:{kind}"),
+                url: get(&n.url),
+                signing: get(&n.signing_secret),
+                token: get(&n.token),
+            }
+        })
+        .collect()
+}
+
+/// What one apply (or rollback) tells: per failed app an `apply_failed`, per app
+/// that succeeded an `apply_succeeded` (so a failure of that app is resolved);
+/// `ok_kind` is `ApplySucceeded`, `Rollback` or `Heal`.
+pub struct ApplyFacts<'a> {
+    pub env: &'a str,
+    pub commit: Option<&'a str>,
+    pub reference: &'a str,
+    pub summary: &'a str,
+    /// Per app with work: `None` when it succeeded, else why it failed.
+    pub apps: &'a [(String, Option<String>)],
+    /// Failures outside apps (etcd, LB).
+    pub errors: &'a [String],
+    pub ok_kind: EventKind,
+    pub time: &'a str,
+}
+
+/// The events of [`ApplyFacts`].
+pub fn apply_events(f: &ApplyFacts<'_>) -> Vec<Event> {
+    let event = |kind, app: Option<&String>, message: String| Event {
+        kind,
+        env: f.env.to_string(),
+        app: app.cloned(),
+        instance: None,
+        commit: f.commit.map(str::to_string),
+        reference: f.reference.to_string(),
+        summary: f.summary.to_string(),
+        message,
+        time: f.time.to_string(),
+    };
+    let mut out: Vec<Event> = f
+        .apps
+        .iter()
+        .map(|(app, err)| match err {
+            Some(e) => event(EventKind::ApplyFailed, Some(app), e.clone()),
+            None => event(f.ok_kind, Some(app), format!("{} applied", app)),
+        })
+        .collect();
+    if !f.errors.is_empty() {
+        out.push(event(EventKind::ApplyFailed, None, f.errors.join("; ")));
+    } else if f.apps.is_empty() || f.apps.iter().all(|(_, e)| e.is_none()) {
+        out.push(event(f.ok_kind, None, format!("{} {}", f.ok_kind.as_str().replace('_', " "), f.summary)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind, app: Option<&str>) -> Event {
+        Event {
+            kind,
+            env: "staging".into(),
+            app: app.map(str::to_string),
+            instance: None,
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            reference: "main".into(),
+            summary: "1 to add".into(),
+            message: "api-0 on node-1: health check failed".into(),
+            time: "2026-12-01T00:00:00Z".into(),
+        }
+    }
+
+    fn spec(kind: NotifyKind) -> NotificationSpec {
+        NotificationSpec {
+            kind,
+            url: Some("u".into()),
+            signing_secret: None,
+            token: Some("t".into()),
+            repository: Some("acme/config".into()),
+            project: Some("ops/config".into()),
+            api_url: Some("http://127.0.0.1:1/api/".into()),
+            context: None,
+            on: vec![],
+            repeat: None,
+            timeout: None,
+        }
+    }
+
+    fn target(kind: NotifyKind) -> Target {
+        Target {
+            spec: spec(kind),
+            name: "0:test".into(),
+            url: Some(Secret::new("http://127.0.0.1:1/hook".into())),
+            signing: Some(Secret::new("signing-key".into())),
+            token: Some(Secret::new("tok-123456".into())),
+        }
+    }
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_repeated_failure_is_sent_once_then_as_reminder_then_resolved() {
+        let mut d = Dedup::default();
+        let hour = Duration::from_secs(3600);
+        let fail = || event(EventKind::ApplyFailed, Some("api"));
+        assert_eq!(d.admit(fail(), S, hour, true).map(|o| o.status), Some(Status::New));
+        assert_eq!(d.admit(fail(), 2 * S, hour, true), None);
+        assert_eq!(d.admit(fail(), hour, hour, true), None);
+        assert_eq!(d.admit(fail(), hour + S, hour, true).map(|o| o.status), Some(Status::Reminder));
+        assert_eq!(d.admit(fail(), hour + 2 * S, hour, true), None);
+        // Another app's failure is another problem.
+        assert_eq!(
+            d.admit(event(EventKind::ApplyFailed, Some("web")), 3 * S, hour, true).map(|o| o.status),
+            Some(Status::New)
+        );
+        assert_eq!(d.open(), 2);
+        let ok = d.admit(event(EventKind::ApplySucceeded, Some("api")), hour * 2, hour, true);
+        assert_eq!(ok.map(|o| o.status), Some(Status::Resolved));
+        assert_eq!(d.open(), 1);
+        // Once resolved, success is quiet in watch and the next failure is new again.
+        assert_eq!(d.admit(event(EventKind::ApplySucceeded, Some("api")), hour * 3, hour, true), None);
+        assert_eq!(d.admit(fail(), hour * 3, hour, true).map(|o| o.status), Some(Status::New));
+    }
+
+    #[test]
+    fn outside_watch_a_success_is_always_sent() {
+        let mut d = Dedup::default();
+        let got = d.admit(event(EventKind::ApplySucceeded, None), S, REPEAT, false);
+        assert_eq!(got.map(|o| o.status), Some(Status::New));
+    }
+
+    #[test]
+    fn webhook_bodies_are_signed_and_carry_no_secret() {
+        let mut e = event(EventKind::ApplyFailed, Some("api"));
+        e.message = "db said: password hunter22 rejected".into();
+        let o = Outgoing { event: e, status: Status::New };
+        let r = request(&target(NotifyKind::Webhook), &o, &[Secret::new("hunter22".into())]).unwrap();
+        assert!(!r.body.contains("hunter22"), "{}", r.body);
+        assert!(r.body.contains("password (sensitive) rejected"), "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["event"], "apply_failed");
+        assert_eq!(v["status"], "new");
+        assert_eq!(v["format_version"], 1);
+        let sig = r.headers.iter().find(|(k, _)| k == "x-reconcile-signature").unwrap().1.expose().to_string();
+        // Known answer: HMAC-SHA256 of the body, recomputed independently of `sign`.
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"signing-key").unwrap();
+        mac.update(r.body.as_bytes());
+        assert_eq!(sig, format!("sha256={}", crate::plan::instance::hex(&mac.finalize().into_bytes())));
+        assert_ne!(sign(&Secret::new("other".into()), &r.body), sig["sha256=".len()..]);
+        assert!(!format!("{r:?}").contains("127.0.0.1:1/hook"), "the URL may hold a token: not in Debug");
+    }
+
+    #[test]
+    fn commit_statuses_go_to_the_applied_commit() {
+        let o = Outgoing { event: event(EventKind::ApplyFailed, Some("api")), status: Status::New };
+        let gh = request(&target(NotifyKind::GithubStatus), &o, &[]).unwrap();
+        assert_eq!(
+            gh.url.expose(),
+            "http://127.0.0.1:1/api/repos/acme/config/statuses/0123456789abcdef0123456789abcdef01234567"
+        );
+        let v: serde_json::Value = serde_json::from_str(&gh.body).unwrap();
+        assert_eq!((v["state"].as_str(), v["context"].as_str()), (Some("failure"), Some("reconcile/staging")));
+        assert!(gh.headers.iter().any(|(k, v)| k == "authorization" && v.expose() == "Bearer tok-123456"));
+        let gl = request(&target(NotifyKind::GitlabStatus), &o, &[]).unwrap();
+        assert!(gl.url.expose().ends_with("/projects/ops%2Fconfig/statuses/0123456789abcdef0123456789abcdef01234567"));
+        let v: serde_json::Value = serde_json::from_str(&gl.body).unwrap();
+        assert_eq!(v["state"], "failed");
+        // Events without a status are not for status targets.
+        assert!(!target(NotifyKind::GithubStatus).wants(EventKind::Drift));
+        assert!(target(NotifyKind::Webhook).wants(EventKind::Drift));
+    }
+
+    #[test]
+    fn the_on_filter_selects_events() {
+        let mut t = target(NotifyKind::Slack);
+        t.spec.on = vec![EventKind::ApplyFailed];
+        assert!(t.wants(EventKind::ApplyFailed));
+        assert!(!t.wants(EventKind::ApplySucceeded));
+        let o = Outgoing { event: event(EventKind::ApplyFailed, Some("api")), status: Status::Reminder };
+        let r = request(&t, &o, &[]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert!(v["text"].as_str().unwrap().starts_with("[staging] apply_failed api (still failing): "), "{v}");
+    }
+}

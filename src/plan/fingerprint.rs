@@ -1,0 +1,104 @@
+//! Phase 7: the fingerprint of the observation a plan was made against (a saved
+//! plan is refused when the world moved since).
+
+use sha2::{Digest, Sha256};
+
+use super::instance::hex;
+use crate::model::ObservedState;
+
+/// A stable digest of what was observed (ids, states, hashes, ports, etcd values,
+/// the LB file), ignoring what changes by itself (status text, uptime).
+pub fn fingerprint(o: &ObservedState) -> String {
+    let mut h = Sha256::new();
+    h.update(o.env.as_bytes());
+    for (host, obs) in &o.hosts {
+        h.update(b"\0host\0");
+        h.update(host.as_bytes());
+        let mut rows: Vec<String> = obs
+            .instances
+            .iter()
+            .map(|i| format!("{}|{}|{}|{:?}|{}|{:?}", i.container_id, i.app, i.instance, i.state, i.spec_hash, i.port))
+            .collect();
+        rows.sort();
+        for r in rows {
+            h.update(r.as_bytes());
+            h.update(b"\n");
+        }
+    }
+    if let Some(e) = &o.etcd {
+        h.update(b"\0etcd\0");
+        for (k, v) in &e.keys {
+            h.update(k.as_bytes());
+            h.update(b"=");
+            h.update(v.as_bytes());
+            h.update(b"\n");
+        }
+    }
+    match &o.lb {
+        Some(Some(c)) => {
+            h.update(b"\0lb\0");
+            h.update(c.as_bytes());
+        }
+        Some(None) => h.update(b"\0lb-missing\0"),
+        None => {}
+    }
+    hex(&h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerState, EtcdObservation, HostObservation, ObservedInstance};
+
+    fn observed() -> ObservedState {
+        let c = ObservedInstance {
+            container_id: "c1".into(),
+            name: "t-api-0-x".into(),
+            host: "h1".into(),
+            app: "api".into(),
+            instance: "api-0".into(),
+            ordinal: Some(0),
+            spec_hash: "h".into(),
+            commit: String::new(),
+            image: "img".into(),
+            state: ContainerState::Running,
+            status: "Up 2 seconds".into(),
+            created: 1,
+            port: Some(20000),
+            spec: None,
+            image_id: String::new(),
+            repo_digests: vec![],
+        };
+        ObservedState {
+            env: "t".into(),
+            hosts: [("h1".to_string(), HostObservation { instances: vec![c] })].into(),
+            etcd: Some(EtcdObservation { keys: [("/k".to_string(), "v".to_string())].into() }),
+            lb: Some(Some("lb".into())),
+        }
+    }
+
+    #[test]
+    fn what_changes_by_itself_does_not_move_the_fingerprint() {
+        let a = observed();
+        let mut b = observed();
+        b.hosts.get_mut("h1").unwrap().instances[0].status = "Up 3 hours".into();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+    }
+
+    #[test]
+    fn states_hashes_etcd_values_and_the_lb_file_move_it() {
+        let base = fingerprint(&observed());
+        let mut o = observed();
+        o.hosts.get_mut("h1").unwrap().instances[0].state = ContainerState::Exited;
+        assert_ne!(fingerprint(&o), base);
+        let mut o = observed();
+        o.hosts.get_mut("h1").unwrap().instances[0].spec_hash = "other".into();
+        assert_ne!(fingerprint(&o), base);
+        let mut o = observed();
+        o.etcd.as_mut().unwrap().keys.insert("/k".into(), "w".into());
+        assert_ne!(fingerprint(&o), base);
+        let mut o = observed();
+        o.lb = Some(None);
+        assert_ne!(fingerprint(&o), base);
+    }
+}

@@ -1,0 +1,266 @@
+//! Notifications end to end: `reconcile apply` against the real Docker daemon,
+//! telling a local HTTP receiver (webhook with HMAC signature, Slack payload,
+//! GitHub and GitLab commit statuses); a receiver that hangs does not stall apply.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::support::{git, reconcile_cmd_in, remove_env_containers, stderr, stdout, var};
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Got {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP receiver on 127.0.0.1 that records requests and answers 201, or never
+/// answers (`hang`).
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<Got>>>,
+}
+
+impl Receiver {
+    fn start(hang: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&got);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                if hang {
+                    held.push(stream); // keep it open, say nothing
+                    continue;
+                }
+                if let Some(r) = read_request(&stream) {
+                    sink.lock().unwrap().push(r);
+                }
+                let mut s = stream;
+                let _ = s.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        Receiver { port, got }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn requests(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+fn read_request(stream: &TcpStream) -> Option<Got> {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some(Got { method, path, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+const SIGNING_KEY: &str = "whsec-test-signing-key";
+const TOKEN: &str = "tok-very-secret-123";
+
+/// A Git repo with one environment on Docker daemon 1 (no etcd, no LB), one app
+/// (`command`), and the given notification targets.
+fn repo(dir: &Path, env: &str, command: &str, notifications: &str) {
+    let e = dir.join("environments").join(env);
+    std::fs::create_dir_all(e.join("apps")).unwrap();
+    std::fs::write(
+        e.join("environment.yaml"),
+        format!(
+            "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nsecrets:\n  hook_url: {{from_env: IT_HOOK_URL}}\n  slack_url: {{from_env: IT_SLACK_URL}}\n  signing: {{from_env: IT_SIGNING}}\n  token: {{from_env: IT_TOKEN}}\nhosts:\n  - {{name: node-1, docker: '{}', address: 127.0.0.1, ports: 26900-26949}}\nnotifications:\n{notifications}",
+            var("RECONCILE_TEST_DOCKER1")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        e.join("apps/job.yaml"),
+        format!(
+            "apiVersion: reconcile/v1\nkind: App\nname: job\nimage: {}\ncommand: {command}\nhealth: {{cmd: [/bin/busybox, 'true'], interval: 200ms, timeout: 1s, retries: 3}}\nstop_timeout: 1s\n",
+            var("RECONCILE_TEST_IMAGE")
+        ),
+    )
+    .unwrap();
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-qm", "notify test"]);
+}
+
+fn head(dir: &Path) -> String {
+    let o = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(dir).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn apply(dir: &Path, env: &str, rx: &Receiver) -> Output {
+    reconcile_cmd_in(dir, &["apply", "--env", env, "--yes", "--repo", &dir.to_string_lossy()])
+        .env("IT_HOOK_URL", rx.url("/hook"))
+        .env("IT_SLACK_URL", rx.url("/slack"))
+        .env("IT_SIGNING", SIGNING_KEY)
+        .env("IT_TOKEN", TOKEN)
+        .output()
+        .unwrap()
+}
+
+/// The HMAC-SHA256 of `body` under `key`, hex, computed with openssl (independent
+/// of the implementation under test).
+fn openssl_hmac(key: &str, body: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", key, "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+fn targets(rx: &Receiver) -> String {
+    format!(
+        "  - {{kind: webhook, url: hook_url, signing_secret: signing}}\n  - {{kind: slack, url: slack_url}}\n  - {{kind: github_status, token: token, repository: acme/config, api_url: '{}'}}\n  - {{kind: gitlab_status, token: token, project: ops/config, api_url: '{}', context: deploy/it}}\n",
+        rx.url("/gh"),
+        rx.url("/gl/api/v4")
+    )
+}
+
+#[test]
+fn every_target_kind_hears_of_an_apply_with_signature_and_commit() {
+    let rx = Receiver::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let env = format!("it-notify-ok-{}", std::process::id());
+    repo(dir.path(), &env, "[/bin/busybox, sleep, '3600']", &targets(&rx));
+    let o = apply(dir.path(), &env, &rx);
+    remove_env_containers(&env);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let commit = head(dir.path());
+    let got = rx.requests();
+    let all = format!("{got:#?}");
+    for secret in [SIGNING_KEY, TOKEN] {
+        assert!(!got.iter().any(|g| g.body.contains(secret)), "secret in a payload: {all}");
+    }
+
+    // Webhook: one event for the app and one for the environment, each signed.
+    let hooks: Vec<&Got> = got.iter().filter(|g| g.path == "/hook").collect();
+    assert_eq!(hooks.len(), 2, "{all}");
+    for h in &hooks {
+        assert_eq!(h.method, "POST");
+        let sig = h.header("x-reconcile-signature").unwrap_or_else(|| panic!("unsigned: {h:?}"));
+        assert_eq!(sig, format!("sha256={}", openssl_hmac(SIGNING_KEY, &h.body)), "{h:?}");
+        let v: serde_json::Value = serde_json::from_str(&h.body).unwrap();
+        assert_eq!(v["event"], "apply_succeeded", "{v}");
+        assert_eq!(v["env"], env.as_str());
+        assert_eq!(v["commit"], commit.as_str());
+        assert_eq!(v["status"], "new");
+        assert_eq!(
+            v["summary"],
+            "1 to add, 0 to replace, 0 to remove, 0 to start; etcd: 0 to put, 0 to delete; lb: unchanged."
+        );
+    }
+    assert!(hooks.iter().any(|h| h.body.contains("\"app\":\"job\"")), "{all}");
+
+    // Slack: text payloads.
+    let slack: Vec<&Got> = got.iter().filter(|g| g.path == "/slack").collect();
+    assert_eq!(slack.len(), 2, "{all}");
+    let text: serde_json::Value = serde_json::from_str(&slack[0].body).unwrap();
+    assert!(text["text"].as_str().unwrap().starts_with(&format!("[{env}] apply_succeeded")), "{text}");
+
+    // Commit statuses on the applied commit, with the token in the header only.
+    let gh: Vec<&Got> = got.iter().filter(|g| g.path.starts_with("/gh/")).collect();
+    assert!(!gh.is_empty(), "{all}");
+    for g in &gh {
+        assert_eq!(g.path, format!("/gh/repos/acme/config/statuses/{commit}"));
+        assert_eq!(g.header("authorization"), Some(format!("Bearer {TOKEN}").as_str()));
+        let v: serde_json::Value = serde_json::from_str(&g.body).unwrap();
+        assert_eq!(
+            (v["state"].as_str(), v["context"].as_str()),
+            (Some("success"), Some(format!("reconcile/{env}").as_str()))
+        );
+    }
+    let gl: Vec<&Got> = got.iter().filter(|g| g.path.starts_with("/gl/")).collect();
+    assert!(!gl.is_empty(), "{all}");
+    for g in &gl {
+        assert_eq!(g.path, format!("/gl/api/v4/projects/ops%2Fconfig/statuses/{commit}"));
+        assert_eq!(g.header("private-token"), Some(TOKEN));
+        let v: serde_json::Value = serde_json::from_str(&g.body).unwrap();
+        assert_eq!((v["state"].as_str(), v["name"].as_str()), (Some("success"), Some("deploy/it")));
+    }
+}
+
+#[test]
+fn a_failed_apply_is_told_as_a_failure_and_the_on_filter_holds() {
+    let rx = Receiver::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let env = format!("it-notify-fail-{}", std::process::id());
+    let notifications = format!(
+        "  - {{kind: webhook, url: hook_url, on: [apply_failed]}}\n  - {{kind: github_status, token: token, repository: acme/config, api_url: '{}'}}\n",
+        rx.url("/gh")
+    );
+    // The container exits at once: its health check cannot pass.
+    repo(dir.path(), &env, "[/bin/busybox, 'false']", &notifications);
+    let o = apply(dir.path(), &env, &rx);
+    remove_env_containers(&env);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let got = rx.requests();
+    let all = format!("{got:#?}");
+    let hooks: Vec<serde_json::Value> =
+        got.iter().filter(|g| g.path == "/hook").map(|g| serde_json::from_str(&g.body).unwrap()).collect();
+    assert!(!hooks.is_empty(), "{all}");
+    assert!(hooks.iter().all(|v| v["event"] == "apply_failed"), "only failures pass the filter: {all}");
+    assert!(hooks.iter().any(|v| v["app"] == "job" && v["message"].as_str().unwrap().contains("job-0")), "{all}");
+    assert!(got.iter().all(|g| g.header("x-reconcile-signature").is_none()), "no signing secret, no signature");
+    let gh: Vec<serde_json::Value> =
+        got.iter().filter(|g| g.path.starts_with("/gh/")).map(|g| serde_json::from_str(&g.body).unwrap()).collect();
+    assert!(gh.iter().any(|v| v["state"] == "failure"), "{all}");
+}
+
+#[test]
+fn a_hanging_receiver_costs_apply_at_most_its_timeout() {
+    let rx = Receiver::start(true);
+    let dir = tempfile::tempdir().unwrap();
+    let env = format!("it-notify-hang-{}", std::process::id());
+    repo(dir.path(), &env, "[/bin/busybox, sleep, '3600']", "  - {kind: webhook, url: hook_url, timeout: 1s}\n");
+    let t0 = Instant::now();
+    let o = apply(dir.path(), &env, &rx);
+    let took = t0.elapsed();
+    remove_env_containers(&env);
+    assert_eq!(o.status.code(), Some(0), "a failed delivery never fails the apply: {}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("not delivered: no answer within 1s"), "{}", stderr(&o));
+    // A hang would never end; the bound leaves room for a loaded CI machine.
+    assert!(took < Duration::from_secs(60), "apply took {took:?}");
+}
