@@ -20,6 +20,7 @@ mod lb;
 mod plan;
 mod plan_live;
 mod ssh;
+mod status;
 mod tidy;
 mod watch;
 

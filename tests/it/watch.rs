@@ -100,11 +100,11 @@ fn wait_for(what: &str, limit: Duration, w: &Watcher, mut f: impl FnMut() -> boo
     t0.elapsed()
 }
 
-fn docker_for(daemon: usize) -> String {
+pub fn docker_for(daemon: usize) -> String {
     [var("RECONCILE_TEST_DOCKER1"), var("RECONCILE_TEST_DOCKER2")][daemon].clone()
 }
 
-fn docker(daemon: usize, args: &[&str]) {
+pub fn docker(daemon: usize, args: &[&str]) {
     let o = Command::new("docker").arg("-H").arg(docker_for(daemon)).args(args).output().unwrap();
     assert!(o.status.success(), "docker {args:?}: {}", stderr(&o));
 }
@@ -227,7 +227,7 @@ fn an_unhealthy_instance_leaves_the_registry_and_the_lb_and_comes_back() {
     assert_eq!(running(&s, "web-0").as_deref(), Some(web0.id.as_str()), "the instance was not replaced");
 }
 
-fn managed_name(s: &Stack, id: &str) -> String {
+pub fn managed_name(s: &Stack, id: &str) -> String {
     let m = managed(s).into_iter().find(|m| m.id == id).unwrap();
     let o = Command::new("docker")
         .args(["-H", &docker_for(m.daemon), "inspect", "--format", "{{.Name}}", id])
