@@ -16,6 +16,7 @@
 #                              dockerds bench-docker-1..N on
 #                              unix:///run/reconcile-test/bench-docker-K.sock with
 #                              the test images; needs `up` first
+#   scripts/test-env.sh bench-daemons-stop   stop only the bench daemons
 #
 # Idempotent: a second `up` changes nothing and takes about a second. Nothing is
 # pulled from any registry (there is none reachable): images are `docker import`s
@@ -666,5 +667,6 @@ case ${1:-up} in
     ;;
   stop) do_stop ;;
   bench-daemons) do_bench_daemons "${2:-}" ;;
-  *) die "usage: $0 [up|check|stop|bench-daemons N]" ;;
+  bench-daemons-stop) stop_bench_daemons ;;
+  *) die "usage: $0 [up|check|stop|bench-daemons N|bench-daemons-stop]" ;;
 esac

@@ -6,7 +6,7 @@
 //!
 //! Health is the app's own check run now ([`probe_health`]: http/tcp/cmd through
 //! `backend::probe`, the probes `watch` builds, every running instance at once, one
-//! attempt each within [`PROBE_TIMEOUT`] at most), combined with `watch`'s health
+//! attempt each within [`PROBE_TIMEOUT`] at most, [`PROBE_CONCURRENCY`] at a time), combined with `watch`'s health
 //! mark in etcd for "since" ([`health`]). Docker's own health status, when an image
 //! defines a HEALTHCHECK, is shown beside it.
 
@@ -15,6 +15,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use clap::ValueEnum;
+use futures::StreamExt as _;
 use serde::Serialize;
 
 use super::common::{ObserveArgs, load_env, resolve_secrets, runtime};
@@ -44,6 +45,10 @@ pub enum Format {
 /// The longest a status probe waits for one instance (the app's `timeout` when shorter):
 /// status is read by people waiting at a prompt.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Probes in flight at once (sockets and `docker exec`s): every instance of a normal
+/// environment at the same time, without running out of file descriptors on a large one.
+pub const PROBE_CONCURRENCY: usize = 256;
 
 /// One row of the status table.
 #[derive(Debug, Clone, Serialize)]
@@ -231,7 +236,7 @@ pub async fn probe_health(
         let result = crate::backend::probe::probe_once(&t.probe, t.schedule.timeout.min(PROBE_TIMEOUT)).await;
         (t.container_id.clone(), (t.probe.to_string(), result))
     });
-    futures::future::join_all(runs).await.into_iter().collect()
+    futures::stream::iter(runs).buffer_unordered(PROBE_CONCURRENCY).collect().await
 }
 
 /// [`Row::health_status`].
