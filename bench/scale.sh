@@ -76,7 +76,7 @@ trap cleanup EXIT
 # ------------------------------------------------------------------ config repo
 env_file() { # NAME HOSTS_YAML EXTRA
   mkdir -p "$REPO/environments/$1/apps"
-  printf 'apiVersion: reconcile/v1\nkind: Environment\nname: %s\nhosts:\n%s%s' "$1" "$2" "$3" \
+  printf 'apiVersion: reconcile/v1\nkind: Environment\nname: %s\nhosts:\n%s\n%s' "$1" "$2" "$3" \
     >"$REPO/environments/$1/environment.yaml"
 }
 host_line() { # NAME SOCKET [PORTS]
@@ -103,9 +103,9 @@ EOF
 done
 # 2. daemons: 50 apps × 8 replicas spread over bench-docker-1..8; 50 apps on bench-docker-9.
 hosts8=
-for k in 1 2 3 4 5 6 7 8; do hosts8+=$(host_line "b$k" "${SOCKS[$((k - 1))]}"); hosts8+=$'\n'; done
+for k in 1 2 3 4 5 6 7 8; do hosts8+=$(host_line "b$k" "${SOCKS[$((k - 1))]}" "$((34000 + 100 * k))-$((34099 + 100 * k))"); hosts8+=$'\n'; done
 env_file bench-d8 "$hosts8" ""
-env_file bench-d1 "$(host_line b9 "${SOCKS[8]}")"$'\n' ""
+env_file bench-d1 "$(host_line b9 "${SOCKS[8]}" 34000-34999)"$'\n' ""
 for i in $(seq -w 0 49); do
   for e in d8 d1; do
     r=1; [ $e = d8 ] && r=8
@@ -125,7 +125,7 @@ done
 # 3. memory: 100 apps × 10 replicas over the 8 daemons, with a port, a templated env
 #    var and a rendered file each (never applied).
 hostsr=
-for k in 1 2 3 4 5 6 7 8; do hostsr+=$(host_line "b$k" "${SOCKS[$((k - 1))]}" 33000-33999); hostsr+=$'\n'; done
+for k in 1 2 3 4 5 6 7 8; do hostsr+=$(host_line "b$k" "${SOCKS[$((k - 1))]}" "$((35000 + 200 * k))-$((35199 + 200 * k))"); hostsr+=$'\n'; done
 env_file bench-rss "$hostsr" ""
 mkdir -p "$REPO/environments/bench-rss/templates"
 printf 'app={{ app.name }}\ninstance={{ instance.name }} port={{ instance.port }}\n' \
