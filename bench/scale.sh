@@ -261,7 +261,7 @@ section = "\n".join(["<!-- scale:begin -->", "## Scale (`bench/scale.sh`)", "", 
 with open(record, "w") as f:
     f.write("# scale results\n\n" + head + "\n\n" + "\n".join(table) + "\n\n## All samples (wall ms / peak RSS MB)\n\n| key | wall ms | peak RSS MB |\n|---|---|---|\n")
     for k in sorted(wall):
-        f.write(f"| `{k}` | {' '.join(f'{x*1000:.0f}' for x in wall[k])} | {' '.join(f'{x:.1f}' for x in rss[k])} |\n")
+        f.write(f"| `{k}` | {' '.join(f'{x:.0f}' for x in wall[k])} | {' '.join(f'{x:.1f}' for x in rss[k])} |\n")
     if criterion:
         f.write("\n## criterion output\n\n```\n" + "".join(l for l in open(criterion) if l.startswith("plan/") or "time:" in l) + "```\n")
 try:
