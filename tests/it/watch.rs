@@ -100,7 +100,7 @@ fn wait_for(what: &str, limit: Duration, w: &Watcher, mut f: impl FnMut() -> boo
     t0.elapsed()
 }
 
-pub fn docker_for(daemon: usize) -> String {
+fn docker_for(daemon: usize) -> String {
     [var("RECONCILE_TEST_DOCKER1"), var("RECONCILE_TEST_DOCKER2")][daemon].clone()
 }
 
