@@ -61,17 +61,22 @@ TMP=$(mktemp -d)
 REPO=$TMP/repo
 ENVS=(bench-floor bench-d8 bench-d1 bench-rss)
 cleanup() {
+  remove_containers
+  etcdctl --endpoints "$ETCD" del --prefix "$EPREFIX" >/dev/null 2>&1 || true
+  [ -n "${KEEP_DAEMONS:-}" ] || "$ROOT/scripts/test-env.sh" bench-daemons-stop >&2 || true
+  [ -n "${KEEP_TMP:-}" ] || rm -rf "$TMP"
+}
+trap cleanup EXIT
+remove_containers() { # leftovers of an interrupted run first (a dead one is "marked for removal")
   local s e
   for s in "$RECONCILE_TEST_DOCKER1" "${SOCKS[@]}"; do
     for e in "${ENVS[@]}"; do
       docker -H "$s" ps -aq --filter "label=reconcile.env=$e" | xargs -r docker -H "$s" rm -f >/dev/null 2>&1 || true
     done
   done
-  etcdctl --endpoints "$ETCD" del --prefix "$EPREFIX" >/dev/null 2>&1 || true
-  [ -n "${KEEP_DAEMONS:-}" ] || "$ROOT/scripts/test-env.sh" bench-daemons-stop >&2 || true
-  [ -n "${KEEP_TMP:-}" ] || rm -rf "$TMP"
 }
-trap cleanup EXIT
+remove_containers
+etcdctl --endpoints "$ETCD" del --prefix "$EPREFIX" >/dev/null 2>&1 || true
 
 # ------------------------------------------------------------------ config repo
 env_file() { # NAME HOSTS_YAML EXTRA
