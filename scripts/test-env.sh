@@ -12,8 +12,14 @@
 #                              import the test images; write /run/reconcile-test/env
 #   scripts/test-env.sh check  up + smoke tests (host-network httpd on both daemons
 #                              at once, --init, nginx -t / haproxy -c on temp configs)
-#   scripts/test-env.sh stop   stop the second dockerd, etcd, our sshd, and
-#                              dockerd #1 if this script started it
+#   scripts/test-env.sh stop   stop the second dockerd, etcd, our sshd, the bench
+#                              daemons, and dockerd #1 if this script started it
+#   scripts/test-env.sh bench-daemons N
+#                              (benchmarks only, never part of `up`) start N extra
+#                              dockerds bench-docker-1..N on
+#                              unix:///run/reconcile-test/bench-docker-K.sock with
+#                              the test images; needs `up` first
+#   scripts/test-env.sh bench-daemons-stop   stop only the bench daemons
 #
 # Idempotent: a second `up` changes nothing and takes about a second. Nothing is
 # pulled from any registry (there is none reachable): images are `docker import`s
@@ -915,6 +921,68 @@ EOF
   say "smoke tests passed (host-network httpd on both daemons, --init, nginx -t, haproxy -c, etcd, TLS dockerd, registry)"
 }
 
+# --- bench daemons (`bench-daemons N`; benchmarks only, never started by `up`) ---
+# bench-docker-K: own socket, data-root, exec-root (so its own containerd), pidfile,
+# engine-ID key, and bridge rt-bench-K on 172.30.K.0/24 with iptables, masquerading
+# and ip_forward left alone (as dockerd #2; benchmarks use host networking). The
+# images are copied from dockerd #1 with save | load (same IDs everywhere).
+BENCH_MAX=32
+bench_sock() { echo "$RUN_DIR/bench-docker-$1.sock"; }
+bench_pidfile() { echo "$RUN_DIR/bench-docker-$1.pid"; }
+
+ensure_bench_daemon() {
+  local k=$1 host sock pidfile dir cfg want bridge pid tag
+  sock=$(bench_sock "$k"); host=unix://$sock; pidfile=$(bench_pidfile "$k")
+  dir=$LIB_DIR/bench-docker-$k; cfg=$LIB_DIR/bench-docker-$k.json; bridge=rt-bench-$k
+  if ! docker_api "$host" >/dev/null; then
+    pid=$(pid_from "$pidfile")
+    if pid_alive "$pid" dockerd; then
+      wait_for "bench-docker-$k" "$pid" "$LOG_DIR/bench-docker-$k.log" docker_api "$host"
+    else
+      say "starting bench-docker-$k on $host"
+      mkdir -p "$dir"
+      ip link show "$bridge" >/dev/null 2>&1 || {
+        ip link add "$bridge" type bridge
+        ip addr add "172.30.$k.1/24" dev "$bridge"
+        ip link set "$bridge" up
+      }
+      want="{\"deprecated-key-path\": \"$dir/key.json\"}"
+      [[ -f $cfg && $(cat "$cfg") == "$want" ]] || echo "$want" >"$cfg"
+      start_dockerd "bench-docker-$k" "$host" "$LOG_DIR/bench-docker-$k.log" \
+        --config-file "$cfg" --host "$host" --data-root "$dir" \
+        --exec-root "$RUN_DIR/bench-docker-$k-exec" --pidfile "$pidfile" \
+        --bridge="$bridge" --iptables=false --ip-masq=false --ip-forward=false >/dev/null
+    fi
+  fi
+  for tag in "${IMAGE_VERSIONS[@]/#/$IMAGE_REPO:}"; do
+    [[ $(image_id "$host" "$tag") == "$(image_id "$DOCKER1" "$tag")" ]] && continue
+    say "loading $tag into bench-docker-$k"
+    docker -H "$DOCKER1" save "$tag" | docker -H "$host" load >/dev/null ||
+      die "copying $tag to bench-docker-$k failed"
+  done
+}
+
+do_bench_daemons() {
+  local n=${1:-} k
+  [[ $n =~ ^[0-9]+$ ]] && ((n >= 1 && n <= BENCH_MAX)) ||
+    die "usage: $0 bench-daemons N (N from 1 to $BENCH_MAX, e.g. 8)"
+  [[ -n $(image_id "$DOCKER1" "$IMAGE_REPO:1") ]] || die "no $IMAGE_REPO:1 on dockerd #1: run $0 up first"
+  for ((k = 1; k <= n; k++)); do ensure_bench_daemon "$k"; done
+  for ((k = 1; k <= n; k++)); do echo "unix://$(bench_sock "$k")"; done
+}
+
+stop_bench_daemons() {
+  local f k
+  for f in "$RUN_DIR"/bench-docker-*.pid; do
+    [[ -e $f ]] || continue
+    k=${f##*/bench-docker-}; k=${k%.pid}
+    stop_pid "bench-docker-$k" "$(pid_from "$f")" dockerd
+    unmount_leftovers "$RUN_DIR/bench-docker-$k-exec/netns/default" "$LIB_DIR/bench-docker-$k"
+    ip link del "rt-bench-$k" 2>/dev/null || true
+    rm -f "$f"
+  done
+}
+
 # --- stop --------------------------------------------------------------------
 # stop_pid NAME PID COMM: SIGTERM and wait (dockerd stops its containers and
 # its managed containerd first, hence the generous wait).
@@ -943,6 +1011,7 @@ do_stop() {
   stop_pid "dockerd #3" "$(pid_from "$DOCKER3_PIDFILE")" dockerd
   unmount_leftovers "$RUN_DIR/docker3-exec/netns/default" "$LIB_DIR/docker3"
   ip link del "$DOCKER3_BRIDGE" 2>/dev/null || true
+  stop_bench_daemons
   stop_pid "dockerd #2" "$(pid_from "$DOCKER2_PIDFILE")" dockerd
   unmount_leftovers "$RUN_DIR/docker2-exec/netns/default" "$LIB_DIR/docker2"
   ip link del "$DOCKER2_BRIDGE" 2>/dev/null || true
@@ -997,5 +1066,7 @@ case ${1:-up} in
   stop) do_stop ;;
   etcd-cluster) ensure_etcd_cluster ;;   # restart killed members (tests/it/etcd_cluster.rs)
   etcdsec) ensure_packages; ensure_etcd_secure; ensure_etcd_cluster ;;   # only these, env file untouched
-  *) die "usage: $0 [up|check|stop|etcd-cluster|etcdsec]" ;;
+  bench-daemons) do_bench_daemons "${2:-}" ;;
+  bench-daemons-stop) stop_bench_daemons ;;
+  *) die "usage: $0 [up|check|stop|etcd-cluster|etcdsec|bench-daemons N|bench-daemons-stop]" ;;
 esac

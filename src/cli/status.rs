@@ -3,11 +3,19 @@
 //!
 //! Restart count, start time and health exist only in a container's inspect
 //! data, so status (unlike plan) inspects each managed container once.
+//!
+//! Health is the app's own check run now ([`probe_health`]: http/tcp/cmd through
+//! `backend::probe`, the probes `watch` builds, every running instance at once, one
+//! attempt each within [`PROBE_TIMEOUT`] at most, [`PROBE_CONCURRENCY`] at a time), combined with `watch`'s health
+//! mark in etcd for "since" ([`health`]). Docker's own health status, when an image
+//! defines a HEALTHCHECK, is shown beside it.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::time::Duration;
 
 use clap::ValueEnum;
+use futures::StreamExt as _;
 use serde::Serialize;
 
 use super::common::{ObserveArgs, Planned, load_target, observe_and_plan, runtime};
@@ -34,6 +42,14 @@ pub enum Format {
     Json,
 }
 
+/// The longest a status probe waits for one instance (the app's `timeout` when shorter):
+/// status is read by people waiting at a prompt.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Probes in flight at once (sockets and `docker exec`s): every instance of a normal
+/// environment at the same time, without running out of file descriptors on a large one.
+pub const PROBE_CONCURRENCY: usize = 256;
+
 /// One row of the status table.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -43,7 +59,22 @@ pub struct Row {
     pub image: String,
     pub port: Option<u16>,
     pub state: String,
+    /// The HEALTH cell: `healthy`, `unhealthy since … (…)`, `no check`; `None` when the
+    /// instance is not running (or missing).
     pub health: Option<String>,
+    /// `health` as a value, for scripts.
+    pub health_status: Option<HealthStatus>,
+    /// When `watch` first saw the instance fail (its health mark), RFC 3339.
+    pub health_since: Option<String>,
+    /// The probe's error now, else the mark's.
+    pub health_error: Option<String>,
+    /// The check that was run, e.g. `GET http://127.0.0.1:20001/healthz`.
+    pub health_check: Option<String>,
+    /// Docker's own health status (`healthy`, `unhealthy`, `starting`), when the
+    /// container has a HEALTHCHECK.
+    pub docker_health: Option<String>,
+    /// `watch` has marked the instance unhealthy: it is out of the registry and the LB.
+    pub out_of_traffic: bool,
     /// Seconds since the container (re)started, when running.
     pub uptime_secs: Option<i64>,
     pub restarts: Option<i64>,
@@ -92,14 +123,17 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
             .collect(),
         _ => BTreeMap::new(),
     };
-    let health_of = |name: &str, docker_health: Option<String>| match marks.get(name) {
-        Some(m) => Some(format!("unhealthy since {}, out of traffic (watch: {})", m.since, m.error)),
-        None => docker_health,
-    };
+    let probes = rt.block_on(probe_health(env, &observed, args.observe.timeout));
     let mut rows = Vec::new();
     for (host, obs) in &observed.hosts {
         for i in &obs.instances {
             let rt = runtime_info.get(&i.container_id);
+            let docker_health = rt.and_then(|r| r.health.clone());
+            let has_check = env.apps.get(&i.app).is_some_and(|a| a.spec.health.is_some());
+            let h = i
+                .state
+                .is_running()
+                .then(|| health(has_check, probes.get(&i.container_id), marks.get(&i.name), docker_health.as_deref()));
             rows.push(Row {
                 app: i.app.clone(),
                 instance: i.instance.clone(),
@@ -107,7 +141,13 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
                 image: i.image.clone(),
                 port: i.port,
                 state: format!("{:?}", i.state).to_lowercase(),
-                health: health_of(&i.name, rt.and_then(|r| r.health.clone())),
+                health: h.as_ref().map(|h| h.text.clone()),
+                health_status: h.as_ref().map(|h| h.status),
+                health_since: h.as_ref().and_then(|h| h.since.clone()),
+                health_error: h.as_ref().and_then(|h| h.error.clone()),
+                health_check: probes.get(&i.container_id).map(|(check, _)| check.clone()),
+                docker_health,
+                out_of_traffic: marks.contains_key(&i.name),
                 uptime_secs: rt.and_then(|r| r.started_at).filter(|_| i.state.is_running()).map(|s| (now - s).max(0)),
                 restarts: rt.map(|r| r.restart_count),
                 container_id: Some(i.container_id.clone()),
@@ -125,6 +165,12 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
                 port: new.port,
                 state: "missing".into(),
                 health: None,
+                health_status: None,
+                health_since: None,
+                health_error: None,
+                health_check: None,
+                docker_health: None,
+                out_of_traffic: false,
                 uptime_secs: None,
                 restarts: None,
                 container_id: None,
@@ -156,6 +202,100 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::Ok)
+}
+
+/// The results of running every running instance's health check once, at the same
+/// time, by container id: `(the check, its result)`. The probes are `watch`'s
+/// ([`crate::watch::health::targets`]); `cmd` checks run through `docker exec` on a
+/// client connected here (a host that cannot be reached gets an error result).
+/// Instances of apps without a check are absent.
+pub async fn probe_health(
+    env: &crate::spec::Env,
+    observed: &crate::model::ObservedState,
+    timeout: Duration,
+) -> BTreeMap<String, (String, Result<(), String>)> {
+    let has_cmd = |host: &str| {
+        observed.hosts.get(host).is_some_and(|o| {
+            o.instances.iter().any(|i| {
+                i.state.is_running()
+                    && env.apps.get(&i.app).and_then(|a| a.spec.health.as_ref()).is_some_and(|h| h.cmd.is_some())
+            })
+        })
+    };
+    let connects =
+        env.spec.hosts.iter().filter(|h| has_cmd(&h.name)).map(|h| async move {
+            crate::backend::docker::connect(h, timeout).await.ok().map(|c| (h.name.clone(), c))
+        });
+    let clients: BTreeMap<_, _> = futures::future::join_all(connects).await.into_iter().flatten().collect();
+    let targets = crate::watch::health::targets(env, observed, &clients);
+    let runs = targets.iter().map(|t| async move {
+        let result = crate::backend::probe::probe_once(&t.probe, t.schedule.timeout.min(PROBE_TIMEOUT)).await;
+        (t.container_id.clone(), (t.probe.to_string(), result))
+    });
+    futures::stream::iter(runs).buffer_unordered(PROBE_CONCURRENCY).collect().await
+}
+
+/// [`Row::health_status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Healthy,
+    Unhealthy,
+    /// The app has no health check.
+    NoCheck,
+    /// The app has a check but it could not be run on this instance.
+    Unknown,
+}
+
+/// The health of one running instance, as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub status: HealthStatus,
+    pub text: String,
+    pub since: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Combine what is known about a running instance: whether its app has a check, the
+/// probe's result now (`probe`: the check and its result), `watch`'s mark, and
+/// Docker's own status. The probe decides healthy/unhealthy; the mark gives "since"
+/// (status alone cannot know when a failure began, so without a mark there is none)
+/// and says the instance is out of traffic.
+pub fn health(
+    has_check: bool,
+    probe: Option<&(String, Result<(), String>)>,
+    mark: Option<&crate::model::HealthMark>,
+    docker: Option<&str>,
+) -> Health {
+    let out = mark.map(|m| format!("out of traffic since {} (watch: {})", m.since, m.error));
+    let (status, mut text, since, error) = match (has_check, probe) {
+        (false, _) => (HealthStatus::NoCheck, "no check".to_string(), None, None),
+        (true, Some((_, Ok(())))) => {
+            let text = match &out {
+                Some(o) => format!("healthy, {o}"),
+                None => "healthy".into(),
+            };
+            (HealthStatus::Healthy, text, mark.map(|m| m.since.clone()), None)
+        }
+        (true, Some((_, Err(e)))) => {
+            let text = match mark {
+                Some(m) => format!("unhealthy since {}, out of traffic ({e})", m.since),
+                None => format!("unhealthy ({e})"),
+            };
+            (HealthStatus::Unhealthy, text, mark.map(|m| m.since.clone()), Some(e.clone()))
+        }
+        (true, None) => {
+            let text = match &out {
+                Some(o) => format!("unknown (the check cannot run here), {o}"),
+                None => "unknown (the check cannot run here)".into(),
+            };
+            (HealthStatus::Unknown, text, mark.map(|m| m.since.clone()), mark.map(|m| m.error.clone()))
+        }
+    };
+    if let Some(d) = docker {
+        text.push_str(&format!(", docker: {d}"));
+    }
+    Health { status, text, since, error }
 }
 
 fn human(secs: i64) -> String {
@@ -214,4 +354,58 @@ pub fn table(rows: &[Row], summary: &str) -> String {
     out.push_str(summary);
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::HealthMark;
+
+    fn mark() -> HealthMark {
+        HealthMark {
+            app: "web".into(),
+            instance: "web-1".into(),
+            container_id: "c1".into(),
+            since: "2026-12-01T20:00:00Z".into(),
+            error: "GET / on 127.0.0.1:1: 503".into(),
+        }
+    }
+
+    fn probe(r: Result<(), &str>) -> (String, Result<(), String>) {
+        ("GET http://127.0.0.1:1/".into(), r.map_err(str::to_string))
+    }
+
+    #[test]
+    fn the_probe_decides_and_the_mark_gives_since() {
+        let h = health(true, Some(&probe(Ok(()))), None, None);
+        assert_eq!((h.status, h.text.as_str(), h.since, h.error), (HealthStatus::Healthy, "healthy", None, None));
+
+        let h = health(true, Some(&probe(Err("connect 127.0.0.1:1: Connection refused"))), None, None);
+        assert_eq!(h.status, HealthStatus::Unhealthy);
+        assert_eq!(h.text, "unhealthy (connect 127.0.0.1:1: Connection refused)");
+        assert_eq!(h.since, None);
+
+        let h = health(true, Some(&probe(Err("GET / on 127.0.0.1:1: 404 Not Found"))), Some(&mark()), None);
+        assert_eq!(
+            h.text,
+            "unhealthy since 2026-12-01T20:00:00Z, out of traffic (GET / on 127.0.0.1:1: 404 Not Found)"
+        );
+        assert_eq!(h.since.as_deref(), Some("2026-12-01T20:00:00Z"));
+        assert_eq!(h.error.as_deref(), Some("GET / on 127.0.0.1:1: 404 Not Found"));
+
+        // Passing again, but watch has not taken it back into traffic yet.
+        let h = health(true, Some(&probe(Ok(()))), Some(&mark()), None);
+        assert_eq!(h.status, HealthStatus::Healthy);
+        assert_eq!(h.text, "healthy, out of traffic since 2026-12-01T20:00:00Z (watch: GET / on 127.0.0.1:1: 503)");
+    }
+
+    #[test]
+    fn no_check_unknown_and_docker_status() {
+        let h = health(false, None, None, Some("healthy"));
+        assert_eq!((h.status, h.text.as_str()), (HealthStatus::NoCheck, "no check, docker: healthy"));
+        let h = health(true, None, None, None);
+        assert_eq!((h.status, h.text.as_str()), (HealthStatus::Unknown, "unknown (the check cannot run here)"));
+        let h = health(true, Some(&probe(Ok(()))), None, Some("starting"));
+        assert_eq!(h.text, "healthy, docker: starting");
+    }
 }

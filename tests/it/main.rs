@@ -36,6 +36,7 @@ mod registry;
 mod schemas;
 mod secrets;
 mod ssh;
+mod status;
 mod support;
 mod tidy;
 mod watch;

@@ -94,7 +94,7 @@ fn wait_for(what: &str, limit: Duration, w: &Watcher, mut f: impl FnMut() -> boo
 }
 
 /// `docker ARGS` on daemon `daemon` (0 or 1, as in `Managed`); panics when it fails.
-fn docker(daemon: usize, args: &[&str]) {
+pub fn docker(daemon: usize, args: &[&str]) {
     docker_cli(&daemons()[daemon], args);
 }
 
@@ -216,7 +216,7 @@ fn an_unhealthy_instance_leaves_the_registry_and_the_lb_and_comes_back() {
     assert_eq!(running(&s, "web-0").as_deref(), Some(web0.id.as_str()), "the instance was not replaced");
 }
 
-fn managed_name(s: &Stack, id: &str) -> String {
+pub fn managed_name(s: &Stack, id: &str) -> String {
     let m = managed(s).into_iter().find(|m| m.id == id).unwrap();
     let o = Command::new("docker")
         .args(["-H", &daemons()[m.daemon], "inspect", "--format", "{{.Name}}", id])
