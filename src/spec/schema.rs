@@ -125,8 +125,11 @@ pub fn editor(kind: Kind) -> Value {
         // An environment.yaml that extends nothing and is not abstract is its own merged
         // result, so validate checks it against the full schema: so does the editor.
         // (An app file cannot tell whether an extended environment has the same app.)
+        // The skeleton follows references into the FULL schema's `$defs` (the partial
+        // ones lost their `required`).
+        let full_defs = full.get("$defs").cloned().unwrap_or(Value::Null);
         if kind == Kind::Environment
-            && let Some(skeleton) = required_skeleton(full, &defs, 0)
+            && let Some(skeleton) = required_skeleton(full, &full_defs, 0)
         {
             o.insert(
                 "if".into(),
