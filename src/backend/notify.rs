@@ -146,8 +146,7 @@ impl Notifier {
             let duration = |d: &Option<String>, default| {
                 d.as_deref().and_then(|x| crate::spec::units::duration(x).ok()).unwrap_or(default)
             };
-            let (repeat, timeout) =
-                (duration(&t.spec.repeat, crate::notify::REPEAT), duration(&t.spec.timeout, crate::notify::TIMEOUT));
+            let (repeat, timeout) = (crate::notify::REPEAT, duration(&t.spec.timeout, crate::notify::TIMEOUT));
             for e in events.iter().filter(|e| t.wants(e.kind)) {
                 let Some(out) = dedup.admit(e.clone(), now, repeat, quiet_ok) else { continue };
                 match crate::notify::request(t, &out, &self.secrets) {

@@ -19,7 +19,8 @@ use crate::spec::model::{NotificationSpec, NotifyKind};
 
 /// Version of the webhook payload.
 pub const FORMAT_VERSION: u32 = 1;
-/// Default for a target's `repeat`.
+/// How often a persisting problem is sent again (once a long-running sender, `watch`,
+/// sends problems: today only one-shot `apply`/`rollback` do, so each event is new).
 pub const REPEAT: Duration = Duration::from_secs(3600);
 /// Default for a target's `timeout`.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -475,7 +476,6 @@ mod tests {
             api_url: Some("http://127.0.0.1:1/api/".into()),
             context: None,
             on: vec![],
-            repeat: None,
             timeout: None,
         }
     }
