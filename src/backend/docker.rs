@@ -822,33 +822,47 @@ pub async fn exec(
     if cmd.is_empty() {
         return Err(exec_error("empty command".into()));
     }
-    let work = async {
-        let options = CreateExecOptions::<String> {
-            cmd: Some(cmd.to_vec()),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            ..Default::default()
-        };
-        let created = docker.create_exec(id, options).await.map_err(|e| exec_error(cause(&e)))?;
-        match docker.start_exec(&created.id, None::<StartExecOptions>).await.map_err(|e| exec_error(cause(&e)))? {
-            StartExecResults::Attached { mut output, .. } => {
-                // Drain until the command closes its output; a read error ends it too.
-                while let Some(Ok(_)) = output.next().await {}
-            }
-            StartExecResults::Detached => {}
-        }
-        // The stream ends when the process exits; its exit code may lag a moment.
-        loop {
-            let info = docker.inspect_exec(&created.id).await.map_err(|e| exec_error(cause(&e)))?;
-            match (info.running, info.exit_code) {
-                (Some(false), Some(code)) => return Ok(ExecOutcome::Exited(code)),
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    };
+    // Drain until the command closes its output; a read error ends it too.
+    let work = exec_streaming(docker, host, id, cmd, |chunk| Ok(chunk.is_ok()));
     match tokio::time::timeout(timeout, work).await {
-        Ok(result) => result,
+        Ok(result) => result.map(ExecOutcome::Exited),
         Err(_) => Ok(ExecOutcome::TimedOut),
+    }
+}
+
+/// Create and start an exec of `cmd` in container `id`, hand every output chunk to
+/// `chunk` (which says whether to go on reading), then wait for the exit code — the
+/// stream ends when the process exits, but its exit code may lag a moment.
+async fn exec_streaming(
+    docker: &Docker,
+    host: &str,
+    id: &str,
+    cmd: &[String],
+    mut chunk: impl FnMut(Result<bollard::container::LogOutput, BollardError>) -> Result<bool, DockerError>,
+) -> Result<i64, DockerError> {
+    let exec_error = |cause: String| DockerError::Exec { host: host.to_string(), container: id.to_string(), cause };
+    let options = CreateExecOptions::<String> {
+        cmd: Some(cmd.to_vec()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let created = docker.create_exec(id, options).await.map_err(|e| exec_error(cause(&e)))?;
+    if let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&created.id, None::<StartExecOptions>).await.map_err(|e| exec_error(cause(&e)))?
+    {
+        while let Some(c) = output.next().await {
+            if !chunk(c)? {
+                break;
+            }
+        }
+    }
+    loop {
+        let info = docker.inspect_exec(&created.id).await.map_err(|e| exec_error(cause(&e)))?;
+        match (info.running, info.exit_code) {
+            (Some(false), Some(code)) => return Ok(code),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
     }
 }
 
@@ -1393,32 +1407,17 @@ fn log_lines(stream: LogStream, frame: &str) -> Vec<LogLine> {
 pub async fn exec_attached(docker: &Docker, host: &str, id: &str, cmd: &[String]) -> Result<i64, DockerError> {
     use std::io::Write as _;
     let exec_error = |cause: String| DockerError::Exec { host: host.to_string(), container: id.to_string(), cause };
-    let options = CreateExecOptions::<String> {
-        cmd: Some(cmd.to_vec()),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        ..Default::default()
-    };
-    let created = docker.create_exec(id, options).await.map_err(|e| exec_error(cause(&e)))?;
-    if let StartExecResults::Attached { mut output, .. } =
-        docker.start_exec(&created.id, None::<StartExecOptions>).await.map_err(|e| exec_error(cause(&e)))?
-    {
-        while let Some(chunk) = output.next().await {
-            let written = match chunk.map_err(|e| exec_error(cause(&e)))? {
-                bollard::container::LogOutput::StdErr { message } => std::io::stderr().write_all(&message),
-                other => std::io::stdout().write_all(&other.into_bytes()),
-            };
-            written.map_err(|e| exec_error(format!("writing its output: {e}")))?;
-        }
-    }
+    let code = exec_streaming(docker, host, id, cmd, |c| {
+        let written = match c.map_err(|e| exec_error(cause(&e)))? {
+            bollard::container::LogOutput::StdErr { message } => std::io::stderr().write_all(&message),
+            other => std::io::stdout().write_all(&other.into_bytes()),
+        };
+        written.map_err(|e| exec_error(format!("writing its output: {e}")))?;
+        Ok(true)
+    })
+    .await?;
     let _ = std::io::stdout().flush();
-    loop {
-        let info = docker.inspect_exec(&created.id).await.map_err(|e| exec_error(cause(&e)))?;
-        match (info.running, info.exit_code) {
-            (Some(false), Some(code)) => return Ok(code),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    Ok(code)
 }
 
 #[cfg(test)]

@@ -112,44 +112,24 @@ fn logs_follow_prints_new_lines_from_both_hosts() {
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["talker-0", "talker-1"], "new ticks of both instances");
 }
 
+/// `reconcile exec` of `t`'s app `talker` with `extra` options, running `script` in sh.
+fn exec(t: &TestEnv, extra: &[&str], script: &str) -> std::process::Output {
+    let repo = t.repo();
+    let mut args = vec!["exec", "--env", &t.env, "--repo", &repo, "--app", "talker"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "/bin/busybox", "sh", "-c", script]);
+    reconcile(&args)
+}
+
 #[test]
 fn exec_runs_in_one_instance_and_returns_its_exit_code() {
     let t = stack("exec");
-    let repo = t.repo();
-    let o = reconcile(&[
-        "exec",
-        "--env",
-        &t.env,
-        "--repo",
-        &repo,
-        "--app",
-        "talker",
-        "--",
-        "/bin/busybox",
-        "sh",
-        "-c",
-        "echo in $RECONCILE_INSTANCE; echo to-stderr >&2; exit 3",
-    ]);
+    let o = exec(&t, &[], "echo in $RECONCILE_INSTANCE; echo to-stderr >&2; exit 3");
     assert_eq!(o.status.code(), Some(3), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(stdout(&o), "in talker-0\n", "the first healthy (no check: running) instance by ordinal");
     assert!(stderr(&o).contains("to-stderr"), "{}", stderr(&o));
     // --instance picks the other host (through ssh).
-    let o = reconcile(&[
-        "exec",
-        "--env",
-        &t.env,
-        "--repo",
-        &repo,
-        "--app",
-        "talker",
-        "--instance",
-        "talker-1",
-        "--",
-        "/bin/busybox",
-        "sh",
-        "-c",
-        "echo in $RECONCILE_INSTANCE",
-    ]);
+    let o = exec(&t, &["--instance", "talker-1"], "echo in $RECONCILE_INSTANCE");
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(stdout(&o), "in talker-1\n");
 }
