@@ -97,7 +97,7 @@ pub async fn image_digests(
     observed: &mut ObservedState,
     opts: Options,
 ) -> Result<std::collections::BTreeMap<String, String>, ObserveError> {
-    use crate::spec::model::PullPolicy;
+    use crate::spec::types::PullPolicy;
     let always: Vec<&crate::spec::load::App> =
         env.apps.values().filter(|a| a.spec.pull == PullPolicy::Always).collect();
     if always.is_empty() {

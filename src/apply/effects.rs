@@ -19,7 +19,7 @@ use crate::backend::{docker, etcd, lb, probe};
 use crate::plan::instance::InstanceSpec;
 use crate::plan::{Action, Plan};
 use crate::spec::Env;
-use crate::spec::model::{HealthSpec, LbSpec};
+use crate::spec::types::{HealthSpec, LbSpec};
 
 /// How much of a failed container's output is kept as evidence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use crate::model::InstanceId;
 use crate::placement::Assignment;
 use crate::plan::{self, Action, NewInstance, OldInstance, Reason};
 use crate::secret::MASK;
-use crate::spec::model::Strategy;
+use crate::spec::types::Strategy;
 
 /// What is kept of a failed new container's output.
 pub const EVIDENCE: LogTail = LogTail { lines: 20, bytes: 4096 };

@@ -183,7 +183,7 @@ async fn image_digests(
     let always: Vec<&str> = env
         .apps
         .values()
-        .filter(|a| a.spec.pull == crate::spec::model::PullPolicy::Always)
+        .filter(|a| a.spec.pull == crate::spec::types::PullPolicy::Always)
         .map(|a| a.spec.name.as_str())
         .collect();
     if !always.is_empty() {

@@ -88,7 +88,7 @@ use futures::stream::{self, StreamExt};
 use super::probe::CmdRunner;
 use crate::model::{ContainerState, HostObservation, ObservedInstance, labels};
 use crate::plan::instance::{InstanceSpec, Rendered};
-use crate::spec::model::{HostSpec, Network, TlsSpec};
+use crate::spec::types::{HostSpec, Network, TlsSpec};
 use crate::spec::units::{Endpoint, docker_endpoint};
 
 /// A connection to one daemon, for callers outside this module (which do not import
@@ -1777,7 +1777,7 @@ pub async fn pull_for_plan(
     lines: &(dyn Fn(String) + Send + Sync),
 ) -> BTreeMap<String, String> {
     use crate::plan::Action;
-    use crate::spec::model::PullPolicy;
+    use crate::spec::types::PullPolicy;
     let mut wanted: BTreeMap<PullJob, BTreeSet<String>> = BTreeMap::new();
     for action in &plan.actions {
         let (app, new) = match action {

@@ -58,7 +58,7 @@ use etcd_client::{
 };
 
 use crate::model::{EtcdObservation, Pin, keys};
-use crate::spec::model::{EtcdSpec, EtcdTls};
+use crate::spec::types::{EtcdSpec, EtcdTls};
 
 /// etcd 3.4's default `--max-txn-ops`: the most operations one transaction may hold.
 /// Reads are chunked to it; a [`batch`] larger than the server's limit is refused by etcd.

@@ -124,7 +124,7 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn new(
-        spec: &[crate::spec::model::NotificationSpec],
+        spec: &[crate::spec::types::NotificationSpec],
         secrets: &std::collections::BTreeMap<String, crate::secret::Secret>,
     ) -> Self {
         let targets = crate::notify::targets(spec, secrets);

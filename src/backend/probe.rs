@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout as within};
 
-use crate::spec::model::HealthSpec;
+use crate::spec::types::HealthSpec;
 use crate::spec::units;
 
 /// What a command probe's runner returns: `Ok` when the command exited 0, else why not.

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::secret::Secret;
-use crate::spec::model::RegistrySpec;
+use crate::spec::types::RegistrySpec;
 
 /// Docker Hub's key in config files and credential helpers.
 pub const DOCKER_HUB_SERVER: &str = "https://index.docker.io/v1/";
@@ -115,7 +115,7 @@ impl Auth {
     /// As [`Auth::new`]; a secret that cannot be resolved names the registry and why.
     pub fn resolve(
         registries: &[RegistrySpec],
-        sources: &BTreeMap<String, crate::spec::model::SecretSource>,
+        sources: &BTreeMap<String, crate::spec::types::SecretSource>,
     ) -> Result<Self, AuthError> {
         let mut secrets = BTreeMap::new();
         for r in registries {

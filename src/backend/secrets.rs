@@ -24,7 +24,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::secret::{Secret, check_age_header, describe_age, parse_recipient};
-use crate::spec::model::{SecretRef, SecretSource};
+use crate::spec::types::{SecretRef, SecretSource};
 
 /// The environment variable holding an age identity itself.
 pub const IDENTITY_ENV: &str = "RECONCILE_AGE_IDENTITY";

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use super::common::load_env;
 use super::{ExitCode, RepoArgs};
 use crate::backend::{git, secrets};
-use crate::spec::model::SecretSource;
+use crate::spec::types::SecretSource;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -118,7 +118,7 @@ fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot encrypt: {e}"))?;
     // An existing file along the chain is overwritten where it is; a new one goes to the
     // environment's own directory.
-    let target = crate::spec::model::age_file(&rel, &env.dirs, &snap.files)
+    let target = crate::spec::types::age_file(&rel, &env.dirs, &snap.files)
         .map(|f| f.path)
         .unwrap_or_else(|| format!("environments/{}/{rel}", a.env));
     let path = root.join(&target);

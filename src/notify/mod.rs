@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::secret::{MASK, Secret};
-use crate::spec::model::{NotificationSpec, NotifyKind};
+use crate::spec::types::{NotificationSpec, NotifyKind};
 
 /// Version of the webhook payload.
 pub const FORMAT_VERSION: u32 = 1;

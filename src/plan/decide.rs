@@ -11,7 +11,7 @@ use super::place::Ports;
 use super::{Action, NewInstance, PlanError, Reason, changes, container_name, digest};
 use crate::model::{InstanceId, ObservedInstance};
 use crate::placement::Assignment;
-use crate::spec::model::{PullPolicy, Strategy};
+use crate::spec::types::{PullPolicy, Strategy};
 
 /// What to do with one placed instance.
 #[derive(Debug, Clone, PartialEq, Eq)]

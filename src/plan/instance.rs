@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 
 use crate::secret::{MASK, Secret};
 use crate::spec::load::App;
-use crate::spec::model::{HealthSpec, Network};
 use crate::spec::template::{TemplateError, Templates};
+use crate::spec::types::{HealthSpec, Network};
 use crate::spec::units;
 
 /// A rendered string: the real text and what may be shown.

@@ -46,9 +46,9 @@ pub use traffic::{health_marks, out_of_traffic};
 use crate::model::{InstanceId, ObservedInstance, ObservedState, keys, labels as keys_labels};
 use crate::secret::Secret;
 use crate::spec::load::Env;
-use crate::spec::model::Strategy;
 use crate::spec::snapshot::Origin;
 use crate::spec::template::TemplateError;
+use crate::spec::types::Strategy;
 use instance::InstanceSpec;
 
 /// Version of the plan's JSON form (schema/plan.schema.json).

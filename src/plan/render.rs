@@ -429,7 +429,7 @@ mod tests {
     use super::super::{NewInstance, OldInstance, Summary};
     use super::*;
     use crate::model::ContainerState;
-    use crate::spec::model::Strategy;
+    use crate::spec::types::Strategy;
     use proptest::prelude::*;
 
     /// A plan of `apps` apps with `per_app` replaced instances each, whose file diff

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::load::{Env, Merged};
-use super::model::{AppSpec, SecretSource, Strategy};
 use super::template::{PathProblem, TemplateError, Templates};
+use super::types::{AppSpec, SecretSource, Strategy};
 use super::units::{self, Invalid};
 use super::yaml::escape;
 use crate::diag::Diagnostic;

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::merge::{merge, without_nulls};
-use super::model::{AppSpec, EnvironmentSpec};
 use super::schema::{self, Kind};
 use super::snapshot::RepoSnapshot;
+use super::types::{AppSpec, EnvironmentSpec};
 use super::yaml::{self, Document, Pos, SpanIndex};
 use crate::diag::Diagnostic;
 
@@ -84,7 +84,7 @@ pub struct Env {
     pub dirs: Vec<String>,
     pub spec: EnvironmentSpec,
     /// Every secret with what resolving it needs (`from_age` files from the snapshot).
-    pub secret_refs: BTreeMap<String, crate::spec::model::SecretRef>,
+    pub secret_refs: BTreeMap<String, crate::spec::types::SecretRef>,
     pub doc: Merged,
     pub apps: BTreeMap<String, App>,
     /// Apps whose files are present but broken (already reported).
@@ -443,7 +443,7 @@ fn build_env(
     }
 
     let dirs: Vec<String> = chain.iter().map(|e| format!("environments/{e}")).collect();
-    let secret_refs = crate::spec::model::link_secrets(&mut spec, &dirs, &cx.snap.files);
+    let secret_refs = crate::spec::types::link_secrets(&mut spec, &dirs, &cx.snap.files);
     Some(Env { name: name.to_string(), chain: chain.to_vec(), dirs, spec, secret_refs, doc, apps, broken_apps })
 }
 

@@ -4,10 +4,10 @@
 pub mod check;
 pub mod load;
 pub mod merge;
-pub mod model;
 pub mod schema;
 pub mod snapshot;
 pub mod template;
+pub mod types;
 pub mod units;
 pub mod yaml;
 

@@ -164,7 +164,7 @@ pub async fn run(
 }
 
 /// Wait until this process holds the leader key (retrying through etcd outages).
-async fn campaign(spec: &crate::spec::model::EtcdSpec, env: &str) -> etcd::LockGuard {
+async fn campaign(spec: &crate::spec::types::EtcdSpec, env: &str) -> etcd::LockGuard {
     let ttl = apply::lock_ttl();
     let holder = etcd::current_holder("reconcile watch");
     let key = keys::watch_leader(&spec.prefix, env);
@@ -203,7 +203,7 @@ struct Watcher {
     /// Recent deaths per instance (crash-loop reports).
     deaths: schedule::Deaths,
     /// The hosts of the last loaded snapshot (to follow host changes in the repo).
-    hosts: Option<Vec<crate::spec::model::HostSpec>>,
+    hosts: Option<Vec<crate::spec::types::HostSpec>>,
     /// The rollback pin seen by the last run (logged when it changes).
     pin: Option<crate::model::Pin>,
 }
@@ -216,7 +216,7 @@ impl Watcher {
         // Docker events, one stream per host, reconnecting; redone when the repo's hosts change.
         let mut watched_hosts = env.spec.hosts.clone();
         let (env_name, shared) = (self.env_name.clone(), Arc::clone(&self.metrics));
-        let spawn_events = |hosts: &[crate::spec::model::HostSpec]| -> Vec<tokio::task::JoinHandle<()>> {
+        let spawn_events = |hosts: &[crate::spec::types::HostSpec]| -> Vec<tokio::task::JoinHandle<()>> {
             hosts
                 .iter()
                 .map(|h| tokio::spawn(docker_events(h.clone(), env_name.clone(), tx.clone(), Arc::clone(&shared))))
@@ -621,7 +621,7 @@ fn heals(actions: &[Action], seen: &BTreeSet<String>) -> Vec<String> {
 /// Docker events of one host, forever: each event of a managed container is a trigger;
 /// a broken stream is reconnected (and followed by a resync, since events were missed).
 async fn docker_events(
-    host: crate::spec::model::HostSpec,
+    host: crate::spec::types::HostSpec,
     env: String,
     tx: mpsc::Sender<Trigger>,
     metrics: metrics::Shared,

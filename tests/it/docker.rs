@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use reconcile::backend::docker::{DockerError, connect, observe_all, observe_host};
 use reconcile::model::{ContainerState, HostObservation, labels};
-use reconcile::spec::model::TlsSpec;
+use reconcile::spec::types::TlsSpec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use super::support::host;

@@ -20,7 +20,7 @@ use reconcile::backend::docker::{
 use reconcile::backend::probe::{Probe, Schedule, probe_once, wait_healthy};
 use reconcile::model::labels;
 use reconcile::plan::instance::{InstanceSpec, Rendered};
-use reconcile::spec::model::{HostSpec, Network};
+use reconcile::spec::types::{HostSpec, Network};
 
 use super::support::{self, docker_cli, docker_quiet, http_exchange, split_response, unique, var};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use reconcile::backend::docker::{connect, observe_host};
 use reconcile::model::labels;
-use reconcile::spec::model::{HostSpec, TlsSpec};
+use reconcile::spec::types::{HostSpec, TlsSpec};
 
 use super::apply::{http_get, var};
 use super::{reconcile, stderr, stdout};

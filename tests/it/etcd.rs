@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reconcile::backend::etcd::{self, Client, EtcdError, Write};
 use reconcile::model::keys;
-use reconcile::spec::model::EtcdSpec;
+use reconcile::spec::types::EtcdSpec;
 
 use super::support::{EtcdCleanup as Cleanup, etcd_client as client, etcd_spec as spec, unique_prefix};
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use reconcile::backend::docker::{connect, observe_host};
 use reconcile::model::labels;
-use reconcile::spec::model::HostSpec;
+use reconcile::spec::types::HostSpec;
 
 use super::support::{app_yaml, docker_cli, host, http_get, remove_env_containers, var};
 use super::{reconcile, stderr, stdout};

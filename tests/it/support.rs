@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reconcile::backend::etcd;
-use reconcile::spec::model::{EtcdSpec, HostSpec};
+use reconcile::spec::types::{EtcdSpec, HostSpec};
 
 // ------------------------------------------------------------------ the environment
 
