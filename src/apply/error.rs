@@ -38,9 +38,14 @@ pub enum StepError {
     /// tail of its output (bounded, secrets masked): the evidence the removal destroys.
     #[error("{instance} on {host}: {cause}; the new container was removed{}", evidence(logs))]
     NewFailed { instance: String, host: String, cause: Box<StepError>, logs: Option<String> },
-    /// An existing instance was started but did not become healthy.
-    #[error("{instance}: {cause}")]
-    StartedUnhealthy { instance: String, cause: Box<StepError> },
+    /// A stopped instance was started but did not become healthy; it was taken out of
+    /// the registry and the LB and removed (`logs`: its last output, as for `NewFailed`).
+    #[error(
+        "{instance} on {host}: {cause}; the restarted container was taken out of traffic and removed (the next \
+         apply creates it again){}",
+        evidence(logs)
+    )]
+    StartedUnhealthy { instance: String, host: String, cause: Box<StepError>, logs: Option<String> },
     #[error("{instance}: the plan's spec is missing (plan again)")]
     MissingSpec { instance: String },
     /// A plan action names an instance that is not `<app>-<ordinal>`.

@@ -3,7 +3,7 @@
 //! and what the LB last loaded. Every call is recorded in order, as one line
 //! (`create <name>`, `put <key>`, `lb reload`, `sleep 1.5s`, …); reads that change
 //! nothing (`lb_read`, `still_running`) are not recorded. Failures are injected by
-//! instance: unhealthy new containers (with their output), a lock lost after N writes.
+//! instance: unhealthy new or restarted containers (with their output), a lock lost after N writes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -35,6 +35,9 @@ struct Inner {
     unhealthy: BTreeMap<String, String>,
     /// The LB check rejects configs containing this text.
     lb_rejects: Option<String>,
+    /// Instances whose existing (observed) containers fail their health check once
+    /// started again, with their output.
+    unhealthy_restarted: BTreeMap<String, String>,
 }
 
 /// The in-memory [`Effects`].
@@ -79,6 +82,14 @@ impl Memory {
     pub fn unhealthy(self, instance: &str, output: &str) -> Self {
         self.with(|i| {
             i.unhealthy.insert(instance.to_string(), output.to_string());
+        })
+    }
+
+    /// The existing container of `instance` fails its health check when started again,
+    /// having printed `output`.
+    pub fn unhealthy_when_restarted(self, instance: &str, output: &str) -> Self {
+        self.with(|i| {
+            i.unhealthy_restarted.insert(instance.to_string(), output.to_string());
         })
     }
 
@@ -138,6 +149,12 @@ impl Memory {
 
     fn container<'i>(i: &'i Inner, host: &str, id: &str) -> Option<&'i crate::model::ObservedInstance> {
         i.state.hosts.get(host).and_then(|h| h.instances.iter().find(|c| c.container_id == id))
+    }
+
+    /// The failures injected for container `name`: `unhealthy` when this plan creates
+    /// it, else `unhealthy_restarted`.
+    fn failing<'i>(i: &'i Inner, name: &str) -> &'i BTreeMap<String, String> {
+        if i.planned.contains_key(name) { &i.unhealthy } else { &i.unhealthy_restarted }
     }
 
     fn name(i: &Inner, id: &str) -> String {
@@ -214,8 +231,9 @@ impl Effects for Memory {
         let mut i = self.lock();
         let name = Self::name(&i, id);
         let instance = Self::container(&i, host, id).map(|c| c.instance.clone()).unwrap_or_default();
-        // Only new containers (made here) fail.
-        let fails = id.starts_with("mem-") && i.unhealthy.contains_key(&instance);
+        // New containers (made here) fail as `unhealthy` says, observed ones as
+        // `unhealthy_restarted` does.
+        let fails = Self::failing(&i, &name).contains_key(&instance);
         i.calls.push(format!("{} {name}", if fails { "unhealthy" } else { "healthy" }));
         if fails {
             return Err(StepError::Unhealthy {
@@ -232,7 +250,7 @@ impl Effects for Memory {
         let name = Self::name(&i, id);
         i.calls.push(format!("logs {name}"));
         let instance = Self::container(&i, host, id).map(|c| c.instance.clone()).unwrap_or_default();
-        let out = i.unhealthy.get(&instance).cloned().unwrap_or_default();
+        let out = Self::failing(&i, &name).get(&instance).cloned().unwrap_or_default();
         let lines: Vec<&str> = out.lines().collect();
         Ok(lines[lines.len().saturating_sub(tail.lines)..].join("\n"))
     }

@@ -5,7 +5,9 @@
 //! action kind.
 //!
 //! **Invariant:** a new container that fails its start or health check is removed,
-//! never registered, and its last output (bounded, secrets masked) is kept in the error.
+//! never registered, and its last output (bounded, secrets masked) is kept in the error;
+//! so is a stopped instance that fails when it is started again (taken out of the
+//! registry and the LB before its start).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -106,19 +108,33 @@ impl<E: Effects> Shared<'_, E> {
         Ok(line)
     }
 
-    /// An existing, up-to-date instance that was not running: started, healthy, back in
-    /// traffic.
+    /// An existing, up-to-date instance that was not running: out of the registry first
+    /// (stopped, it serves nobody, whoever stopped it), then started, healthy, back in
+    /// traffic. When it fails its start or health check it stays out of the registry and
+    /// the LB and, like a failed new container, is removed (its last output kept in the
+    /// error): left running it would be kept, and registered, by the next plan.
     async fn start(&self, app: &str, instance: &str, old: &OldInstance) -> Result<String, StepError> {
+        let asg = Self::old_assignment(app, instance, old).ok_or_else(|| bad_instance(app, instance))?;
+        self.register(&asg, false).await?;
         self.locked()?;
         self.fx.start(&old.host, &old.container_id).await?;
         if let Some(h) = self.env.apps.get(app).and_then(|x| x.spec.health.as_ref()) {
             let address = self.address_of(&old.host)?;
-            self.fx
-                .wait_healthy(&old.host, &old.container_id, Check { health: h, address, port: old.port })
-                .await
-                .map_err(|e| StepError::StartedUnhealthy { instance: instance.to_string(), cause: Box::new(e) })?;
+            let check = Check { health: h, address, port: old.port };
+            if let Err(why) = self.fx.wait_healthy(&old.host, &old.container_id, check).await {
+                let logs = self.discard_failed(&old.host, &old.container_id, self.grace(app)).await;
+                // The final LB update renders the serving set again: this error is not the app's.
+                if let Err(e) = self.lb_update(app).await {
+                    tracing::warn!(app, error = %e, "lb update after a failed start");
+                }
+                return Err(StepError::StartedUnhealthy {
+                    instance: instance.to_string(),
+                    host: old.host.clone(),
+                    cause: Box::new(why),
+                    logs,
+                });
+            }
         }
-        let asg = Self::old_assignment(app, instance, old).ok_or_else(|| bad_instance(app, instance))?;
         self.register(&asg, true).await?;
         self.lb_update(app).await?;
         Ok(format!("{}: started {instance}", old.host))
@@ -263,19 +279,7 @@ impl<E: Effects> Shared<'_, E> {
             }
         };
         if let Err(why) = health.await {
-            let logs = match self.fx.logs_tail(&new.host, &cid, EVIDENCE).await {
-                Ok(text) => Some(mask(&text, &self.secret_values)),
-                Err(e) => {
-                    tracing::warn!(host = new.host, container = short(&cid), error = %e, "no logs of the failed container");
-                    None
-                }
-            };
-            let grace = Duration::from_secs(spec.stop_timeout_secs);
-            // Best effort: a leftover (also when the lock is lost meanwhile, which stops
-            // all writes) is a duplicate the next plan removes.
-            if self.locked().is_ok() {
-                let _ = self.fx.stop_and_remove(&new.host, &cid, grace).await;
-            }
+            let logs = self.discard_failed(&new.host, &cid, Duration::from_secs(spec.stop_timeout_secs)).await;
             return Err(StepError::NewFailed {
                 instance: instance.to_string(),
                 host: new.host.clone(),
@@ -292,16 +296,37 @@ impl<E: Effects> Shared<'_, E> {
         Ok((Assignment { app: id.app, ordinal: id.ordinal, host: new.host.clone(), port: new.port }, cid))
     }
 
-    async fn take_down(&self, app: &str, old: &OldInstance) -> Result<(), StepError> {
-        self.locked()?;
-        let grace = self
-            .env
+    /// A container that failed its start or health check: its last output (bounded,
+    /// secrets masked) is read, then it is stopped and removed. Best effort: a leftover
+    /// (also when the lock is lost meanwhile, which stops all writes) is a duplicate or a
+    /// stopped instance that the next plan handles.
+    async fn discard_failed(&self, host: &str, cid: &str, grace: Duration) -> Option<String> {
+        let logs = match self.fx.logs_tail(host, cid, EVIDENCE).await {
+            Ok(text) => Some(mask(&text, &self.secret_values)),
+            Err(e) => {
+                tracing::warn!(host, container = short(cid), error = %e, "no logs of the failed container");
+                None
+            }
+        };
+        if self.locked().is_ok() {
+            let _ = self.fx.stop_and_remove(host, cid, grace).await;
+        }
+        logs
+    }
+
+    /// The app's `stop_timeout` (10 s without one).
+    fn grace(&self, app: &str) -> Duration {
+        self.env
             .apps
             .get(app)
             .and_then(|a| a.spec.stop_timeout.as_deref())
             .and_then(|d| crate::spec::units::duration(d).ok())
-            .unwrap_or(Duration::from_secs(10));
-        self.fx.stop_and_remove(&old.host, &old.container_id, grace).await
+            .unwrap_or(Duration::from_secs(10))
+    }
+
+    async fn take_down(&self, app: &str, old: &OldInstance) -> Result<(), StepError> {
+        self.locked()?;
+        self.fx.stop_and_remove(&old.host, &old.container_id, self.grace(app)).await
     }
 }
 

@@ -396,3 +396,33 @@ async fn a_stopped_instance_is_started_checked_and_put_back_in_traffic() {
     assert!(fx.lb_live().unwrap().contains(&format!("{}:{}", ip(&host), port.unwrap())));
     assert_eq!(report.apps["web"].done, vec![format!("{host}: started web-0")]);
 }
+
+/// Issue 10 item 5: an instance stopped outside reconcile whose start then fails its
+/// health check leaves the registry and the LB in that apply (it used to stay registered).
+#[tokio::test]
+async fn a_stopped_instance_that_fails_its_restart_leaves_the_registry_and_the_lb() {
+    let mut before = deployed(&repo(2, "", "a")).await;
+    let web = before.hosts.values_mut().flat_map(|h| h.instances.iter_mut()).find(|i| i.instance == "web-1").unwrap();
+    web.state = crate::model::ContainerState::Exited;
+    let (name, host, port) = (web.name.clone(), web.host.clone(), web.port);
+    let other = before.hosts.values().flat_map(|h| &h.instances).find(|i| i.instance == "web-0").unwrap().clone();
+    let key = registry_key(ip(&host), "web", port);
+    assert!(before.etcd.as_ref().unwrap().keys.contains_key(&key), "registered before it was stopped");
+    let (p, fx, report) =
+        run(&repo(2, "", "a"), &before, |m| m.unhealthy_when_restarted("web-1", "boom: no config")).await;
+    assert_eq!(p.summary.start, 1, "{}", p.summary);
+    assert!(!report.ok());
+    let error = report.apps["web"].error.as_deref().unwrap_or_default();
+    assert!(error.contains("web-1") && error.contains("removed") && error.contains("boom: no config"), "{error}");
+    let after = fx.observed();
+    let keys = &after.etcd.as_ref().unwrap().keys;
+    assert!(!keys.contains_key(&key), "the failed instance is still registered: {keys:#?}");
+    assert!(keys.contains_key(&registry_key(ip(&other.host), "web", other.port)), "{keys:#?}");
+    let live = fx.lb_live().unwrap();
+    assert!(!live.contains(&format!("{}:{}", ip(&host), port.unwrap())), "{live}");
+    assert!(live.contains(&format!("{}:{}", ip(&other.host), other.port.unwrap())), "{live}");
+    assert!(!running(&after).contains(&(host, name.clone())), "the unhealthy container still runs");
+    // The registry entry went before the start: nothing pointed at it while it was down.
+    let calls = fx.calls();
+    assert!(pos(&calls, &format!("delete {key}")) < pos(&calls, &format!("start {name}")), "{calls:#?}");
+}
