@@ -161,23 +161,29 @@ fn sections(plan: &Plan, st: &Style) -> Vec<(String, Vec<String>)> {
                 old.host,
                 reason_text(reason)
             ))),
-            Action::PutKey { key, value, old } => match old {
-                None if !value.contains('\n') && !value.starts_with('{') => {
-                    etcd.push(st.add(&format!("+ {key} = {value:?}")))
+            Action::PutKey { key, value, old } => {
+                if let Some((app, on)) = maintenance_switch(&plan.env, key, old.as_deref(), value) {
+                    let line = if on { "~ maintenance on (the LB stops routing to it)" } else { "~ maintenance off" };
+                    apps.entry(app).or_default().push(st.change(line));
                 }
-                None => etcd.push(st.add(&format!(
-                    "+ {key} ({} bytes{})",
-                    value.len(),
-                    if value.starts_with('{') { " of JSON" } else { "" }
-                ))),
-                Some(o) if !o.contains('\n') && !value.contains('\n') && !o.starts_with('{') => {
-                    etcd.push(st.change(&format!("~ {key}: {o:?} → {value:?}")))
+                match old {
+                    None if !value.contains('\n') && !value.starts_with('{') => {
+                        etcd.push(st.add(&format!("+ {key} = {value:?}")))
+                    }
+                    None => etcd.push(st.add(&format!(
+                        "+ {key} ({} bytes{})",
+                        value.len(),
+                        if value.starts_with('{') { " of JSON" } else { "" }
+                    ))),
+                    Some(o) if !o.contains('\n') && !value.contains('\n') && !o.starts_with('{') => {
+                        etcd.push(st.change(&format!("~ {key}: {o:?} → {value:?}")))
+                    }
+                    Some(o) => {
+                        etcd.push(st.change(&format!("~ {key}")));
+                        etcd.extend(unified(&pretty(o), &pretty(value)).lines().map(|l| format!("    {l}")));
+                    }
                 }
-                Some(o) => {
-                    etcd.push(st.change(&format!("~ {key}")));
-                    etcd.extend(unified(&pretty(o), &pretty(value)).lines().map(|l| format!("    {l}")));
-                }
-            },
+            }
             Action::DeleteKey { key, old } => etcd.push(st.del(&format!("- {key} (was {:?})", truncate(old, 80)))),
             Action::WriteLb { path, content, old } => {
                 lb.push(st.change(&format!("~ write {path}{}", if old.is_none() { " (new file)" } else { "" })));
@@ -194,6 +200,20 @@ fn sections(plan: &Plan, st: &Style) -> Vec<(String, Vec<String>)> {
         out.push(("lb".into(), lb));
     }
     out
+}
+
+/// `lb.maintenance` switched in an app's desired copy (`<prefix>/<env>/apps/<app>`, whose
+/// old value is the last applied spec): the app and whether it is now on. For display
+/// only; the LB write that goes with it is the change apply acts on.
+fn maintenance_switch<'k>(env: &str, key: &'k str, old: Option<&str>, new: &str) -> Option<(&'k str, bool)> {
+    let (dir, app) = key.rsplit_once('/')?;
+    dir.strip_suffix("/apps")?.strip_suffix(env)?.strip_suffix('/')?;
+    let on = |v: &str| -> Option<bool> {
+        let v: Value = serde_json::from_str(v).ok()?;
+        (v.get("name")?.as_str()? == app).then(|| v.pointer("/lb/maintenance").and_then(Value::as_bool) == Some(true))
+    };
+    let (was, is) = (on(old?)?, on(new)?);
+    (was != is).then_some((app, is))
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -431,6 +451,37 @@ mod tests {
     use crate::model::ContainerState;
     use crate::spec::types::Strategy;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_maintenance_switch_is_named_in_the_apps_section() {
+        let copy = |m: Option<bool>| {
+            let lb = match m {
+                Some(m) => serde_json::json!({"host": "a.test", "path": "/", "maintenance": m}),
+                None => serde_json::json!({"host": "a.test", "path": "/"}),
+            };
+            serde_json::json!({"name": "web", "image": "img", "lb": lb}).to_string()
+        };
+        let key = "/reconcile/prod/apps/web";
+        let (off, on) = (copy(None), copy(Some(true)));
+        assert_eq!(maintenance_switch("prod", key, Some(&off), &on), Some(("web", true)));
+        assert_eq!(maintenance_switch("prod", key, Some(&on), &off), Some(("web", false)));
+        assert_eq!(maintenance_switch("prod", key, Some(&on), &copy(Some(false))), Some(("web", false)));
+        // No switch, a first copy, another environment's or another kind of key: nothing.
+        assert_eq!(maintenance_switch("prod", key, Some(&on), &on), None);
+        assert_eq!(maintenance_switch("prod", key, None, &on), None);
+        assert_eq!(maintenance_switch("staging", key, Some(&off), &on), None);
+        assert_eq!(maintenance_switch("prod", "/reconcile/prod/config/web/x", Some(&off), &on), None);
+        let p = Plan {
+            format_version: 1,
+            env: "prod".into(),
+            origin: Default::default(),
+            against: String::new(),
+            actions: vec![Action::PutKey { key: key.into(), value: on.clone(), old: Some(off.clone()) }],
+            summary: Summary::default(),
+        };
+        let out = text(&p, false);
+        assert!(out.contains("app web\n  ~ maintenance on"), "{out}");
+    }
 
     /// A plan of `apps` apps with `per_app` replaced instances each, whose file diff
     /// has `diff_lines` lines, plus etcd keys and an LB file of `lb_lines` lines.

@@ -795,7 +795,12 @@ pub fn lb_apps(env: &Env, hosts: &[HostSlot], assignments: &[Assignment]) -> Val
                     json!({"name": format!("{}-{}", x.app, x.ordinal), "host": x.host, "address": address, "port": x.port})
                 })
                 .collect();
-            Some(json!({"name": a.spec.name, "lb": {"host": lb.host, "path": lb.path}, "instances": instances}))
+            Some(json!({
+                "name": a.spec.name,
+                "lb": {"host": lb.host, "path": lb.path},
+                "maintenance": lb.maintenance,
+                "instances": instances,
+            }))
         })
         .collect();
     Value::Array(apps)

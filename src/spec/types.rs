@@ -382,6 +382,11 @@ pub struct AppLb {
     pub host: String,
     #[serde(default = "root_path")]
     pub path: String,
+    /// Maintenance mode: the instances keep running, the LB template gets
+    /// `app.maintenance` (the example templates answer 503). Not serialised when false,
+    /// so desired copies of existing apps stay byte-identical.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maintenance: bool,
 }
 
 fn root_path() -> String {

@@ -29,6 +29,7 @@ mod import;
 mod lb;
 mod leak;
 mod logs;
+mod maintenance;
 mod markdown;
 mod notify;
 mod plan;
