@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 
 use super::effects::{Check, Effects, LogTail};
+use super::report::Milestone;
 use super::{AppOutcome, Shared, StepError};
 use crate::model::InstanceId;
 use crate::placement::Assignment;
@@ -109,8 +110,10 @@ impl<E: Effects> Shared<'_, E> {
     /// An existing, up-to-date instance that was not running: started, healthy, back in
     /// traffic.
     async fn start(&self, app: &str, instance: &str, old: &OldInstance) -> Result<String, StepError> {
+        let asg = Self::old_assignment(app, instance, old).ok_or_else(|| bad_instance(app, instance))?;
         self.locked()?;
         self.fx.start(&old.host, &old.container_id).await?;
+        self.mark(Milestone::Created, &asg);
         if let Some(h) = self.env.apps.get(app).and_then(|x| x.spec.health.as_ref()) {
             let address = self.address_of(&old.host)?;
             self.fx
@@ -118,7 +121,7 @@ impl<E: Effects> Shared<'_, E> {
                 .await
                 .map_err(|e| StepError::StartedUnhealthy { instance: instance.to_string(), cause: Box::new(e) })?;
         }
-        let asg = Self::old_assignment(app, instance, old).ok_or_else(|| bad_instance(app, instance))?;
+        self.mark(Milestone::Healthy, &asg);
         self.register(&asg, true).await?;
         self.lb_update(app).await?;
         Ok(format!("{}: started {instance}", old.host))
@@ -248,9 +251,11 @@ impl<E: Effects> Shared<'_, E> {
         let labels = plan::container_labels(&self.env.name, app, instance, new, self.plan.origin.commit.as_deref());
         let cid = self.fx.create(&new.host, &new.container_name, spec, &labels).await?;
         let t0 = Instant::now();
+        let asg = Assignment { app: id.app, ordinal: id.ordinal, host: new.host.clone(), port: new.port };
         let health = async {
             self.locked()?;
             self.fx.start(&new.host, &cid).await?;
+            self.mark(Milestone::Created, &asg);
             match &spec.health {
                 Some(h) => {
                     let check = Check { health: h, address: &new.address, port: new.port };
@@ -283,13 +288,14 @@ impl<E: Effects> Shared<'_, E> {
                 logs,
             });
         }
+        self.mark(Milestone::Healthy, &asg);
         self.say(format!(
             "{}: {instance} started ({}) and healthy in {:.1}s",
             new.host,
             short(&cid),
             t0.elapsed().as_secs_f64()
         ));
-        Ok((Assignment { app: id.app, ordinal: id.ordinal, host: new.host.clone(), port: new.port }, cid))
+        Ok((asg, cid))
     }
 
     async fn take_down(&self, app: &str, old: &OldInstance) -> Result<(), StepError> {
