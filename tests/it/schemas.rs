@@ -197,13 +197,13 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn validator(name: &str) -> jsonschema::Validator {
+pub fn validator(name: &str) -> jsonschema::Validator {
     let text = std::fs::read_to_string(root().join("schema").join(name)).unwrap();
     jsonschema::draft202012::new(&serde_json::from_str::<Value>(&text).unwrap()).unwrap()
 }
 
 #[track_caller]
-fn assert_valid(v: &jsonschema::Validator, doc: &Value, what: &str) {
+pub fn assert_valid(v: &jsonschema::Validator, doc: &Value, what: &str) {
     let errors: Vec<String> = v.iter_errors(doc).map(|e| format!("{e} at {}", e.instance_path().as_str())).collect();
     assert!(errors.is_empty(), "{what}: {errors:#?}\n{doc:#}");
 }
