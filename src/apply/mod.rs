@@ -56,6 +56,7 @@ mod error;
 mod memory;
 pub mod pin;
 pub mod records;
+pub mod report;
 pub mod rollout;
 pub mod session;
 pub mod settings;
@@ -156,10 +157,13 @@ struct Shared<'a, E> {
     drain: Duration,
     /// This apply has reloaded the LB: from then on the LB runs what the file says.
     lb_reloaded: AtomicBool,
+    /// Where the instances' milestones are recorded (`apply --report`).
+    timeline: Option<Arc<report::Timeline>>,
 }
 
 /// Apply `plan` (made against `observed`, while holding `guard` from [`lock`]) with
-/// the real `specs` from `plan::plan_with_specs`. Releases the lock at the end.
+/// the real `specs` from `plan::plan_with_specs`. Releases the lock at the end. With a
+/// `timeline`, every instance's milestones are recorded in it (`apply --report`).
 ///
 /// # Errors
 /// Only when nothing could be done (etcd unreachable, a bad setting); failures
@@ -170,6 +174,7 @@ pub async fn apply(
     job: Job<'_>,
     opts: Options,
     progress: Progress,
+    timeline: Option<Arc<report::Timeline>>,
 ) -> Result<Report, ApplyError> {
     // A way out before any work still frees the lock at once (else it blocks the next
     // apply until its lease expires).
@@ -182,7 +187,7 @@ pub async fn apply(
         Err(e) => return Err(release_on_error(guard, e).await),
     };
     fx.pull(job.env, job.plan, job.specs, &progress).await;
-    let mut report = execute(&fx, job, opts, drain, progress).await;
+    let mut report = execute_recorded(&fx, job, opts, drain, progress, timeline).await;
     drop(fx);
     if let Some(g) = guard
         && let Err(e) = g.release().await
@@ -196,6 +201,18 @@ pub async fn apply(
 /// the registry and the final LB file, then the history record. Never fails as a
 /// whole: what went wrong is in the report.
 pub async fn execute<E: Effects>(fx: &E, job: Job<'_>, opts: Options, drain: Duration, progress: Progress) -> Report {
+    execute_recorded(fx, job, opts, drain, progress, None).await
+}
+
+/// [`execute`], recording every instance's milestones in `timeline`.
+pub async fn execute_recorded<E: Effects>(
+    fx: &E,
+    job: Job<'_>,
+    opts: Options,
+    drain: Duration,
+    progress: Progress,
+    timeline: Option<Arc<report::Timeline>>,
+) -> Report {
     let Job { env, files, plan, specs, observed, secrets } = job;
     let started = Instant::now();
     let secret_values: Vec<String> = secrets.values().map(|s| s.expose().to_string()).collect();
@@ -212,6 +229,7 @@ pub async fn execute<E: Effects>(fx: &E, job: Job<'_>, opts: Options, drain: Dur
         lb_lock: Mutex::new(()),
         drain,
         lb_reloaded: AtomicBool::new(false),
+        timeline,
     };
     let mut report = Report::default();
 
@@ -313,6 +331,13 @@ fn levels(env: &Env, plan: &Plan) -> Vec<Vec<String>> {
 impl<E: Effects> Shared<'_, E> {
     fn say(&self, s: String) {
         (self.progress)(s);
+    }
+
+    /// Record that `slot` reached `m` (`apply --report`).
+    fn mark(&self, m: report::Milestone, slot: &Assignment) {
+        if let Some(t) = &self.timeline {
+            t.mark(m, slot);
+        }
     }
 
     /// `Err` once the apply lock's lease can no longer be proven alive (etcd unreachable,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 
 use super::effects::{Check, Effects, LogTail};
+use super::report::Milestone;
 use super::{AppOutcome, Shared, StepError};
 use crate::model::InstanceId;
 use crate::placement::Assignment;
@@ -118,6 +119,7 @@ impl<E: Effects> Shared<'_, E> {
         self.register(&asg, false).await?;
         self.locked()?;
         self.fx.start(&old.host, &old.container_id).await?;
+        self.mark(Milestone::Created, &asg);
         if let Some(h) = self.env.apps.get(app).and_then(|x| x.spec.health.as_ref()) {
             let address = self.address_of(&old.host)?;
             let check = Check { health: h, address, port: old.port };
@@ -135,6 +137,7 @@ impl<E: Effects> Shared<'_, E> {
                 });
             }
         }
+        self.mark(Milestone::Healthy, &asg);
         self.register(&asg, true).await?;
         self.lb_update(app).await?;
         Ok(format!("{}: started {instance}", old.host))
@@ -264,9 +267,11 @@ impl<E: Effects> Shared<'_, E> {
         let labels = plan::container_labels(&self.env.name, app, instance, new, self.plan.origin.commit.as_deref());
         let cid = self.fx.create(&new.host, &new.container_name, spec, &labels).await?;
         let t0 = Instant::now();
+        let asg = Assignment { app: id.app, ordinal: id.ordinal, host: new.host.clone(), port: new.port };
         let health = async {
             self.locked()?;
             self.fx.start(&new.host, &cid).await?;
+            self.mark(Milestone::Created, &asg);
             match &spec.health {
                 Some(h) => {
                     let check = Check { health: h, address: &new.address, port: new.port };
@@ -287,13 +292,14 @@ impl<E: Effects> Shared<'_, E> {
                 logs,
             });
         }
+        self.mark(Milestone::Healthy, &asg);
         self.say(format!(
             "{}: {instance} started ({}) and healthy in {:.1}s",
             new.host,
             short(&cid),
             t0.elapsed().as_secs_f64()
         ));
-        Ok((Assignment { app: id.app, ordinal: id.ordinal, host: new.host.clone(), port: new.port }, cid))
+        Ok((asg, cid))
     }
 
     /// A container that failed its start or health check: its last output (bounded,

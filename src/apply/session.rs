@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 
+use super::report::Timeline;
 use super::{ApplyError, Job, Options, Progress, Report, pin};
 use crate::backend::etcd;
 use crate::model::{ObservedState, Pin};
@@ -84,6 +85,11 @@ pub trait Hooks: Send {
         plan: &Plan,
         observed: &ObservedState,
     ) -> impl Future<Output = Result<bool, String>> + Send;
+
+    /// Where to record the instances' milestones (`apply --report`); `None`: nowhere.
+    fn timeline(&self) -> Option<Arc<Timeline>> {
+        None
+    }
 }
 
 /// Why an apply stopped before executing. [`RunError::stage`] names the step.
@@ -227,7 +233,11 @@ pub async fn run(
                 observed: &outcome.observed,
                 secrets: &target.secrets,
             };
-            let report = super::apply(guard, job, req.opts, progress).await.map_err(RunError::Apply)?;
+            let timeline = hooks.timeline();
+            if let Some(t) = &timeline {
+                t.execution_started();
+            }
+            let report = super::apply(guard, job, req.opts, progress, timeline).await.map_err(RunError::Apply)?;
             outcome.report = Some(report);
             Ok(outcome)
         }

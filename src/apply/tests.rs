@@ -14,6 +14,10 @@ use crate::spec::{Loaded, RepoSnapshot, load};
 
 const DRAIN: Duration = Duration::from_millis(1500);
 
+// `apply --report`: the recorded milestones, in the same in-memory world.
+#[path = "report_tests.rs"]
+mod report_tests;
+
 /// db ← web (LB, http check) ← edge; worker alone (no check). `web_update` is web's
 /// `update:` block, `v` a value every app's env has.
 fn repo(web_replicas: u32, web_update: &str, v: &str) -> RepoSnapshot {

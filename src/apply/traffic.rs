@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::effects::Effects;
+use super::report::Milestone;
 use super::{Shared, StepError};
 use crate::backend::etcd;
 use crate::model::{ObservedState, keys};
@@ -77,6 +78,9 @@ impl<E: Effects> Shared<'_, E> {
             let write =
                 if on { etcd::Write::Put { key, value: format!("{ip}:{port}") } } else { etcd::Write::Delete { key } };
             self.registry_write(write).await?;
+            if on {
+                self.mark(Milestone::Registered, a);
+            }
         }
         let mut s = self.serving.lock().await;
         if on {
@@ -101,20 +105,28 @@ impl<E: Effects> Shared<'_, E> {
         }
         self.locked()?;
         let _one_at_a_time = self.lb_lock.lock().await;
-        let content = self.serving_lb_content().await?;
+        let (content, serving) = self.serving_lb_content().await?;
         let force = unsure && !self.lb_reloaded.load(Ordering::SeqCst);
         let reloaded = self.lb_write_and_reload(content, force).await?;
         if reloaded {
             self.lb_reloaded.store(true, Ordering::SeqCst);
         }
+        self.served(&serving);
         Ok(reloaded)
     }
 
-    /// The LB config for the instances serving now.
-    async fn serving_lb_content(&self) -> Result<String, StepError> {
+    /// The LB config for the instances serving now, and those instances.
+    async fn serving_lb_content(&self) -> Result<(String, Vec<Assignment>), StepError> {
         let serving: Vec<Assignment> =
             self.serving.lock().await.iter().filter(|a| self.env.apps.contains_key(&a.app)).cloned().collect();
-        Ok(plan::lb_content(self.env, Arc::clone(&self.files), &serving)?)
+        Ok((plan::lb_content(self.env, Arc::clone(&self.files), &serving)?, serving))
+    }
+
+    /// The LB runs a config with `serving` now (`apply --report`).
+    fn served(&self, serving: &[Assignment]) {
+        if let Some(t) = &self.timeline {
+            t.serving(serving);
+        }
     }
 
     /// After instances of `app` left the serving set: reload the LB and, when it was
@@ -147,8 +159,9 @@ impl<E: Effects> Shared<'_, E> {
             .iter()
             .find_map(|a| if let Action::WriteLb { content, .. } = a { Some(content.clone()) } else { None })
             .filter(|_| all_ok);
-        let content = match planned {
-            Some(c) => c,
+        let (content, serving) = match planned {
+            // All apps succeeded: what serves now is what the plan's content holds.
+            Some(c) => (c, self.serving.lock().await.iter().cloned().collect()),
             None => match self.serving_lb_content().await {
                 Ok(c) => c,
                 Err(e) => return Some(format!("lb: {e}")),
@@ -157,7 +170,11 @@ impl<E: Effects> Shared<'_, E> {
         // The plan asks for a reload without a write when an earlier apply left one pending.
         let force =
             self.plan.actions.iter().any(|a| matches!(a, Action::ReloadLb)) && !self.lb_reloaded.load(Ordering::SeqCst);
-        self.lb_write_and_reload(content, force).await.err().map(|e| format!("lb: {e}"))
+        let result = self.lb_write_and_reload(content, force).await;
+        if result.is_ok() {
+            self.served(&serving);
+        }
+        result.err().map(|e| format!("lb: {e}"))
     }
 
     /// Write `content` to the LB file (checked) and reload, unless it is already there

@@ -2,13 +2,15 @@
 //! plan as it is — refused when the world or the repo moved since it was made.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
 use super::common::{ObserveArgs, load_target, parse_duration, runtime};
 use super::{ExitCode, RepoArgs};
+use crate::apply::report::{self as recovery, Timeline};
 use crate::apply::{self, Options};
 use crate::model::ObservedState;
 use crate::notify::EventKind;
@@ -22,13 +24,18 @@ pub struct Args {
     #[arg(long)]
     pub env: Option<String>,
     /// A plan saved with `plan --out`: applied as it is, or refused when stale.
-    pub plan: Option<std::path::PathBuf>,
+    pub plan: Option<PathBuf>,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
     /// How long to wait for another apply's lock before giving up.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+    /// Write a recovery report here once the apply ends: per app, when its instances
+    /// were created, healthy, registered and serving, and the RTO. JSON, or Markdown
+    /// when FILE ends in `.md`.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub observe: ObserveArgs,
 }
@@ -44,6 +51,13 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
 /// # Errors
 /// As [`exec`].
 pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
+    // The RTO counts from here: the start of the apply command.
+    let t0 = Instant::now();
+    let started = crate::backend::etcd::now_rfc3339();
+    if let Some(path) = &args.report {
+        check_report_path(path)?;
+    }
+    let timeline = args.report.as_ref().map(|_| Arc::new(Timeline::new(Arc::new(move || t0.elapsed()))));
     let saved: Option<Plan> = match &args.plan {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read plan {}", path.display()))?;
@@ -83,8 +97,11 @@ pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
         pinning: if kind == apply::HistoryKind::Rollback { apply::Pinning::Set } else { apply::Pinning::Refuse },
         lock: true,
     };
-    let mut hooks = Confirm { args, saved: saved.as_ref() };
+    let mut hooks = Confirm { args, saved: saved.as_ref(), timeline: timeline.clone() };
     let outcome = rt.block_on(apply::run(target, req, &mut hooks, progress_sink()))?;
+    if let (Some(path), Some(t)) = (&args.report, &timeline) {
+        write_report(path, &outcome, t, started)?;
+    }
     let (p, Some(report)) = (&outcome.plan, &outcome.report) else {
         eprintln!("nothing to do");
         return Ok(ExitCode::Ok);
@@ -124,9 +141,14 @@ pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
 struct Confirm<'a> {
     args: &'a Args,
     saved: Option<&'a Plan>,
+    timeline: Option<Arc<Timeline>>,
 }
 
 impl apply::Hooks for Confirm<'_> {
+    fn timeline(&self) -> Option<Arc<Timeline>> {
+        self.timeline.clone()
+    }
+
     // Reads the answer from stdin on the runtime's own thread: the lock's keep-alive runs
     // on the worker threads meanwhile.
     async fn confirm(&mut self, target: &apply::Target, plan: &Plan, _: &ObservedState) -> Result<bool, String> {
@@ -185,4 +207,47 @@ fn progress_sink() -> apply::Progress {
             bar.println(line);
         }
     })
+}
+
+/// `--report FILE` must be writable where it points before anything is changed: its
+/// directory exists and it is not a directory itself.
+fn check_report_path(path: &Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        bail!("--report {}: is a directory; give a file name (e.g. {}/report.json)", path.display(), path.display());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!("--report {}: directory {} does not exist; create it first", path.display(), dir.display());
+    }
+    Ok(())
+}
+
+/// Write the recovery report of `outcome` (JSON, or Markdown for `.md`), secret values
+/// masked once more.
+fn write_report(path: &Path, outcome: &apply::Outcome, t: &Timeline, started: String) -> anyhow::Result<()> {
+    let target = &outcome.target;
+    let events = t.events();
+    let r = recovery::build(&recovery::Facts {
+        env: &target.env,
+        origin: &target.origin,
+        started,
+        outcome: outcome.report.as_ref(),
+        events: &events,
+        execution_started: t.execution_started_at(),
+        finished: t.now(),
+    });
+    let markdown = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("md"));
+    let text = if markdown { recovery::markdown(&r) } else { recovery::json(&r) };
+    let secrets: Vec<String> = target.secrets.values().map(|s| s.expose().to_string()).collect();
+    std::fs::write(path, apply::rollout::mask(&text, &secrets))
+        .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    eprintln!(
+        "report written to {}{}",
+        path.display(),
+        r.rto_ms.map(|m| format!(" (RTO {}.{:03} s)", m / 1000, m % 1000)).unwrap_or_default()
+    );
+    Ok(())
 }

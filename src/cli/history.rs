@@ -119,6 +119,7 @@ pub fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
         plan: None,
         yes: args.yes,
         lock_timeout: args.lock_timeout,
+        report: None,
         observe: args.observe.clone(),
     };
     super::apply::run(&a, crate::apply::HistoryKind::Rollback)

@@ -1,6 +1,6 @@
 //! `reconcile schema [KIND] [--editor] [--out DIR]`: print or write the embedded JSON
 //! Schemas — the spec files (full, and the per-file editor variants derived from them)
-//! and every JSON output (plan, validate, status, history).
+//! and every JSON output (plan, validate, status, history, the apply report).
 
 use std::path::Path;
 
@@ -32,11 +32,12 @@ pub enum Which {
     Validate,
     Status,
     History,
+    Report,
 }
 
 impl Which {
-    const ALL: [Which; 6] =
-        [Which::Environment, Which::App, Which::Plan, Which::Validate, Which::Status, Which::History];
+    const ALL: [Which; 7] =
+        [Which::Environment, Which::App, Which::Plan, Which::Validate, Which::Status, Which::History, Which::Report];
 
     fn name(self) -> &'static str {
         match self {
@@ -46,6 +47,7 @@ impl Which {
             Which::Validate => "validate",
             Which::Status => "status",
             Which::History => "history",
+            Which::Report => "report",
         }
     }
 
@@ -57,6 +59,7 @@ impl Which {
             Which::Validate => schema::VALIDATE,
             Which::Status => schema::STATUS,
             Which::History => schema::HISTORY,
+            Which::Report => schema::REPORT,
         }
     }
 

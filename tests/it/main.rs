@@ -19,6 +19,7 @@ mod corpus;
 mod docker;
 mod docker_exec;
 mod docker_tls;
+mod dr;
 mod environment;
 mod etcd;
 mod etcd_cluster;

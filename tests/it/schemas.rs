@@ -197,13 +197,13 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn validator(name: &str) -> jsonschema::Validator {
+pub fn validator(name: &str) -> jsonschema::Validator {
     let text = std::fs::read_to_string(root().join("schema").join(name)).unwrap();
     jsonschema::draft202012::new(&serde_json::from_str::<Value>(&text).unwrap()).unwrap()
 }
 
 #[track_caller]
-fn assert_valid(v: &jsonschema::Validator, doc: &Value, what: &str) {
+pub fn assert_valid(v: &jsonschema::Validator, doc: &Value, what: &str) {
     let errors: Vec<String> = v.iter_errors(doc).map(|e| format!("{e} at {}", e.instance_path().as_str())).collect();
     assert!(errors.is_empty(), "{what}: {errors:#?}\n{doc:#}");
 }
@@ -322,8 +322,8 @@ fn reconcile_schema_prints_and_writes_every_schema() {
             std::fs::read_to_string(root().join("schema").join(rel)).unwrap()
         );
     }
-    assert_eq!(written.len(), 8, "{written:?}");
-    for kind in ["environment", "app", "plan", "validate", "status", "history"] {
+    assert_eq!(written.len(), 9, "{written:?}");
+    for kind in ["environment", "app", "plan", "validate", "status", "history", "report"] {
         let o = reconcile(&["schema", kind]);
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["$schema"], "https://json-schema.org/draft/2020-12/schema", "{kind}");
