@@ -814,6 +814,16 @@ ensure_man_and_node() {
     >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install ${need[*]} failed (log: $LOG_DIR/apt.log)"
 }
 
+# Headless Chromium renders the status page in tests/it/status_page.rs (--dump-dom and
+# --screenshot; no chromium-driver). Debian's package, when missing.
+ensure_chromium() {
+  command -v chromium >/dev/null && return 0
+  say "installing chromium"
+  CHANGED=1
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; } \
+    >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get install chromium failed (log: $LOG_DIR/apt.log)"
+}
+
 # --- 8. env file + summary ---------------------------------------------------
 write_env() {
   local want
@@ -1059,6 +1069,7 @@ case ${1:-up} in
     ensure_registry
     ensure_check_jsonschema
     ensure_man_and_node
+    ensure_chromium
     write_env
     if [[ ${1:-up} == check ]] || ((CHANGED)); then smoke; fi
     summary

@@ -1,6 +1,6 @@
 //! `reconcile`: a declarative GitOps reconciler for fleets of plain Docker hosts.
 //!
-//! The pure core (`spec`, `plan`, `placement`, `model`, `diag`, `secret`, `notify`) does no I/O
+//! The pure core (`spec`, `plan`, `placement`, `model`, `diag`, `secret`, `notify`, `page`) does no I/O
 //! and reads no clock: it is given snapshots and observations as values. The effectful
 //! modules are `backend` (the edges: Git, secrets, Docker, etcd, the LB file, probes),
 //! `observe` (backends → `ObservedState`), `apply` (walks a plan through the backends),
@@ -20,6 +20,7 @@ pub mod model;
 pub mod notify;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)] // an effectful edge (clippy.toml)
 pub mod observe;
+pub mod page;
 pub mod placement;
 pub mod plan;
 pub mod secret;

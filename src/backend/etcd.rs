@@ -1028,6 +1028,18 @@ pub async fn history(
         .collect()
 }
 
+/// Every key under `dir` (ending in '/') with its value, in one read: the status page's
+/// canary keys.
+///
+/// # Errors
+/// [`EtcdError::Read`] naming `dir`; [`EtcdError::NotUtf8`] naming a key.
+pub async fn read_prefix(client: &mut Client, dir: &str) -> Result<BTreeMap<String, String>, EtcdError> {
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+    let mut out = BTreeMap::new();
+    read_ranges(&mut kv, &[dir.to_string()], None, &mut out).await?;
+    Ok(out)
+}
+
 /// Whether etcd answered NOT_FOUND (e.g. revoking a lease that expired).
 fn is_not_found(e: &etcd_client::Error) -> bool {
     const NOT_FOUND: i32 = 5;

@@ -11,6 +11,7 @@
 //! defines a HEALTHCHECK, is shown beside it.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use serde::Serialize;
 
 use super::common::{ObserveArgs, Planned, load_target, observe_and_plan, runtime};
 use super::{ExitCode, RepoArgs};
+use crate::page;
 use crate::plan::{self, Action, render::reason_text};
 
 #[derive(Debug, clap::Args)]
@@ -29,9 +31,13 @@ pub struct Args {
     /// The environment to show.
     #[arg(long)]
     pub env: String,
-    /// Output format on stdout.
+    /// Output format: a table, JSON, or the status page as one self-contained HTML file
+    /// (what `watch` serves on `/`, without the reload; for a CI artifact).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Write the output to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub observe: ObserveArgs,
 }
@@ -40,6 +46,7 @@ pub struct Args {
 pub enum Format {
     Table,
     Json,
+    Html,
 }
 
 /// The longest a status probe waits for one instance (the app's `timeout` when shorter):
@@ -90,13 +97,78 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     let env = &target.env;
     let rt = runtime()?;
     let Planned { observed, plan: p, pin } = observe_and_plan(&rt, &target, &args.observe)?;
+    let rows = rt.block_on(instance_rows(env, &observed, &p, args.observe.timeout))?;
+    let mut out = String::new();
+    match args.format {
+        Format::Json => {
+            let v = serde_json::json!({"format_version": 1, "env": env.name, "origin": target.origin, "pin": pin, "instances": rows, "summary": p.summary});
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        }
+        Format::Html => {
+            let (history, canaries) = rt.block_on(crate::watch::page::etcd_extras(env, args.observe.timeout))?;
+            let (last_run, last_sync) = page::runs_from_history(&history);
+            let status = page::StatusPage {
+                format_version: page::FORMAT_VERSION,
+                env: env.name.clone(),
+                source: page::Source::Status,
+                generated_at: crate::backend::etcd::now_rfc3339(),
+                commit: target.origin.commit.clone(),
+                reference: target.origin.reference.clone(),
+                dirty: target.origin.dirty,
+                summary: p.summary.to_string(),
+                last_run,
+                last_sync,
+                pin,
+                canaries,
+                apps: page_apps(env, &rows),
+                history,
+                errors: Vec::new(),
+            };
+            out.push_str(&page::html(&status, None));
+        }
+        Format::Table => {
+            write!(out, "{}", table(&rows, &p.summary.to_string()))?;
+            if let Some(pin) = &pin {
+                writeln!(
+                    out,
+                    "pinned by a rollback to {} ({}) by {} at {}: drift above is against the repo's head; watch keeps the \
+                     pinned commit. `reconcile rollback --env {} --release` to follow the repo again.",
+                    crate::apply::pin::short(&pin.commit),
+                    pin.reference,
+                    pin.who,
+                    pin.time,
+                    env.name
+                )?;
+            }
+        }
+    }
+    match &args.out {
+        Some(path) => std::fs::write(path, out).map_err(|e| {
+            anyhow::anyhow!("writing {}: {e} (check that its directory exists and is writable)", path.display())
+        })?,
+        None => std::io::stdout().lock().write_all(out.as_bytes())?,
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// One row per managed container (plus one per instance the plan would create), sorted
+/// by app, instance, host: what `status` prints and what the status page shows. Inspects
+/// every container once and runs every running instance's check once ([`probe_health`]).
+///
+/// # Errors
+/// A host cannot be reached for the inspect.
+pub async fn instance_rows(
+    env: &crate::spec::Env,
+    observed: &crate::model::ObservedState,
+    p: &plan::Plan,
+    timeout: Duration,
+) -> Result<Vec<Row>, crate::backend::docker::DockerError> {
     let ids: BTreeMap<String, Vec<String>> = observed
         .hosts
         .iter()
         .map(|(h, o)| (h.clone(), o.instances.iter().map(|i| i.container_id.clone()).collect()))
         .collect();
-    let runtime_info =
-        rt.block_on(crate::backend::docker::runtime_info(&env.spec.hosts, &ids, args.observe.timeout))?;
+    let runtime_info = crate::backend::docker::runtime_info(&env.spec.hosts, &ids, timeout).await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
 
     let drift_of = |id: &str| -> String {
@@ -123,12 +195,12 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
             .collect(),
         _ => BTreeMap::new(),
     };
-    let probes = rt.block_on(probe_health(env, &observed, args.observe.timeout));
+    let probes = probe_health(env, observed, timeout).await;
     let mut rows = Vec::new();
     for (host, obs) in &observed.hosts {
         for i in &obs.instances {
-            let rt = runtime_info.get(&i.container_id);
-            let docker_health = rt.and_then(|r| r.health.clone());
+            let info = runtime_info.get(&i.container_id);
+            let docker_health = info.and_then(|r| r.health.clone());
             let has_check = env.apps.get(&i.app).is_some_and(|a| a.spec.health.is_some());
             let h = i
                 .state
@@ -148,8 +220,8 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
                 health_check: probes.get(&i.container_id).map(|(check, _)| check.clone()),
                 docker_health,
                 out_of_traffic: marks.contains_key(&i.name),
-                uptime_secs: rt.and_then(|r| r.started_at).filter(|_| i.state.is_running()).map(|s| (now - s).max(0)),
-                restarts: rt.map(|r| r.restart_count),
+                uptime_secs: info.and_then(|r| r.started_at).filter(|_| i.state.is_running()).map(|s| (now - s).max(0)),
+                restarts: info.map(|r| r.restart_count),
                 container_id: Some(i.container_id.clone()),
                 drift: drift_of(&i.container_id),
             });
@@ -179,29 +251,48 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     rows.sort_by(|a, b| (&a.app, &a.instance, &a.host).cmp(&(&b.app, &b.instance, &b.host)));
-    let mut out = std::io::stdout().lock();
-    match args.format {
-        Format::Json => {
-            let v = serde_json::json!({"format_version": 1, "env": env.name, "origin": target.origin, "pin": pin, "instances": rows, "summary": p.summary});
-            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-        }
-        Format::Table => {
-            write!(out, "{}", table(&rows, &p.summary.to_string()))?;
-            if let Some(pin) = &pin {
-                writeln!(
-                    out,
-                    "pinned by a rollback to {} ({}) by {} at {}: drift above is against the repo's head; watch keeps the \
-                     pinned commit. `reconcile rollback --env {} --release` to follow the repo again.",
-                    crate::apply::pin::short(&pin.commit),
-                    pin.reference,
-                    pin.who,
-                    pin.time,
-                    env.name
-                )?;
-            }
-        }
+    Ok(rows)
+}
+
+/// The page's apps (every app of the environment, also those with no instance), from
+/// [`instance_rows`].
+pub fn page_apps(env: &crate::spec::Env, rows: &[Row]) -> Vec<page::App> {
+    let mut apps: BTreeMap<&str, Vec<page::Instance>> = env.apps.keys().map(|a| (a.as_str(), Vec::new())).collect();
+    for r in rows {
+        apps.entry(r.app.as_str()).or_default().push(page::Instance {
+            instance: r.instance.clone(),
+            host: r.host.clone(),
+            image: r.image.clone(),
+            port: r.port,
+            state: r.state.clone(),
+            health: page_health(r),
+            health_text: r.health.clone(),
+            uptime_secs: r.uptime_secs,
+            restarts: r.restarts,
+            drift: r.drift.clone(),
+        });
     }
-    Ok(ExitCode::Ok)
+    apps.into_iter().map(|(name, instances)| page::App { name: name.to_string(), instances }).collect()
+}
+
+/// The page's colour for a row: our probe decides; Docker's own check only for apps
+/// without one; a restarting container is starting; one not running is down.
+fn page_health(r: &Row) -> page::Health {
+    if r.state == "restarting" {
+        return page::Health::Starting;
+    }
+    match r.health_status {
+        None => page::Health::Down,
+        Some(HealthStatus::Healthy) => page::Health::Healthy,
+        Some(HealthStatus::Unhealthy) => page::Health::Unhealthy,
+        Some(HealthStatus::Unknown) => page::Health::Unknown,
+        Some(HealthStatus::NoCheck) => match r.docker_health.as_deref() {
+            Some("healthy") => page::Health::Healthy,
+            Some("unhealthy") => page::Health::Unhealthy,
+            Some("starting") => page::Health::Starting,
+            _ => page::Health::NoCheck,
+        },
+    }
 }
 
 /// The results of running every running instance's health check once, at the same
@@ -298,15 +389,6 @@ pub fn health(
     Health { status, text, since, error }
 }
 
-fn human(secs: i64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
-}
-
 /// A plain aligned table (no colour: it is read in logs too).
 pub fn table(rows: &[Row], summary: &str) -> String {
     let head = ["APP", "INSTANCE", "HOST", "IMAGE", "PORT", "STATE", "HEALTH", "UPTIME", "RESTARTS", "DRIFT"];
@@ -321,7 +403,7 @@ pub fn table(rows: &[Row], summary: &str) -> String {
                 r.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 r.state.clone(),
                 r.health.clone().unwrap_or_else(|| "-".into()),
-                r.uptime_secs.map(human).unwrap_or_else(|| "-".into()),
+                r.uptime_secs.map(page::human_duration).unwrap_or_else(|| "-".into()),
                 r.restarts.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
                 r.drift.clone(),
             ]

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub env: String,
     /// This watcher acts (holds the leader key).
     pub leader: bool,
+    /// What the status page shows (`watch::page`).
+    pub page: super::page::Recent,
     /// Runs by result: `ok`, `failed`, `dry_run`, `busy` (lock held by an apply).
     pub runs: BTreeMap<&'static str, u64>,
     pub run_seconds_sum: f64,
@@ -142,6 +144,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let m = Arc::clone(&metrics);
+    let page = super::page::routes(Arc::clone(&metrics));
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -163,7 +166,8 @@ pub async fn serve(
                     }
                 }
             }),
-        );
+        )
+        .merge(page);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::warn!(error = %e, "metrics server stopped");

@@ -20,6 +20,7 @@
 
 pub mod health;
 pub mod metrics;
+pub mod page;
 pub mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -112,7 +113,7 @@ pub async fn run(
         })
         .await
         .map_err(|cause| WatchError::Metrics { addr, cause })?;
-        tracing::info!(%bound, "serving /metrics and /healthz");
+        tracing::info!(%bound, "serving /metrics, /healthz and the status page (/, /status.json)");
     }
 
     let backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max, Duration::from_secs(600));
@@ -353,6 +354,7 @@ impl Watcher {
             m.run_seconds_last = secs;
         }
         tracing::info!(result = result.as_str(), seconds = secs, "run done");
+        page::run_done(&self.metrics, result);
         let retry = match result {
             RunResult::Failed => {
                 let cap = self.cfg.interval.min(self.cfg.backoff_max);
@@ -371,6 +373,7 @@ impl Watcher {
 
     fn fail(&self, stage: &'static str, e: impl std::fmt::Display) -> (RunResult, Option<Instant>) {
         tracing::error!(stage, error = %e, "watch run failed; retrying with back-off");
+        page::failed(&self.metrics, stage, &e.to_string());
         if let Ok(mut m) = self.metrics.lock() {
             *m.failures.entry(stage).or_default() += 1;
         }
@@ -575,6 +578,7 @@ impl apply::Hooks for RunHooks<'_> {
         let w = &mut *self.w;
         w.hosts = Some(target.env.spec.hosts.clone());
         w.update_targets(&target.env, observed, self.targets).await;
+        page::observed(&w.metrics, &target.env, &target.origin, p, observed, w.pin.as_ref(), w.cfg.observe.timeout);
         if let Ok(mut m) = w.metrics.lock() {
             m.drift_actions = p.actions.len() as u64;
             m.backoff = w.backoff.held(self.now).len() as u64;

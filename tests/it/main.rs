@@ -40,6 +40,7 @@ mod schemas;
 mod secrets;
 mod ssh;
 mod status;
+mod status_page;
 mod support;
 mod tidy;
 mod watch;

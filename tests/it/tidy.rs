@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 /// The pure core, relative to `src/`: files, and directories read recursively.
-const CORE: &[&str] = &["spec", "plan", "notify", "import", "placement.rs", "model.rs", "diag.rs", "secret.rs"];
+const CORE: &[&str] = &["spec", "plan", "notify", "page", "import", "placement.rs", "model.rs", "diag.rs", "secret.rs"];
 
 const FORBIDDEN: &[&str] = &[
     "std::fs",
