@@ -443,6 +443,7 @@ etcd_secure_healthy() { etcdctl_secure --command-timeout=2s endpoint health; }
 
 ensure_etcd_secure() {
   ensure_etcd_tls
+  ensure_etcd_password
   etcd_secure_healthy >/dev/null 2>&1 && return 0
   local pid; pid=$(pid_from "$ETCD_SECURE_PIDFILE")
   if pid_alive "$pid" etcd; then
@@ -470,6 +471,50 @@ ensure_etcd_secure() {
     etcdctl_secure user grant-role reconcile-ci reconcile-ci
     etcdctl_secure auth enable
   } >>"$LOG_DIR/etcd-secure.log" 2>&1 || die "cannot set up users on the secured etcd (log: $LOG_DIR/etcd-secure.log)"
+}
+
+# Password-only etcd on https://127.0.0.1:23795 (peer 23805): TLS with the server
+# certificate only (clients verify it with the CA; no client certificates asked for),
+# auth enabled, users `root` and `reconcile-pw` (role reconcile-pw: readwrite on
+# /reconcile/pw-ci/ and /services/sleeper_pw-ci/ only), passwords beside the TLS files.
+# Tests that change roles mid-apply make their own users here (tests/it/etcd_secure.rs).
+ETCD_PASSWORD=https://127.0.0.1:23795
+ETCD_PASSWORD_PEER=http://127.0.0.1:23805
+ETCD_PASSWORD_PIDFILE=$RUN_DIR/etcd-password.pid
+ETCD_PASSWORD_DATA=$LIB_DIR/etcd-password-data
+# etcdctl without a user: all it may do once auth is enabled is a health check
+# (etcdctl counts "permission denied" as healthy); the setup below runs before that.
+etcdctl_password() { ETCDCTL_API=3 etcdctl --endpoints="$ETCD_PASSWORD" --cacert "$ETCD_TLS/ca.pem" "$@"; }
+etcd_password_healthy() { etcdctl_password --command-timeout=2s endpoint health; }
+
+ensure_etcd_password() {
+  [[ -s $ETCD_TLS/reconcile-pw.password ]] || openssl rand -hex 16 >"$ETCD_TLS/reconcile-pw.password"
+  etcd_password_healthy >/dev/null 2>&1 && return 0
+  local pid; pid=$(pid_from "$ETCD_PASSWORD_PIDFILE")
+  if pid_alive "$pid" etcd; then
+    wait_for "password-only etcd" "$pid" "$LOG_DIR/etcd-password.log" etcd_password_healthy
+    return 0
+  fi
+  say "starting the password-only etcd on $ETCD_PASSWORD"
+  CHANGED=1
+  rm -rf "$ETCD_PASSWORD_DATA"   # fresh each start: users and roles are made below
+  pid=$(spawn_etcd "$LOG_DIR/etcd-password.log" --name reconcile-password --data-dir "$ETCD_PASSWORD_DATA" \
+        --listen-client-urls "$ETCD_PASSWORD" --advertise-client-urls "$ETCD_PASSWORD" \
+        --listen-peer-urls "$ETCD_PASSWORD_PEER" --initial-advertise-peer-urls "$ETCD_PASSWORD_PEER" \
+        --initial-cluster "reconcile-password=$ETCD_PASSWORD_PEER" --initial-cluster-state new \
+        --cert-file "$ETCD_TLS/server.pem" --key-file "$ETCD_TLS/server-key.pem")
+  echo "$pid" >"$ETCD_PASSWORD_PIDFILE"
+  wait_for "password-only etcd" "$pid" "$LOG_DIR/etcd-password.log" etcd_password_healthy
+  {
+    etcdctl_password user add "root:$(cat "$ETCD_TLS/root.password")"
+    etcdctl_password user grant-role root root
+    etcdctl_password role add reconcile-pw
+    etcdctl_password role grant-permission --prefix reconcile-pw readwrite /reconcile/pw-ci/
+    etcdctl_password role grant-permission --prefix reconcile-pw readwrite /services/sleeper_pw-ci/
+    etcdctl_password user add "reconcile-pw:$(cat "$ETCD_TLS/reconcile-pw.password")"
+    etcdctl_password user grant-role reconcile-pw reconcile-pw
+    etcdctl_password auth enable
+  } >>"$LOG_DIR/etcd-password.log" 2>&1 || die "cannot set up users on the password-only etcd (log: $LOG_DIR/etcd-password.log)"
 }
 
 # Three members on loopback: clients 23792-23794, peers 23802-23804, persistent data
@@ -504,11 +549,14 @@ stop_etcdsec() {
   for i in 1 2 3; do stop_pid "etcd m$i" "$(pid_from "$RUN_DIR/etcd-m$i.pid")" etcd; rm -f "$RUN_DIR/etcd-m$i.pid"; done
   stop_pid "secured etcd" "$(pid_from "$ETCD_SECURE_PIDFILE")" etcd
   rm -rf "$ETCD_SECURE_DATA"; rm -f "$ETCD_SECURE_PIDFILE"
+  stop_pid "password-only etcd" "$(pid_from "$ETCD_PASSWORD_PIDFILE")" etcd
+  rm -rf "$ETCD_PASSWORD_DATA"; rm -f "$ETCD_PASSWORD_PIDFILE"
 }
 
 write_env_etcdsec() {
   echo "export RECONCILE_TEST_ETCD_SECURE=$ETCD_SECURE"
   echo "export RECONCILE_TEST_ETCD_TLS=$ETCD_TLS"
+  echo "export RECONCILE_TEST_ETCD_PASSWORD=$ETCD_PASSWORD"
   echo "export RECONCILE_TEST_ETCD_CLUSTER=http://127.0.0.1:23792,http://127.0.0.1:23793,http://127.0.0.1:23794"
 }
 

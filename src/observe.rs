@@ -106,8 +106,8 @@ pub async fn image_digests(
     let fail = |problems: Vec<String>| ObserveError { env: env.name.clone(), problems };
     let apps: BTreeSet<String> = always.iter().map(|a| a.spec.name.clone()).collect();
     let images: BTreeSet<String> = always.iter().map(|a| a.spec.image.clone()).collect();
-    let auth = docker::RegistryAuth::resolve(&env.spec.registries, &env.spec.secrets)
-        .map_err(|e| fail(vec![e.to_string()]))?;
+    let auth =
+        docker::RegistryAuth::resolve(&env.spec.registries, &env.secret_refs).map_err(|e| fail(vec![e.to_string()]))?;
     let mut problems = Vec::new();
     let mut first = None;
     for host in &env.spec.hosts {

@@ -1792,7 +1792,7 @@ pub async fn pull_for_plan(
     if wanted.is_empty() {
         return BTreeMap::new();
     }
-    let auth = match RegistryAuth::resolve(&env.spec.registries, &env.spec.secrets) {
+    let auth = match RegistryAuth::resolve(&env.spec.registries, &env.secret_refs) {
         Ok(a) => a,
         Err(e) => return wanted.into_values().flatten().map(|app| (app, e.to_string())).collect(),
     };

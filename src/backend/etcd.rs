@@ -53,7 +53,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use etcd_client::Client;
 use etcd_client::{
-    Certificate, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient, LeaseKeepAliveStream, LeaseKeeper,
+    Certificate, Compare, CompareOp, ConnectOptions, GetOptions, Identity, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 
@@ -308,8 +308,6 @@ pub async fn observe(
 ) -> Result<EtcdObservation, EtcdError> {
     let apps_dir = keys::apps_dir(&spec.prefix, env);
     let registry_dir = |app: &str| keys::registry_dir(&spec.registry_prefix, app, env);
-    let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
-
     // First round: both namespaces and as many desired registry dirs as fit.
     let mut first = vec![
         keys::config_dir(&spec.prefix, env),
@@ -322,7 +320,7 @@ pub async fn observe(
         if first.len() < MAX_TXN_OPS { &mut first } else { &mut rest }.push(registry_dir(app));
     }
     let mut observed = BTreeMap::new();
-    let revision = read_ranges(&mut kv, &first, None, &mut observed).await?;
+    let revision = read_ranges(client, &first, None, &mut observed).await?;
 
     // Apps with a copy in etcd but no longer desired: their registry entries are ours to
     // remove, so they must be observed too. Nested keys under apps/ name no app.
@@ -336,10 +334,10 @@ pub async fn observe(
     // Second round, only when needed: the remaining dirs, chunked, concurrently, pinned.
     let rounds = if rest.is_empty() { 1 } else { 2 };
     let chunks = rest.chunks(MAX_TXN_OPS).map(|chunk| {
-        let mut kv = kv.clone();
+        let client = client.clone();
         async move {
             let mut part = BTreeMap::new();
-            read_ranges(&mut kv, chunk, Some(revision), &mut part).await?;
+            read_ranges(&client, chunk, Some(revision), &mut part).await?;
             Ok::<_, EtcdError>(part)
         }
     });
@@ -353,7 +351,7 @@ pub async fn observe(
 /// Read every key under each of `dirs` in one transaction (at `revision` when given) into
 /// `into`; returns the revision the transaction saw.
 async fn read_ranges(
-    kv: &mut KvClient,
+    client: &Client,
     dirs: &[String],
     revision: Option<i64>,
     into: &mut BTreeMap<String, String>,
@@ -376,8 +374,14 @@ async fn read_ranges(
             TxnOp::get(dir.as_str(), Some(options))
         })
         .collect();
-    let response =
-        kv.txn(Txn::new().and_then(ops)).await.map_err(|e| EtcdError::Read { key: what(), cause: describe(&e) })?;
+    let txn = Txn::new().and_then(ops);
+    let response = fresh_auth(client, || {
+        let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let txn = txn.clone();
+        async move { kv.txn(txn).await }
+    })
+    .await
+    .map_err(|e| EtcdError::Read { key: what(), cause: describe(&e) })?;
     for (dir, op) in dirs.iter().zip(response.op_responses()) {
         let TxnOpResponse::Get(range) = op else {
             return Err(EtcdError::Read { key: dir.clone(), cause: "etcd answered a range with a write".into() });
@@ -401,7 +405,12 @@ async fn read_ranges(
 /// # Errors
 /// [`EtcdError::Write`] naming the key (unreachable etcd, timeout, refused request).
 pub async fn put(client: &mut Client, key: &str, value: &str) -> Result<(), EtcdError> {
-    client.put(key, value, None).await.map_err(|e| EtcdError::Write { key: key.into(), cause: describe(&e) })?;
+    fresh_auth(client, || {
+        let mut c = client.clone();
+        async move { c.put(key, value, None).await }
+    })
+    .await
+    .map_err(|e| EtcdError::Write { key: key.into(), cause: describe(&e) })?;
     Ok(())
 }
 
@@ -410,7 +419,12 @@ pub async fn put(client: &mut Client, key: &str, value: &str) -> Result<(), Etcd
 /// # Errors
 /// [`EtcdError::Write`] naming the key.
 pub async fn delete(client: &mut Client, key: &str) -> Result<(), EtcdError> {
-    client.delete(key, None).await.map_err(|e| EtcdError::Write { key: key.into(), cause: describe(&e) })?;
+    fresh_auth(client, || {
+        let mut c = client.clone();
+        async move { c.delete(key, None).await }
+    })
+    .await
+    .map_err(|e| EtcdError::Write { key: key.into(), cause: describe(&e) })?;
     Ok(())
 }
 
@@ -444,7 +458,7 @@ pub async fn batch_fenced(client: &mut Client, writes: &[Write], fence: Option<&
         })
         .collect();
     let when: Vec<Compare> = fence.iter().map(|f| Compare::lease(f.key.as_str(), CompareOp::Equal, f.lease)).collect();
-    let response = client.txn(Txn::new().when(when).and_then(ops)).await.map_err(|e| EtcdError::Batch {
+    let response = txn_fresh(client, Txn::new().when(when).and_then(ops)).await.map_err(|e| EtcdError::Batch {
         count: writes.len(),
         first: first.key().into(),
         cause: describe(&e),
@@ -601,9 +615,15 @@ impl LockGuard {
     /// # Errors
     /// [`EtcdError::Write`] naming the lock key when etcd cannot be reached or refuses;
     /// the lock then expires with its lease within its TTL.
-    pub async fn release(mut self) -> Result<(), EtcdError> {
+    pub async fn release(self) -> Result<(), EtcdError> {
         self.lease.task.abort();
-        match self.client.lease_revoke(self.lease.id).await {
+        let id = self.lease.id;
+        let revoked = fresh_auth(&self.client, || {
+            let mut c = self.client.clone();
+            async move { c.lease_revoke(id).await }
+        })
+        .await;
+        match revoked {
             Ok(_) => {
                 tracing::debug!(key = self.key, lease = self.lease.id, "released the apply lock");
                 Ok(())
@@ -714,7 +734,7 @@ pub async fn acquire_lock_key(
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease.id)))])
             .or_else([TxnOp::get(key.as_str(), None)]);
-        let response = match client.txn(txn).await {
+        let response = match txn_fresh(&client, txn).await {
             Ok(r) => r,
             Err(e) => break Err(write_error(describe(&e))),
         };
@@ -816,7 +836,11 @@ impl Lease {
     async fn grant(client: &mut Client, ttl: Duration) -> Result<Lease, etcd_client::Error> {
         let asked = i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).unwrap_or(i64::MAX).max(1);
         let sent = Instant::now();
-        let granted = client.lease_grant(asked, None).await?;
+        let granted = fresh_auth(client, || {
+            let mut c = client.clone();
+            async move { c.lease_grant(asked, None).await }
+        })
+        .await?;
         let ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0).max(1));
         let state = Arc::new(LeaseState {
             lost: AtomicBool::new(false),
@@ -949,7 +973,7 @@ async fn append_history(
         }
         let txn = Txn::new().when(when).and_then(ops);
         let response =
-            client.txn(txn).await.map_err(|e| EtcdError::Write { key: named.clone(), cause: describe(&e) })?;
+            txn_fresh(client, txn).await.map_err(|e| EtcdError::Write { key: named.clone(), cause: describe(&e) })?;
         if response.succeeded() {
             tracing::debug!(key = named, history = entry_key, "recorded in the history");
             return Ok(());
@@ -972,7 +996,7 @@ async fn append_history(
 pub async fn pin(client: &mut Client, prefix: &str, env: &str) -> Result<Option<Pin>, EtcdError> {
     let key = keys::pin(prefix, env);
     let response =
-        client.get(key.as_str(), None).await.map_err(|e| EtcdError::Read { key: key.clone(), cause: describe(&e) })?;
+        get_fresh(client, &key, None).await.map_err(|e| EtcdError::Read { key: key.clone(), cause: describe(&e) })?;
     let Some(kv) = response.kvs().first() else { return Ok(None) };
     let text = std::str::from_utf8(kv.value()).map_err(|_| EtcdError::NotUtf8 { key: key.clone() })?;
     serde_json::from_str(text).map(Some).map_err(|e| EtcdError::Read {
@@ -983,8 +1007,7 @@ pub async fn pin(client: &mut Client, prefix: &str, env: &str) -> Result<Option<
 
 /// Whether the lock key is still on the fence's lease.
 async fn lease_holds(client: &mut Client, f: &Fence) -> Result<bool, EtcdError> {
-    let r = client
-        .get(f.key.as_str(), None)
+    let r = get_fresh(client, &f.key, None)
         .await
         .map_err(|e| EtcdError::Read { key: f.key.clone(), cause: describe(&e) })?;
     Ok(r.kvs().first().is_some_and(|kv| kv.lease() == f.lease))
@@ -1009,9 +1032,7 @@ pub async fn history(
         .with_prefix()
         .with_sort(SortTarget::Key, SortOrder::Descend)
         .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-    let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
-    let response = kv
-        .get(dir.as_str(), Some(options))
+    let response = get_fresh(client, &dir, Some(options))
         .await
         .map_err(|e| EtcdError::Read { key: dir.clone(), cause: describe(&e) })?;
     response
@@ -1034,10 +1055,59 @@ pub async fn history(
 /// # Errors
 /// [`EtcdError::Read`] naming `dir`; [`EtcdError::NotUtf8`] naming a key.
 pub async fn read_prefix(client: &mut Client, dir: &str) -> Result<BTreeMap<String, String>, EtcdError> {
-    let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
     let mut out = BTreeMap::new();
-    read_ranges(&mut kv, &[dir.to_string()], None, &mut out).await?;
+    read_ranges(client, &[dir.to_string()], None, &mut out).await?;
     Ok(out)
+}
+
+/// etcd's answer to a token issued before its auth store last changed: any user, role or
+/// permission change anywhere in the cluster (another team's user added, a grant revoked)
+/// makes every token older than it fail this way until the client authenticates again.
+fn is_old_auth_revision(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("revision of auth store is old"))
+}
+
+/// `call`, made once more with a new token when etcd refused the token as older than its
+/// auth store ([`is_old_auth_revision`]). The Go client does the same; etcd-client 0.21
+/// re-authenticates only on an invalid token. The retry is not a retry of a refusal: it
+/// asks again with the user's current permissions, so a revoked permission is then
+/// "permission denied" (not retried; see README "etcd TLS and RBAC").
+async fn fresh_auth<T, Fut>(client: &Client, call: impl Fn() -> Fut) -> Result<T, etcd_client::Error>
+where
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    match call().await {
+        Err(e) if is_old_auth_revision(&e) => {
+            tracing::debug!("etcd's auth store changed since this client authenticated; authenticating again");
+            client.refresh_token().await?;
+            call().await
+        }
+        other => other,
+    }
+}
+
+/// A transaction through [`fresh_auth`].
+async fn txn_fresh(client: &Client, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+    fresh_auth(client, || {
+        let mut c = client.clone();
+        let txn = txn.clone();
+        async move { c.txn(txn).await }
+    })
+    .await
+}
+
+/// A range read through [`fresh_auth`], accepting large responses.
+async fn get_fresh(
+    client: &Client,
+    key: &str,
+    options: Option<GetOptions>,
+) -> Result<etcd_client::GetResponse, etcd_client::Error> {
+    fresh_auth(client, || {
+        let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let options = options.clone();
+        async move { kv.get(key, options).await }
+    })
+    .await
 }
 
 /// Whether etcd answered NOT_FOUND (e.g. revoking a lease that expired).
@@ -1069,7 +1139,7 @@ fn describe(e: &etcd_client::Error) -> String {
         return format!(
             "permission denied: {user} may not access it; grant the user's role readwrite on \
              <prefix>/<env>/ and <registry_prefix>/<app>_<env>/ (`etcdctl role grant-permission --prefix ROLE \
-             readwrite KEY`, see README \"etcd TLS and RBAC\"); nothing was changed"
+             readwrite KEY`, see README \"etcd TLS and RBAC\")"
         );
     }
     let (mut text, mut source) = match e {

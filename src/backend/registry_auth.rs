@@ -108,26 +108,27 @@ impl Auth {
         Self::with_config(registries, secrets, config)
     }
 
-    /// As [`Auth::new`], resolving only the password secrets the entries name (from
-    /// the environment's `secrets` sources).
+    /// As [`Auth::new`], resolving only the password secrets the entries name, from the
+    /// environment's linked secrets (`Env::secret_refs`: a `from_age` file is found along
+    /// the extends chain, as for every other secret consumer).
     ///
     /// # Errors
     /// As [`Auth::new`]; a secret that cannot be resolved names the registry and why.
     pub fn resolve(
         registries: &[RegistrySpec],
-        sources: &BTreeMap<String, crate::spec::types::SecretSource>,
+        refs: &BTreeMap<String, crate::spec::types::SecretRef>,
     ) -> Result<Self, AuthError> {
         let mut secrets = BTreeMap::new();
         for r in registries {
-            let source = sources.get(&r.password).ok_or_else(|| AuthError::Secret {
+            let secret = refs.get(&r.password).ok_or_else(|| AuthError::Secret {
                 registry: r.host.clone(),
                 secret: r.password.clone(),
                 cause: "it is not declared in `secrets`".into(),
             })?;
-            let value = super::secrets::resolve(&r.password, source).map_err(|e| AuthError::Secret {
+            let value = super::secrets::resolve_ref(secret).map_err(|e| AuthError::Secret {
                 registry: r.host.clone(),
                 secret: r.password.clone(),
-                cause: e.to_string(),
+                cause: format!("{e}; {}", e.hint()),
             })?;
             secrets.insert(r.password.clone(), value);
         }

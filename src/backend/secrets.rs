@@ -132,17 +132,10 @@ fn cache() -> &'static Mutex<BTreeMap<String, Secret>> {
     CACHE.get_or_init(|| Mutex::new(BTreeMap::new()))
 }
 
-/// Resolve one secret given by name and source only (no `from_age` file at hand: a
-/// `from_age` source is [`SecretError::AgeMissing`]; use [`resolve_ref`] with the
-/// environment's `secret_refs` for those).
-///
-/// # Errors
-/// As [`resolve_ref`].
-pub fn resolve(name: &str, source: &SecretSource) -> Result<Secret, SecretError> {
-    resolve_ref(&SecretRef { name: name.into(), source: source.clone(), age_file: None })
-}
-
-/// Resolve one secret.
+/// Resolve one secret, as the environment linked it (`Env::secret_refs`, which carries
+/// a `from_age` secret's file found along the extends chain). There is deliberately no
+/// resolver taking a bare [`SecretSource`]: it could not find an age file, and a
+/// registry password given as `from_age` once failed that way.
 ///
 /// # Errors
 /// A [`SecretError`] naming the secret and its source (variable, file, program), never a
@@ -427,7 +420,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
         std::fs::write(&p, "s3cret\n").unwrap();
-        let s = resolve("db", &SecretSource::FromFile(p.to_string_lossy().into())).unwrap();
+        let s = resolve_ref(&r("db", SecretSource::FromFile(p.to_string_lossy().into()))).unwrap();
         assert_eq!(s.expose(), "s3cret");
         let e = resolve_ref(&r("db", SecretSource::FromEnv("RECONCILE_TEST_SURELY_UNSET_VAR".into()))).unwrap_err();
         assert_eq!(e.to_string(), "secret `db`: environment variable RECONCILE_TEST_SURELY_UNSET_VAR is not set");

@@ -9,6 +9,7 @@ pub mod history;
 pub mod import;
 pub mod logs;
 pub mod notify;
+pub mod out;
 pub mod plan;
 pub mod schema;
 pub mod secret;
@@ -126,22 +127,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(path) = &cli.age_identity {
         crate::backend::secrets::set_identity_file(path.clone());
     }
+    // Report commands end quietly when their reader goes away (`| head`): see `out`.
+    let report = out::quiet_if_closed;
     match cli.command {
-        Command::Validate(args) => validate::exec(&args),
-        Command::Plan(args) => plan::exec(&args),
+        Command::Validate(args) => report(validate::exec(&args)),
+        Command::Plan(args) => report(plan::exec(&args)),
         Command::Apply(args) => apply::exec(&args),
-        Command::Diff(args) => diff::exec(&args),
-        Command::Status(args) => status::exec(&args),
+        Command::Diff(args) => report(diff::exec(&args)),
+        Command::Status(args) => report(status::exec(&args)),
         Command::Watch(args) => watch::exec(&args),
-        Command::History(args) => history::exec(&args),
+        Command::History(args) => report(history::exec(&args)),
         Command::Rollback(args) => history::rollback(&args),
-        Command::Schema(args) => schema::exec(&args),
+        Command::Schema(args) => report(schema::exec(&args)),
         Command::Secret(cmd) => secret::exec(&cmd),
-        Command::Logs(args) => logs::logs(&args),
+        Command::Logs(args) => report(logs::logs(&args)),
         Command::Exec(args) => logs::exec(&args),
         Command::Import(cmd) => import::exec(&cmd),
-        Command::Completions(args) => completions::exec(&args),
-        Command::Man(args) => completions::man(&args),
+        Command::Completions(args) => report(completions::exec(&args)),
+        Command::Man(args) => report(completions::man(&args)),
     }
 }
 

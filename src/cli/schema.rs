@@ -99,7 +99,7 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&all)? + "\n"
         }
     };
-    print!("{text}");
+    super::out::print(&text)?;
     Ok(ExitCode::Ok)
 }
 

@@ -1,4 +1,7 @@
-//! `reconcile validate`: load the repo, run every check, report all problems.
+//! `reconcile validate`: load the repo, run every check, report all problems (on a
+//! locked stdout: a reader that goes away ends it quietly, see `cli::out`).
+
+use std::io::Write as _;
 
 use anyhow::Context as _;
 use clap::ValueEnum;
@@ -81,36 +84,39 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
         .filter(|(n, e)| !e.spec.is_abstract && args.env.as_deref().is_none_or(|o| o == *n))
         .map(|(n, _)| n)
         .collect();
+    let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => {
             let mut v = diag::render_json(&diags);
             v["origin"] = serde_json::to_value(&snap.origin)?;
             v["environments"] = serde_json::to_value(&checked)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         }
         Format::Github => {
-            print!("{}", diag::render_github(&diags));
+            write!(out, "{}", diag::render_github(&diags))?;
             let state = snap.origin.describe();
             if errors == 0 {
-                println!("ok: valid at {state}");
+                writeln!(out, "ok: valid at {state}")?;
             } else {
-                println!("validation failed at {state}: {errors} error(s)");
+                writeln!(out, "validation failed at {state}: {errors} error(s)")?;
             }
         }
         Format::Text => {
             let sources = spec::sources(&snap);
-            print!("{}", diag::render_text(&diags, &sources, super::stdout_is_tty()));
+            write!(out, "{}", diag::render_text(&diags, &sources, super::stdout_is_tty()))?;
             let state = snap.origin.describe();
             if errors == 0 {
                 let names: Vec<&str> = checked.iter().map(|s| s.as_str()).collect();
-                println!(
+                writeln!(
+                    out,
                     "ok: {} valid at {state}",
                     if names.is_empty() { "no deployable environment".to_string() } else { names.join(", ") }
-                );
+                )?;
             } else {
-                println!("validation failed at {state}");
+                writeln!(out, "validation failed at {state}")?;
             }
         }
     }
+    out.flush()?;
     Ok(if errors == 0 { ExitCode::Ok } else { ExitCode::Error })
 }

@@ -118,3 +118,25 @@ fn diff_between_two_refs_contacts_no_host() {
     let o = super::reconcile(&["diff", "--env", "prod", "--repo", &repo, "--base", "HEAD~1", "--format", "markdown"]);
     assert!(stdout(&o).contains("| `web` | 1 | 0 | 0 | 0 |"), "{}", stdout(&o));
 }
+
+/// A reader that went away (`reconcile validate | head`) ends a report command quietly:
+/// exit 0, no panic, no "Broken pipe" error. The pipe's read end is closed before the
+/// process starts, so its first write fails for sure.
+#[test]
+fn report_commands_end_quietly_on_a_closed_stdout() {
+    for args in [
+        &["validate", "--repo", "examples/multi-env"][..],
+        &["validate", "--repo", "examples/multi-env", "--format", "json"],
+        &["validate", "--repo", "examples/multi-env", "--format", "github"],
+        &["schema"],
+        &["completions", "bash"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = super::support::reconcile_cmd(args).stdout(writer).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked") && !stderr(&o).contains("Broken pipe"), "{args:?}: {}", stderr(&o));
+    }
+    // The same commands with a reader do print (the loop above tested real writes).
+    assert!(stdout(&reconcile(&["validate", "--repo", "examples/multi-env"])).contains("ok: "));
+}

@@ -137,8 +137,21 @@ impl Env {
 
     /// As [`Env::run`], with `RUST_LOG=log` when given (every log line on stderr).
     fn run_logging(&self, args: &[&str], docker_config: Option<&Path>, log: Option<&str>) -> Output {
+        self.run_with(args, docker_config, log, &[])
+    }
+
+    /// As [`Env::run_logging`], with extra environment variables.
+    fn run_with(
+        &self,
+        args: &[&str],
+        docker_config: Option<&Path>,
+        log: Option<&str>,
+        vars: &[(&str, &Path)],
+    ) -> Output {
         let mut c = Command::new(env!("CARGO_BIN_EXE_reconcile"));
         c.args(args).args(["--env", &self.name, "--repo", &self.repo()]).env("NO_COLOR", "1").env_remove("RUST_LOG");
+        c.env_remove("RECONCILE_AGE_IDENTITY").env_remove("RECONCILE_AGE_IDENTITY_FILE");
+        c.envs(vars.iter().copied());
         if let Some(filter) = log {
             c.env("RUST_LOG", filter);
         }
@@ -341,6 +354,56 @@ fn pull_always_replaces_an_instance_when_the_tag_moves() {
     let o = env.run(&["plan"], None);
     assert_eq!(o.status.code(), Some(1), "{}", all_output(&o));
     assert!(stderr(&o).contains("registry `127.0.0.1:25999`"), "{}", stderr(&o));
+}
+
+/// The registry password as an age file of the config repo (written by Debian's `age`
+/// CLI): it resolves through the environment's linked secrets like any other secret,
+/// and without the identity the apply fails naming registry and secret, changing nothing.
+#[test]
+fn a_from_age_registry_password_resolves() {
+    let mut env = Env::new("age", 4);
+    let image = push(&format!("it/age-{}", std::process::id()), &var("RECONCILE_TEST_IMAGE2"));
+    env.references.push(image.clone());
+    let key = env.dir.path().join("age-key.txt");
+    let o = Command::new("age-keygen").arg("-o").arg(&key).output().expect("age-keygen (Debian `age`, test-env.sh)");
+    assert!(o.status.success(), "age-keygen: {}", stderr(&o));
+    let o = Command::new("age-keygen").arg("-y").arg(&key).output().unwrap();
+    let recipient = stdout(&o).trim().to_string();
+    let secrets_dir = env.dir.path().join("environments").join(&env.name).join("secrets");
+    std::fs::create_dir_all(&secrets_dir).unwrap();
+    let o = Command::new("age")
+        .args(["-r", &recipient, "-o"])
+        .arg(secrets_dir.join("registry.age"))
+        .arg(var("RECONCILE_TEST_REGISTRY_PASSWORD_FILE"))
+        .output()
+        .expect("age (Debian `age`, test-env.sh)");
+    assert!(o.status.success(), "age: {}", stderr(&o));
+    let top = format!(
+        "age: {{recipients: ['{recipient}']}}\nsecrets:\n  registry_password: {{from_age: secrets/registry.age}}\nregistries:\n  - {{host: '{}', username: {}, password: registry_password}}\n",
+        var("RECONCILE_TEST_REGISTRY"),
+        var("RECONCILE_TEST_REGISTRY_USER"),
+    );
+    env.write(&top, &image, "");
+
+    // No identity: exit 1 naming the secret, its file and the way to give a key.
+    let o = env.apply(None);
+    assert_eq!(o.status.code(), Some(1), "{}", all_output(&o));
+    let out = all_output(&o);
+    assert!(
+        out.contains("secret `registry_password`: cannot decrypt")
+            && out.contains("secrets/registry.age: no age identity given")
+            && out.contains("RECONCILE_AGE_IDENTITY"),
+        "{out}"
+    );
+    assert!(containers(&env.name).is_empty(), "nothing was started: {:?}", containers(&env.name));
+
+    // With the identity the private image is pulled and served.
+    let o = env.run_with(&["apply", "--yes", "--timeout", "30s"], None, None, &[("RECONCILE_AGE_IDENTITY_FILE", &key)]);
+    assert_eq!(o.status.code(), Some(0), "{}", all_output(&o));
+    assert!(stderr(&o).contains(&format!("node-1: pulling {image}")), "{}", stderr(&o));
+    assert_eq!(env.served(), "reconcile-test busybox 2\n");
+    assert!(!all_output(&o).contains(&password()), "{}", all_output(&o));
+    assert!(!env.etcd_dump().contains(&password()), "the password is not in etcd");
 }
 
 /// Standard base64 with padding (what `docker login` writes into `auths`).
