@@ -35,7 +35,7 @@ APPS=10
 REPLICAS=10
 
 # shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"   # say, die, load_test_env, env_file, host_line, run
+. "$HERE/lib.sh"   # say, die, load_test_env, env_file, host_line, run, replace_section
 load_test_env docker etcdctl git python3 nginx curl /usr/bin/time
 
 if [ -z "${NO_BUILD:-}" ]; then
@@ -139,7 +139,7 @@ git -C "$REPO" add -A
 git -C "$REPO" -c user.name=bench -c user.email=bench@localhost commit -qm "dr bench"
 
 # ------------------------------------------------------------------ measure
-SAMPLES=$TMP/samples.tsv   # key \t wall ms \t peak RSS KiB
+SAMPLES=$TMP/samples.tsv   # key \t wall µs \t peak RSS KiB (lib.sh's run)
 RTOS=$TMP/rtos.tsv         # key \t rto ms \t time to serving ms
 : >"$SAMPLES"
 : >"$RTOS"
@@ -193,14 +193,14 @@ STAMP=$(date -u '+%Y-%m-%d %H:%M UTC')
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src || echo -dirty)
 BUILD=$([[ $BIN == */release/* ]] && echo "release build" || echo "binary $BIN")
 MACHINE="$(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, docker server $(docker version -f '{{.Server.Version}}' 2>/dev/null), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$SAMPLES" "$RTOS" "$RESULTS" "$STAMP" "$COMMIT" "$BUILD" "$MACHINE" "$RUNS" "$((APPS * REPLICAS))" <<'PY'
-import re, statistics as st, sys
-samples, rtos, results, stamp, commit, build, machine, runs, n = sys.argv[1:]
+python3 - "$SAMPLES" "$RTOS" "$STAMP" "$COMMIT" "$BUILD" "$MACHINE" "$RUNS" "$((APPS * REPLICAS))" <<'PY' | replace_section dr "$RESULTS"
+import statistics as st, sys
+samples, rtos, stamp, commit, build, machine, runs, n = sys.argv[1:]
 wall, rto, tts = {}, {}, {}
 for line in open(samples):
-    k, ms, _ = line.rstrip("\n").split("\t")
+    k, us, _ = line.rstrip("\n").split("\t")
     if k != "warmup":
-        wall.setdefault(k, []).append(int(ms) / 1000)
+        wall.setdefault(k, []).append(int(us) / 1e6)
 for line in open(rtos):
     k, r, t = line.rstrip("\n").split("\t")
     if k != "warmup":
@@ -223,14 +223,5 @@ table = ["| scenario | wall | RTO (report) | time to serving (report) | DR ÷ co
          "|---|---|---|---|---|---|", *rows]
 samples_line = "Samples (s): cold " + " ".join(f"{x:.2f}" for x in wall["cold"]) + "; dr " + " ".join(f"{x:.2f}" for x in wall["dr"]) + "."
 section = "\n".join(["<!-- dr:begin -->", "## Disaster recovery (`bench/dr.sh`)", "", head, "", *table, "", samples_line, "<!-- dr:end -->"])
-try:
-    old = open(results).read()
-except FileNotFoundError:
-    old = ""
-if "<!-- dr:begin -->" in old:
-    new = re.sub(r"<!-- dr:begin -->.*<!-- dr:end -->", lambda _: section, old, flags=re.S)
-else:
-    new = old.rstrip("\n") + "\n\n" + section + "\n"
-open(results, "w").write(new)
 print(section)
 PY

@@ -40,7 +40,7 @@ DAEMONS=9                                  # 1-8: the 8-host environment, 9: the
 FLOOR_POOL=31000-31999                     # below the ephemeral range, away from test pools
 
 # shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"   # say, die, load_test_env, env_file, host_line, run
+. "$HERE/lib.sh"   # say, die, load_test_env, env_file, host_line, run, replace_section
 load_test_env docker etcdctl git python3 /usr/bin/time
 
 if [ -z "${NO_BUILD:-}" ]; then
@@ -195,9 +195,9 @@ fi
 STAMP=$(date -u '+%Y-%m-%d %H:%M UTC')
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src benches examples || echo -dirty)
 MACHINE="$(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, docker server $(docker version -f '{{.Server.Version}}' 2>/dev/null), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$SAMPLES" "$RECORD" "$RESULTS" "$STAMP" "$COMMIT" "$MACHINE" "$RUNS" "$CRITERION" <<'PY'
+python3 - "$SAMPLES" "$RECORD" "$STAMP" "$COMMIT" "$MACHINE" "$RUNS" "$CRITERION" <<'PY' | replace_section scale "$RESULTS"
 import re, statistics as st, sys
-samples, record, results, stamp, commit, machine, runs, criterion = sys.argv[1:]
+samples, record, stamp, commit, machine, runs, criterion = sys.argv[1:]
 wall, rss = {}, {}
 for line in open(samples):
     k, ms, kb = line.rstrip("\n").split("\t")
@@ -248,14 +248,5 @@ with open(record, "w") as f:
         f.write(f"| `{k}` | {' '.join(f'{x:.0f}' for x in wall[k])} | {' '.join(f'{x:.1f}' for x in rss[k])} |\n")
     if criterion:
         f.write("\n## criterion output\n\n```\n" + "".join(l for l in open(criterion) if l.startswith("plan/") or "time:" in l) + "```\n")
-try:
-    old = open(results).read()
-except FileNotFoundError:
-    old = ""
-if "<!-- scale:begin -->" in old:
-    new = re.sub(r"<!-- scale:begin -->.*<!-- scale:end -->", lambda _: section, old, flags=re.S)
-else:
-    new = old.rstrip("\n") + "\n\n" + section + "\n"
-open(results, "w").write(new)
 print(section)
 PY
