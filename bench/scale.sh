@@ -39,15 +39,9 @@ FLOOR=$ROOT/target/release/examples/noop_floor
 DAEMONS=9                                  # 1-8: the 8-host environment, 9: the 1-host one
 FLOOR_POOL=31000-31999                     # below the ephemeral range, away from test pools
 
-say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
-die() { echo "error: $*" >&2; exit 1; }
-
-[ -f /run/reconcile-test/env ] || "$ROOT/scripts/test-env.sh" up >&2
-# shellcheck disable=SC1091
-. /run/reconcile-test/env
-ETCD=$RECONCILE_TEST_ETCD
-for tool in docker etcdctl git python3 /usr/bin/time; do command -v "$tool" >/dev/null || die "$tool not installed"; done
-export ETCDCTL_API=3
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"   # say, die, load_test_env, env_file, host_line, run, replace_section
+load_test_env docker etcdctl git python3 /usr/bin/time
 
 if [ -z "${NO_BUILD:-}" ]; then
   say "building reconcile and examples/noop_floor (release)"
@@ -79,14 +73,6 @@ remove_containers
 etcdctl --endpoints "$ETCD" del --prefix "$EPREFIX" >/dev/null 2>&1 || true
 
 # ------------------------------------------------------------------ config repo
-env_file() { # NAME HOSTS_YAML EXTRA
-  mkdir -p "$REPO/environments/$1/apps"
-  printf 'apiVersion: reconcile/v1\nkind: Environment\nname: %s\nhosts:\n%s\n%s' "$1" "$2" "$3" \
-    >"$REPO/environments/$1/environment.yaml"
-}
-host_line() { # NAME SOCKET [PORTS]
-  printf '  - {name: %s, docker: "%s", address: 127.0.0.1%s}\n' "$1" "$2" "${3:+, ports: $3}"
-}
 mkdir -p "$REPO"
 # 1. floor: 100 apps on dockerd #1, httpd on a pool port, registered in etcd.
 env_file bench-floor "$(host_line node-1 "$RECONCILE_TEST_DOCKER1" "$FLOOR_POOL")" \
@@ -175,13 +161,6 @@ say "floor reads: $got"
 # ------------------------------------------------------------------ measure
 SAMPLES=$TMP/samples.tsv   # key \t wall ms \t peak RSS KiB
 : >"$SAMPLES"
-run() { # KEY CMD...
-  local key=$1 t0 t1; shift
-  t0=$(date +%s%N)
-  /usr/bin/time -f %M -o "$TMP/rss" "$@" >/dev/null 2>"$TMP/err" || { cat "$TMP/err" >&2; die "$key: $* failed"; }
-  t1=$(date +%s%N)
-  printf '%s\t%s\t%s\n' "$key" "$(( (t1 - t0) / 1000 ))" "$(tail -n 1 "$TMP/rss")" >>"$SAMPLES"
-}
 pairs() { # KEY_A KEY_B 'CMD A' 'CMD B' (word-split, no globbing in the commands)
   local i
   say "$1 vs $2: $WARMUP warm-up pairs, $RUNS counted"
@@ -216,9 +195,9 @@ fi
 STAMP=$(date -u '+%Y-%m-%d %H:%M UTC')
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src benches examples || echo -dirty)
 MACHINE="$(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, docker server $(docker version -f '{{.Server.Version}}' 2>/dev/null), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$SAMPLES" "$RECORD" "$RESULTS" "$STAMP" "$COMMIT" "$MACHINE" "$RUNS" "$CRITERION" <<'PY'
+python3 - "$SAMPLES" "$RECORD" "$STAMP" "$COMMIT" "$MACHINE" "$RUNS" "$CRITERION" <<'PY' | replace_section scale "$RESULTS"
 import re, statistics as st, sys
-samples, record, results, stamp, commit, machine, runs, criterion = sys.argv[1:]
+samples, record, stamp, commit, machine, runs, criterion = sys.argv[1:]
 wall, rss = {}, {}
 for line in open(samples):
     k, ms, kb = line.rstrip("\n").split("\t")
@@ -269,14 +248,5 @@ with open(record, "w") as f:
         f.write(f"| `{k}` | {' '.join(f'{x:.0f}' for x in wall[k])} | {' '.join(f'{x:.1f}' for x in rss[k])} |\n")
     if criterion:
         f.write("\n## criterion output\n\n```\n" + "".join(l for l in open(criterion) if l.startswith("plan/") or "time:" in l) + "```\n")
-try:
-    old = open(results).read()
-except FileNotFoundError:
-    old = ""
-if "<!-- scale:begin -->" in old:
-    new = re.sub(r"<!-- scale:begin -->.*<!-- scale:end -->", lambda _: section, old, flags=re.S)
-else:
-    new = old.rstrip("\n") + "\n\n" + section + "\n"
-open(results, "w").write(new)
 print(section)
 PY

@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# bench/dr.sh — the DR figure of issue 11, side by side in one run:
+#
+#   cold: `reconcile apply` of a fleet of 100 LB-backed instances (10 apps × 10
+#         replicas, busybox httpd with an http health check, registered in etcd,
+#         served by an nginx this script runs) onto daemon 1 from nothing at all;
+#   dr:   the same fleet lost (its containers, registry entries and LB file wiped) and
+#         rebuilt from the repo by `reconcile apply` of `bench-dr`, which extends the
+#         fleet's environment onto a spare host (daemon 2) — the drill of the README.
+#
+# Both are timed from the start of `reconcile apply` until it exits: it exits after the
+# LB reload that included the last instance, so every instance is serving through nginx
+# by then (checked after each run, untimed: every instance answers through nginx). The
+# `--report` RTO of each run is recorded too. Pairs alternate their order (cold dr, dr
+# cold, …; RUNS pairs, default 5, after one warm-up pair) and the ratio is the median of
+# the pair-by-pair ratios dr/cold, so a drift in machine speed hits both sides.
+# Target: dr under 10 s.
+#
+# Replaces the section between the `dr:begin`/`dr:end` markers of bench/results.md.
+# Needs the test environment (scripts/test-env.sh up) and nginx; contacts only
+# 127.0.0.1/127.0.0.2. Removes every container and etcd key it made at the end.
+# Knobs: RUNS, NO_BUILD=1, BIN=path (default target/release/reconcile), KEEP_TMP=1.
+set -euo pipefail
+
+RUNS=${RUNS:-5}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+RESULTS=$HERE/results.md
+IMAGE=reconcile-test/busybox:1
+EPREFIX=/reconcile-bench-dr
+BIN=${BIN:-$ROOT/target/release/reconcile}
+POOL=37000-37199                           # away from the tests' pools and scale.sh's
+LB_PORT=37990
+APPS=10
+REPLICAS=10
+
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"   # say, die, load_test_env, env_file, host_line, run, replace_section
+load_test_env docker etcdctl git python3 nginx curl /usr/bin/time
+
+if [ -z "${NO_BUILD:-}" ]; then
+  say "building reconcile (release)"
+  (cd "$ROOT" && cargo build --release --quiet --bin reconcile)
+fi
+[ -x "$BIN" ] || die "$BIN is missing (build it, or set BIN)"
+
+TMP=$(mktemp -d)
+REPO=$TMP/repo
+NGINX=$TMP/nginx
+LB_FILE=$NGINX/reconcile.conf
+ENVS=(bench-fleet bench-dr)
+remove_containers() {
+  local s e
+  for s in "$RECONCILE_TEST_DOCKER1" "$RECONCILE_TEST_DOCKER2"; do
+    for e in "${ENVS[@]}"; do
+      docker -H "$s" ps -aq --filter "label=reconcile.env=$e" | xargs -r docker -H "$s" rm -f >/dev/null 2>&1 || true
+    done
+  done
+}
+wipe() { # everything of both environments: containers, etcd keys, the LB file
+  remove_containers
+  etcdctl --endpoints "$ETCD" del --prefix "$EPREFIX" >/dev/null 2>&1 || true
+  rm -f "$LB_FILE"
+}
+cleanup() {
+  wipe
+  nginx -s stop -c "$NGINX/nginx.conf" >/dev/null 2>&1 || true
+  [ -n "${KEEP_TMP:-}" ] || rm -rf "$TMP"
+}
+trap cleanup EXIT
+wipe
+
+# ------------------------------------------------------------------ nginx and the repo
+mkdir -p "$NGINX/tmp"
+cat >"$NGINX/nginx.conf" <<EOF
+pid $NGINX/nginx.pid;
+error_log $NGINX/error.log;
+worker_processes 1;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $NGINX/tmp;
+  proxy_temp_path $NGINX/tmp;
+  include $LB_FILE;
+}
+EOF
+printf 'server { listen 127.0.0.1:%s; return 503; }\n' "$LB_PORT" >"$LB_FILE"
+nginx -c "$NGINX/nginx.conf" || die "nginx did not start (see $NGINX/error.log)"
+
+lb="lb:
+  template: templates/nginx.conf.j2
+  path: '$LB_FILE'
+  check: [nginx, -t, -q, -c, '$NGINX/nginx.conf']
+  reload: [nginx, -s, reload, -c, '$NGINX/nginx.conf']
+  drain: 0s
+"
+env_file bench-fleet "$(host_line node-1 "$RECONCILE_TEST_DOCKER1" "$POOL" 127.0.0.1)" \
+  "etcd: {endpoints: ['$ETCD'], prefix: '$EPREFIX', registry_prefix: '$EPREFIX/fleet-registry'}
+$lb"
+mkdir -p "$REPO/environments/bench-fleet/templates"
+cat >"$REPO/environments/bench-fleet/templates/nginx.conf.j2" <<EOF
+{% for app in apps %}
+upstream {{ app.name }} {
+{% for i in app.instances %}  server {{ i.address }}:{{ i.port }};
+{% else %}  server 127.0.0.1:1 down;
+{% endfor %}}
+server {
+  listen 127.0.0.1:$LB_PORT;
+  server_name {{ app.lb.host }};
+  location / { proxy_pass http://{{ app.name }}; proxy_next_upstream off; }
+}
+{% endfor %}
+EOF
+printf 'instance={{ instance.name }} host={{ instance.host }}\n' >"$REPO/environments/bench-fleet/templates/index.html.j2"
+for i in $(seq -w 0 $((APPS - 1))); do
+  cat >"$REPO/environments/bench-fleet/apps/app-$i.yaml" <<EOF
+apiVersion: reconcile/v1
+kind: App
+name: app-$i
+image: $IMAGE
+command: [/bin/busybox, httpd, -f, -p, '{{ instance.address }}:{{ instance.port }}', -h, /www]
+replicas: $REPLICAS
+port: 8080
+health: {http: /, interval: 100ms, timeout: 1s, retries: 50}
+files: [{template: templates/index.html.j2, path: /www/index.html}]
+lb: {host: app-$i.bench}
+registry: true
+stop_timeout: 1s
+EOF
+done
+# The spare site: the same fleet on daemon 2, its own registry.
+env_file bench-dr "$(host_line spare-1 "$RECONCILE_TEST_DOCKER2" "$POOL" 127.0.0.2)" \
+  "extends: bench-fleet
+etcd: {registry_prefix: '$EPREFIX/dr-registry'}
+"
+rmdir "$REPO/environments/bench-dr/apps"
+git -C "$REPO" -c init.defaultBranch=main init -q
+git -C "$REPO" add -A
+git -C "$REPO" -c user.name=bench -c user.email=bench@localhost commit -qm "dr bench"
+
+# ------------------------------------------------------------------ measure
+SAMPLES=$TMP/samples.tsv   # key \t wall µs \t peak RSS KiB (lib.sh's run)
+RTOS=$TMP/rtos.tsv         # key \t rto ms \t time to serving ms
+: >"$SAMPLES"
+: >"$RTOS"
+answers() { # APP: the distinct answers of REPLICAS requests through nginx
+  local _
+  for _ in $(seq "$REPLICAS"); do
+    curl -fsS --max-time 2 -H "Host: $1.bench" "http://127.0.0.1:$LB_PORT/" || echo failed
+  done | sort -u
+}
+serving() { # ENV HOST: every instance answers through nginx, from HOST (nginx's old
+  # worker may answer for a moment after the reload: up to 5 s of retries)
+  local i seen deadline=$(($(date +%s) + 5))
+  for i in $(seq -w 0 $((APPS - 1))); do
+    while seen=$(answers "app-$i"); [[ $(grep -c " host=$2\$" <<<"$seen") -ne $REPLICAS ]]; do
+      (($(date +%s) < deadline)) || die "$1: app-$i does not serve its $REPLICAS instances from $2 through nginx: $seen"
+      sleep 0.1
+    done
+  done
+}
+cold() { # KEY
+  wipe
+  run "$1" "$BIN" apply --env bench-fleet --repo "$REPO" --yes --parallelism 16 --report "$TMP/report.json"
+  rto "$1"
+  serving bench-fleet node-1
+}
+dr() { # KEY: the fleet runs; lose it and rebuild it on the spare host
+  wipe
+  "$BIN" apply --env bench-fleet --repo "$REPO" --yes --parallelism 16 >"$TMP/setup.log" 2>&1 ||
+    { tail -n 20 "$TMP/setup.log" >&2; die "setting up the fleet failed"; }
+  remove_containers
+  etcdctl --endpoints "$ETCD" del --prefix "$EPREFIX/fleet-registry" >/dev/null
+  rm -f "$LB_FILE"
+  run "$1" "$BIN" apply --env bench-dr --repo "$REPO" --yes --parallelism 16 --report "$TMP/report.json"
+  rto "$1"
+  serving bench-dr spare-1
+}
+rto() { # KEY: the RTO and time to serving of the last --report
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["outcome"]=="complete", r["outcome"]; print(sys.argv[2], r["rto_ms"], r["time_to_serving_ms"], sep="\t")' \
+    "$TMP/report.json" "$1" >>"$RTOS"
+}
+say "warm-up pair"
+cold warmup
+dr warmup
+for ((k = 0; k < RUNS; k++)); do
+  say "pair $((k + 1))/$RUNS"
+  if ((k % 2 == 0)); then cold cold; dr dr; else dr dr; cold cold; fi
+done
+
+# ------------------------------------------------------------------ report
+STAMP=$(date -u '+%Y-%m-%d %H:%M UTC')
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src || echo -dirty)
+BUILD=$([[ $BIN == */release/* ]] && echo "release build" || echo "binary $BIN")
+MACHINE="$(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, docker server $(docker version -f '{{.Server.Version}}' 2>/dev/null), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$SAMPLES" "$RTOS" "$STAMP" "$COMMIT" "$BUILD" "$MACHINE" "$RUNS" "$((APPS * REPLICAS))" <<'PY' | replace_section dr "$RESULTS"
+import statistics as st, sys
+samples, rtos, stamp, commit, build, machine, runs, n = sys.argv[1:]
+wall, rto, tts = {}, {}, {}
+for line in open(samples):
+    k, us, _ = line.rstrip("\n").split("\t")
+    if k != "warmup":
+        wall.setdefault(k, []).append(int(us) / 1e6)
+for line in open(rtos):
+    k, r, t = line.rstrip("\n").split("\t")
+    if k != "warmup":
+        rto.setdefault(k, []).append(int(r) / 1000)
+        tts.setdefault(k, []).append(int(t) / 1000)
+med = st.median
+ratios = [d / c for d, c in zip(wall["dr"], wall["cold"])]
+r = med(ratios)
+dr = med(wall["dr"])
+rows = [
+    f"| cold apply of the fleet (nothing anywhere) | {med(wall['cold']):.2f} s | {med(rto['cold']):.2f} s | {med(tts['cold']):.2f} s | | |",
+    f"| DR: fleet lost (containers, registry, LB file), `bench-dr` onto the spare host | **{dr:.2f} s** | {med(rto['dr']):.2f} s | {med(tts['dr']):.2f} s | **{r:.2f}×** ({min(ratios):.2f}–{max(ratios):.2f}) | < 10 s: {'met' if dr < 10 else '**missed**'} |",
+]
+head = (f"Generated by `bench/dr.sh` on {stamp}, commit {commit}, {build}; {machine}. "
+        f"{n} LB-backed instances ({n} = 10 apps × 10 replicas, http health check, etcd registry, nginx). "
+        f"{runs} pairs in alternating order after a warm-up pair; medians. Wall = `reconcile apply` start to exit "
+        "(it exits after the LB reload that included the last instance; every instance was then checked to answer through nginx). "
+        "RTO and time to serving are the `--report` figures of the same runs (RTO: from the start of the command; time to serving: from the start of the changes).")
+table = ["| scenario | wall | RTO (report) | time to serving (report) | DR ÷ cold (median of pair ratios; min–max) | target |",
+         "|---|---|---|---|---|---|", *rows]
+samples_line = "Samples (s): cold " + " ".join(f"{x:.2f}" for x in wall["cold"]) + "; dr " + " ".join(f"{x:.2f}" for x in wall["dr"]) + "."
+section = "\n".join(["<!-- dr:begin -->", "## Disaster recovery (`bench/dr.sh`)", "", head, "", *table, "", samples_line, "<!-- dr:end -->"])
+print(section)
+PY
