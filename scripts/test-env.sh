@@ -475,20 +475,27 @@ ensure_etcd_secure() {
 
 # Password-only etcd on https://127.0.0.1:23795 (peer 23805): TLS with the server
 # certificate only (clients verify it with the CA; no client certificates asked for),
-# auth enabled, users `root` and `reconcile-pw` (role reconcile-pw: readwrite on
+# JWT auth tokens (as production setups use; a token carries the auth-store revision it
+# was issued at, so any user/role change makes older tokens fail), auth enabled, users `root` and `reconcile-pw` (role reconcile-pw: readwrite on
 # /reconcile/pw-ci/ and /services/sleeper_pw-ci/ only), passwords beside the TLS files.
 # Tests that change roles mid-apply make their own users here (tests/it/etcd_secure.rs).
 ETCD_PASSWORD=https://127.0.0.1:23795
 ETCD_PASSWORD_PEER=http://127.0.0.1:23805
 ETCD_PASSWORD_PIDFILE=$RUN_DIR/etcd-password.pid
 ETCD_PASSWORD_DATA=$LIB_DIR/etcd-password-data
-# etcdctl without a user: all it may do once auth is enabled is a health check
-# (etcdctl counts "permission denied" as healthy); the setup below runs before that.
+# etcdctl without a user, for the setup before auth is enabled; the health check is
+# etcd's /health, which answers without a user.
 etcdctl_password() { ETCDCTL_API=3 etcdctl --endpoints="$ETCD_PASSWORD" --cacert "$ETCD_TLS/ca.pem" "$@"; }
-etcd_password_healthy() { etcdctl_password --command-timeout=2s endpoint health; }
+etcd_password_healthy() {
+  curl -fsS --max-time 2 --cacert "$ETCD_TLS/ca.pem" "$ETCD_PASSWORD/health" 2>/dev/null | grep -q '"health":"true"'
+}
 
 ensure_etcd_password() {
   [[ -s $ETCD_TLS/reconcile-pw.password ]] || openssl rand -hex 16 >"$ETCD_TLS/reconcile-pw.password"
+  if [[ ! -s $ETCD_TLS/jwt-pub.pem ]]; then
+    openssl genrsa -out "$ETCD_TLS/jwt-key.pem" 2048 2>/dev/null
+    openssl rsa -in "$ETCD_TLS/jwt-key.pem" -pubout -out "$ETCD_TLS/jwt-pub.pem" 2>/dev/null
+  fi
   etcd_password_healthy >/dev/null 2>&1 && return 0
   local pid; pid=$(pid_from "$ETCD_PASSWORD_PIDFILE")
   if pid_alive "$pid" etcd; then
@@ -502,7 +509,8 @@ ensure_etcd_password() {
         --listen-client-urls "$ETCD_PASSWORD" --advertise-client-urls "$ETCD_PASSWORD" \
         --listen-peer-urls "$ETCD_PASSWORD_PEER" --initial-advertise-peer-urls "$ETCD_PASSWORD_PEER" \
         --initial-cluster "reconcile-password=$ETCD_PASSWORD_PEER" --initial-cluster-state new \
-        --cert-file "$ETCD_TLS/server.pem" --key-file "$ETCD_TLS/server-key.pem")
+        --cert-file "$ETCD_TLS/server.pem" --key-file "$ETCD_TLS/server-key.pem" \
+        --auth-token "jwt,pub-key=$ETCD_TLS/jwt-pub.pem,priv-key=$ETCD_TLS/jwt-key.pem,sign-method=RS256,ttl=10m")
   echo "$pid" >"$ETCD_PASSWORD_PIDFILE"
   wait_for "password-only etcd" "$pid" "$LOG_DIR/etcd-password.log" etcd_password_healthy
   {

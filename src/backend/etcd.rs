@@ -31,7 +31,10 @@
 //! revokes it, deleting the key at once; dropping the guard, a crash or `kill -9` only
 //! stop the keep-alive, so the key disappears when the lease expires (within its TTL).
 //! A waiting apply polls every 500 ms (one transaction per attempt, each bounded by the
-//! client's request timeout; no request is held open for the whole wait).
+//! client's request timeout; no request is held open for the whole wait). A poll etcd
+//! does not answer (a member down, a leader election) is tried again until the wait
+//! ends, and a lease lost while waiting is replaced by a new one (nothing was held on
+//! it); a refusal (permission denied) ends the wait at once.
 //! [`LockGuard::lost`] turns true, and stays true, once the lease can no longer be
 //! proven alive with a TTL/3 margin: the caller must then stop writing.
 //!
@@ -717,13 +720,25 @@ pub async fn acquire_lock_key(
     let deadline = started + wait;
     let mut client = client.clone();
     let write_error = |cause: String| EtcdError::Write { key: key.clone(), cause };
-    let lease = Lease::grant(&mut client, ttl)
+    let mut lease = Lease::grant(&mut client, ttl)
         .await
         .map_err(|e| write_error(format!("cannot grant the lock's lease: {}", describe(&e))))?;
     let mut shown: Option<Holder> = None;
     let outcome = loop {
         if lease.state.lost() {
-            break Err(write_error("the lock's lease expired while waiting (its keep-alive failed)".into()));
+            // Nothing is held on a lease that never got the lock: a new one is as good.
+            if Instant::now() >= deadline {
+                break Err(write_error("the lock's lease expired while waiting (its keep-alive failed)".into()));
+            }
+            tracing::debug!(key, lease = lease.id, "the waiting lease was lost; granting a new one");
+            match Lease::grant(&mut client, ttl).await {
+                Ok(new) => lease = new,
+                Err(e) if is_transient(&e) => {
+                    tokio::time::sleep(LOCK_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+                    continue;
+                }
+                Err(e) => break Err(write_error(format!("cannot grant the lock's lease: {}", describe(&e)))),
+            }
         }
         let mine = Holder { since: now_rfc3339(), ..holder.clone() };
         let value = match serde_json::to_string(&mine) {
@@ -736,6 +751,13 @@ pub async fn acquire_lock_key(
             .or_else([TxnOp::get(key.as_str(), None)]);
         let response = match txn_fresh(&client, txn).await {
             Ok(r) => r,
+            // A member down or a leader election: a waiting apply keeps waiting (the
+            // client's next request may go to a member that answers). Refusals end it.
+            Err(e) if is_transient(&e) && Instant::now() < deadline => {
+                tracing::debug!(key, error = %describe(&e), "etcd did not answer the lock request; trying again");
+                tokio::time::sleep(LOCK_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+                continue;
+            }
             Err(e) => break Err(write_error(describe(&e))),
         };
         if response.succeeded() {
@@ -1108,6 +1130,21 @@ async fn get_fresh(
         async move { kv.get(key, options).await }
     })
     .await
+}
+
+/// Whether the request may succeed when sent again: the member is unreachable
+/// (UNAVAILABLE, a transport error), a leader election is under way ("leader changed",
+/// "request timed out, possibly due to previous leader failure"), or it timed out. Never
+/// a refusal (permission denied, a wrong password, a bad request).
+fn is_transient(e: &etcd_client::Error) -> bool {
+    const UNAVAILABLE: i32 = 14;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() as i32 == UNAVAILABLE || s.message().contains("leader") || is_timeout(e)
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
 }
 
 /// Whether etcd answered NOT_FOUND (e.g. revoking a lease that expired).

@@ -13,6 +13,7 @@ use reconcile::model::labels;
 use reconcile::spec::types::{HostSpec, TlsSpec};
 
 use super::apply::{http_get, var};
+use super::support::{web_0_run_args, write_one_host_env, write_web_app};
 use super::{reconcile, stderr, stdout};
 
 /// This file's port pool: no other test uses 26300-26349.
@@ -52,30 +53,17 @@ impl Drop for Cleanup {
 /// A config repo with one host `node-tls` on the TLS daemon, using `cert`/`key`
 /// (names of environment variables), and app `web` serving a rendered file.
 fn write_repo(dir: &std::path::Path, env: &str, cert: &str, key: &str) {
-    let e = dir.join("environments").join(env);
-    std::fs::create_dir_all(e.join("apps")).unwrap();
-    std::fs::create_dir_all(e.join("templates")).unwrap();
-    std::fs::write(
-        e.join("environment.yaml"),
-        format!(
-            "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nhosts:\n  - name: node-tls\n    docker: '{endpoint}'\n    tls: {{ca: '{ca}', cert: '{cert}', key: '{key}'}}\n    address: 127.0.0.1\n    ports: {a}-{b}\n",
-            endpoint = var("RECONCILE_TEST_DOCKER_TLS"),
-            ca = var("RECONCILE_TEST_TLS_CA"),
-            cert = var(cert),
-            key = var(key),
-            a = POOL.0,
-            b = POOL.1,
-        ),
-    )
-    .unwrap();
-    std::fs::write(e.join("templates/index.html.j2"), "tls {{ instance.name }} on {{ instance.host }}\n").unwrap();
-    let command = "[/bin/busybox, httpd, -f, -p, '{{ instance.address }}:{{ instance.port }}', -h, /www]";
-    let extra = "port: 8080\nhealth: {http: /, interval: 200ms, timeout: 1s, retries: 20}\nfiles: [{template: templates/index.html.j2, path: /www/index.html}]\nstop_timeout: 1s\n";
-    let app = format!(
-        "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {}\ncommand: {command}\n{extra}",
-        var("RECONCILE_TEST_IMAGE")
+    let host = format!(
+        "{{name: node-tls, docker: '{endpoint}', tls: {{ca: '{ca}', cert: '{cert}', key: '{key}'}}, address: 127.0.0.1, ports: {a}-{b}}}",
+        endpoint = var("RECONCILE_TEST_DOCKER_TLS"),
+        ca = var("RECONCILE_TEST_TLS_CA"),
+        cert = var(cert),
+        key = var(key),
+        a = POOL.0,
+        b = POOL.1,
     );
-    std::fs::write(e.join("apps/web.yaml"), app).unwrap();
+    let e = write_one_host_env(dir, env, &host, "");
+    write_web_app(&e, "tls {{ instance.name }} on {{ instance.host }}\n");
 }
 
 #[tokio::test]
@@ -91,21 +79,8 @@ async fn connects_and_observes_over_tls_and_refuses_another_cas_certificate() {
     let docker = connect(&host, Duration::from_secs(10)).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(docker.client_version().to_string(), "1.41", "dockerd 20.10 over TLS");
     assert!(observe_host("node-tls", &docker, &env).await.unwrap().instances.is_empty());
-    let id = docker_tls(&[
-        "run",
-        "-d",
-        "--network",
-        "host",
-        "--label",
-        &format!("{}={env}", labels::ENV),
-        "--label",
-        &format!("{}=web", labels::APP),
-        "--label",
-        &format!("{}=web-0", labels::INSTANCE),
-        &var("RECONCILE_TEST_IMAGE"),
-        "sleep",
-        "300",
-    ]);
+    let args = web_0_run_args(&env);
+    let id = docker_tls(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let seen = observe_host("node-tls", &docker, &env).await.unwrap();
     assert_eq!(seen.instances.iter().map(|i| i.container_id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
 

@@ -1,13 +1,15 @@
 //! etcd as a real three-member cluster (scripts/test-env.sh: clients 127.0.0.1:23792-23794):
 //! the raft leader is killed in the middle of applies. Each apply either completes
 //! through the other members or fails cleanly (exit 1 with a message, no panic), the
-//! next apply converges, and two concurrent applies never both act (no duplicate
-//! containers: the lock was never held twice). The killed member is restarted after.
+//! next apply converges, and concurrent applies never hold the lock together (read from
+//! etcd's own event history of the environment's keys: every write falls inside the
+//! writer's hold). The killed member is restarted after.
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::apply::var;
+use super::support::WatchProcess;
 use super::{stderr, stdout};
 
 const MEMBERS: [&str; 3] = ["http://127.0.0.1:23792", "http://127.0.0.1:23793", "http://127.0.0.1:23794"];
@@ -135,9 +137,13 @@ impl Env {
     }
 
     fn command(&self, cmd: &str) -> Command {
-        let repo = self.repo();
+        self.command_in(cmd, &self.repo())
+    }
+
+    /// As [`Env::command`], for the environment as written in another repo.
+    fn command_in(&self, cmd: &str, repo: &str) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_reconcile"));
-        c.args([cmd, "--env", &self.env, "--repo", &repo, "--timeout", "10s"])
+        c.args([cmd, "--env", &self.env, "--repo", repo, "--timeout", "10s"])
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG");
         if cmd == "apply" {
@@ -223,56 +229,13 @@ fn two_applies_across_a_leader_change_never_both_act() {
 }
 
 /// A `reconcile watch` of `e`, its log in a file, its metrics on `port`.
-struct Watcher {
-    child: Child,
-    log: std::path::PathBuf,
-    port: u16,
+fn watcher(e: &Env, name: &str, port: u16) -> WatchProcess {
+    WatchProcess::start(&e.env, &e.repo(), e.dir.path().join(format!("watch-{name}.log")), port, &[])
 }
 
-impl Watcher {
-    fn start(e: &Env, name: &str, port: u16) -> Self {
-        let log = e.dir.path().join(format!("watch-{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let repo = e.repo();
-        let child = Command::new(env!("CARGO_BIN_EXE_reconcile"))
-            .args(["watch", "--env", &e.env, "--repo", &repo, "--interval", "60s", "--timeout", "10s"])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "reconcile=info")
-            .env("RECONCILE_LOCK_TTL", "3s")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Watcher { child, log, port }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The leader gauge, `None` while the metrics endpoint does not answer.
-    fn leader(&self) -> Option<f64> {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.lines().find(|l| l.starts_with("reconcile_watch_leader{")).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The watcher's leader gauge, `None` while its metrics endpoint does not answer.
+fn leads(w: &WatchProcess) -> Option<f64> {
+    w.metric("reconcile_watch_leader{")
 }
 
 #[test]
@@ -281,13 +244,13 @@ fn watch_keeps_running_and_stays_the_single_leader_across_an_etcd_leader_change(
     let cluster = Cluster::up();
     let e = Env::new("watch");
     converge(&e);
-    let mut a = Watcher::start(&e, "a", 28291);
-    let mut b = Watcher::start(&e, "b", 28292);
-    let logs = |a: &Watcher, b: &Watcher| format!("--- a ---\n{}\n--- b ---\n{}", a.log(), b.log());
+    let mut a = watcher(&e, "a", 28291);
+    let mut b = watcher(&e, "b", 28292);
+    let logs = |a: &WatchProcess, b: &WatchProcess| format!("--- a ---\n{}\n--- b ---\n{}", a.log(), b.log());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let standing_by = a.log().contains("standing by") || b.log().contains("standing by");
-        if standing_by && matches!((a.leader(), b.leader()), (Some(x), Some(y)) if x + y == 1.0) {
+        if standing_by && matches!((leads(&a), leads(&b)), (Some(x), Some(y)) if x + y == 1.0) {
             break;
         }
         assert!(Instant::now() < deadline, "no single watch leader within 30 s\n{}", logs(&a, &b));
@@ -299,7 +262,7 @@ fn watch_keeps_running_and_stays_the_single_leader_across_an_etcd_leader_change(
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
         assert!(a.alive() && b.alive(), "a watcher exited\n{}", logs(&a, &b));
-        let leaders = a.leader().unwrap_or(0.0) + b.leader().unwrap_or(0.0);
+        let leaders = leads(&a).unwrap_or(0.0) + leads(&b).unwrap_or(0.0);
         assert!(leaders <= 1.0, "two watchers lead at once\n{}", logs(&a, &b));
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -310,7 +273,7 @@ fn watch_keeps_running_and_stays_the_single_leader_across_an_etcd_leader_change(
     assert!(o.status.success());
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let leaders = a.leader().unwrap_or(0.0) + b.leader().unwrap_or(0.0);
+        let leaders = leads(&a).unwrap_or(0.0) + leads(&b).unwrap_or(0.0);
         assert!(leaders <= 1.0, "two watchers lead at once\n{}", logs(&a, &b));
         if leaders == 1.0 && e.containers() == 4 && !ids(&d, &e.env).contains(&victim) {
             break;
@@ -319,4 +282,164 @@ fn watch_keeps_running_and_stays_the_single_leader_across_an_etcd_leader_change(
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(a.alive() && b.alive(), "a watcher exited\n{}", logs(&a, &b));
+}
+
+/// One event of the environment's keys, from `etcdctl watch --rev … -w json`.
+#[derive(Debug)]
+struct KeyEvent {
+    revision: i64,
+    delete: bool,
+    key: String,
+    value: String,
+}
+
+/// Every event on keys starting with `prefix` (the environment's and its registry's)
+/// from revision `from` on, read from etcd's history (the test cluster keeps it: no
+/// compaction), in revision order: all that etcdctl streams until it has been quiet for
+/// 3 s (the history arrives at once; nothing writes these keys any more).
+fn events_since(from: i64, prefix: &str) -> Vec<KeyEvent> {
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &endpoints(), "watch", "--prefix", prefix, "--rev", &from.to_string(), "-w", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(reader).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(3)) {
+        assert!(Instant::now() < deadline, "etcdctl watch kept streaming for 60 s");
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        for ev in v["Events"].as_array().into_iter().flatten() {
+            let kv = &ev["kv"];
+            events.push(KeyEvent {
+                revision: kv["mod_revision"].as_i64().unwrap_or_default(),
+                delete: ev["type"].as_i64() == Some(1),
+                key: base64_text(kv["key"].as_str().unwrap_or_default()),
+                value: base64_text(kv["value"].as_str().unwrap_or_default()),
+            });
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    events
+}
+
+/// The cluster's current revision.
+fn revision() -> i64 {
+    let o = etcdctl(&["get", "/", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", stderr(&o)));
+    v["header"]["revision"].as_i64().unwrap()
+}
+
+/// Standard base64 (etcdctl's JSON spelling of bytes) as text.
+fn base64_text(s: &str) -> String {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        acc = (acc << 6) | u32::from(value(c));
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Three applies at once, two of them from a repo with other config (so each holder has
+/// work to do), the etcd leader killed among them, a lock TTL of 3 s. From etcd's own
+/// event history of the environment's keys: the lock key is only ever created while
+/// absent (no two holders at once), every other write falls inside a hold, and each
+/// history entry was written by the apply holding the lock at that revision (its
+/// `who`, set per process through RECONCILE_ACTOR, is the holder's).
+#[test]
+fn concurrent_applies_across_a_leader_kill_never_hold_the_lock_together() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::up();
+    let e = Env::new("lock");
+    let other = tempfile::tempdir().unwrap();
+    let from = e.dir.path().join("environments").join(&e.env);
+    let to = other.path().join("environments").join(&e.env);
+    std::fs::create_dir_all(to.join("apps")).unwrap();
+    for f in ["environment.yaml", "apps/first.yaml", "apps/second.yaml"] {
+        let text = std::fs::read_to_string(from.join(f)).unwrap();
+        std::fs::write(to.join(f), text.replace("config: {a: '1'}", "config: {a: '2'}")).unwrap();
+    }
+    let other_repo = other.path().to_string_lossy().into_owned();
+    let start = revision();
+    let spawn = |repo: &str, actor: &str| {
+        e.command_in("apply", repo)
+            .env("RECONCILE_ACTOR", actor)
+            .env("RECONCILE_LOCK_TTL", "3s")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = [spawn(&e.repo(), "it-lock-a"), spawn(&other_repo, "it-lock-b"), spawn(&e.repo(), "it-lock-c")];
+    e.wait_for_first_container();
+    cluster.kill(leader());
+    for child in children {
+        let o = child.wait_with_output().unwrap();
+        eprintln!("--- an apply: exit {:?}\n{}{}", o.status.code(), stdout(&o), stderr(&o));
+        finished_cleanly(&o);
+    }
+
+    let lock = format!("{}/{}/lock", e.prefix, e.env);
+    let events = events_since(start + 1, &e.prefix);
+    let mut held: Option<String> = None;
+    let (mut holders, mut histories, mut writes) = (Vec::new(), 0, 0);
+    for ev in &events {
+        if ev.key == lock {
+            if ev.delete {
+                assert!(held.take().is_some(), "lock deleted at rev {} while free: {events:#?}", ev.revision);
+            } else {
+                let holder: serde_json::Value = serde_json::from_str(&ev.value).unwrap();
+                let who = holder["who"].as_str().unwrap_or_default().to_string();
+                assert!(
+                    held.is_none(),
+                    "{who} took the lock at rev {} while {held:?} held it: {events:#?}",
+                    ev.revision
+                );
+                holders.push(who.clone());
+                held = Some(who);
+            }
+            continue;
+        }
+        let holder = held.as_deref().unwrap_or_else(|| {
+            panic!("{} written at rev {} while no apply held the lock: {events:#?}", ev.key, ev.revision)
+        });
+        writes += 1;
+        if ev.key.starts_with(&format!("{}/{}/history/", e.prefix, e.env)) {
+            let entry: serde_json::Value = serde_json::from_str(&ev.value).unwrap();
+            assert_eq!(
+                entry["who"].as_str(),
+                Some(holder),
+                "history entry at rev {} written by a non-holder",
+                ev.revision
+            );
+            histories += 1;
+        }
+    }
+    eprintln!("lock holds in order: {holders:?}; {writes} writes, {histories} history entries");
+    let distinct: std::collections::BTreeSet<&String> = holders.iter().collect();
+    assert!(distinct.len() >= 2, "the applies did compete for the lock: {holders:?}");
+    assert!(histories >= 1 && writes > histories, "the applies wrote under the lock: {events:#?}");
+    converge(&e);
 }

@@ -13,7 +13,9 @@ use reconcile::backend::docker::{connect, observe_host};
 use reconcile::model::labels;
 use reconcile::spec::types::HostSpec;
 
-use super::support::{app_yaml, docker_cli, host, http_get, remove_env_containers, var};
+use super::support::{
+    app_yaml, docker_cli, host, http_get, remove_env_containers, var, web_0_run_args, write_one_host_env, write_web_app,
+};
 use super::{reconcile, stderr, stdout};
 
 /// Generous: every new connection of the ssh transport starts an `ssh` master.
@@ -30,19 +32,8 @@ fn ssh_host(name: &str, docker: &str) -> HostSpec {
 /// A config repo in `dir` with environment `env`: one host `node-ssh` on `endpoint`
 /// (this file's pool), plus `extra` (more top-level YAML).
 fn write_env(dir: &std::path::Path, env: &str, endpoint: &str, extra: &str) -> std::path::PathBuf {
-    let e = dir.join("environments").join(env);
-    std::fs::create_dir_all(e.join("apps")).unwrap();
-    std::fs::create_dir_all(e.join("templates")).unwrap();
-    std::fs::write(
-        e.join("environment.yaml"),
-        format!(
-            "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\n{extra}hosts:\n  - {{name: node-ssh, docker: '{endpoint}', address: 127.0.0.1, ports: {a}-{b}}}\n",
-            a = POOL.0,
-            b = POOL.1,
-        ),
-    )
-    .unwrap();
-    e
+    let host = format!("{{name: node-ssh, docker: '{endpoint}', address: 127.0.0.1, ports: {}-{}}}", POOL.0, POOL.1);
+    write_one_host_env(dir, env, &host, extra)
 }
 
 /// `docker -H $RECONCILE_TEST_DOCKER1 …` (the unix socket, not ssh); stdout trimmed.
@@ -62,7 +53,6 @@ impl Drop for EnvContainers {
 #[tokio::test]
 async fn connects_negotiates_and_observes_through_ssh() {
     let endpoint = var("RECONCILE_TEST_SSH");
-    let image = var("RECONCILE_TEST_IMAGE");
     let env = format!("it-ssh-obs-{}", std::process::id());
     let _cleanup = EnvContainers(env.clone());
     let host = ssh_host("node-ssh", &endpoint);
@@ -80,25 +70,10 @@ async fn connects_negotiates_and_observes_through_ssh() {
     assert!(empty.instances.is_empty(), "{empty:#?}");
 
     // A container of this env and one of another env, made on the unix socket.
-    let instance = format!("{}=web-0", labels::INSTANCE);
     let run = |name: &str, env_label: &str| {
-        docker1(&[
-            "run",
-            "-d",
-            "--network",
-            "host",
-            "--name",
-            name,
-            "--label",
-            &format!("{}={env_label}", labels::ENV),
-            "--label",
-            &format!("{}=web", labels::APP),
-            "--label",
-            &instance,
-            &image,
-            "sleep",
-            "300",
-        ])
+        let mut args = web_0_run_args(env_label);
+        args.splice(2..2, ["--name".to_string(), name.to_string()]);
+        docker1(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let ours = run(&format!("{env}-web-0"), &env);
     let other_env = format!("{env}-other");
@@ -136,21 +111,7 @@ fn apply_plan_and_status_through_an_ssh_alias() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().to_string_lossy().into_owned();
     let e = write_env(dir.path(), &env, &endpoint, "vars: {greeting: hello}\n");
-    std::fs::write(
-        e.join("templates/index.html.j2"),
-        "{{ vars.greeting }} via ssh from {{ instance.name }} on {{ instance.host }}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        e.join("apps/web.yaml"),
-        app_yaml(
-            "web",
-            &var("RECONCILE_TEST_IMAGE"),
-            "[/bin/busybox, httpd, -f, -p, '{{ instance.address }}:{{ instance.port }}', -h, /www]",
-            "port: 8080\nhealth: {http: /, interval: 200ms, timeout: 1s, retries: 20}\nfiles: [{template: templates/index.html.j2, path: /www/index.html}]\nstop_timeout: 1s\n",
-        ),
-    )
-    .unwrap();
+    write_web_app(&e, "{{ vars.greeting }} via ssh from {{ instance.name }} on {{ instance.host }}\n");
 
     let t0 = Instant::now();
     let o = reconcile(&["apply", "--env", &env, "--repo", &repo, "--yes", "--timeout", "20s"]);

@@ -554,3 +554,135 @@ pub fn start_load(
 pub fn spawn_piped(cmd: &mut Command) -> std::process::Child {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
+
+// ------------------------------------------------------------------ secured: watch processes, one-host repos
+// (shared by watch.rs and etcd_cluster.rs, and by docker_tls.rs and ssh.rs)
+
+/// A running `reconcile watch` (stdout and stderr in a log file), killed on drop.
+pub struct WatchProcess {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+    metrics_port: u16,
+}
+
+impl WatchProcess {
+    /// `reconcile watch --env ENV --repo REPO --interval 60s --timeout 10s
+    /// --metrics-addr 127.0.0.1:PORT EXTRA…` with `RUST_LOG=reconcile=info` and a lock TTL
+    /// of 3 s (a standby takes over quickly), its output in `log`.
+    pub fn start(env: &str, repo: &str, log: PathBuf, metrics_port: u16, extra: &[&str]) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let addr = format!("127.0.0.1:{metrics_port}");
+        let child =
+            reconcile_cmd(&["watch", "--env", env, "--repo", repo, "--interval", "60s", "--metrics-addr", &addr])
+                .args(["--timeout", "10s"])
+                .args(extra)
+                .env("RUST_LOG", "reconcile=info")
+                .env("RECONCILE_LOCK_TTL", "3s")
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .spawn()
+                .unwrap();
+        WatchProcess { child: Some(child), log, metrics_port }
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The whole HTTP response (status line first) to `GET path` on the metrics address.
+    pub fn http(&self, path: &str) -> String {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        http_exchange("127.0.0.1", self.metrics_port, &request, None, Duration::from_secs(2)).0
+    }
+
+    pub fn metrics(&self) -> String {
+        self.http("/metrics")
+    }
+
+    /// The value of the sample whose line starts with `prefix` (e.g. `reconcile_watch_leader{`),
+    /// `None` while the metrics endpoint does not answer.
+    pub fn metric(&self, prefix: &str) -> Option<f64> {
+        self.metrics().lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, then the exit code (panics when it has not exited within 60 s).
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.code();
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = c.kill();
+                panic!("watch did not exit within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for WatchProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The command of app `web` in [`write_web_app`]: busybox httpd on the instance's
+/// address and port, serving /www.
+pub const WEB_HTTPD: &str = "[/bin/busybox, httpd, -f, -p, '{{ instance.address }}:{{ instance.port }}', -h, /www]";
+
+/// A config repo in `dir` with environment `env` of one host: `host` is its YAML flow
+/// mapping (`{name: …, docker: …, …}`), `top` more top-level YAML. Makes `apps/` and
+/// `templates/`; returns the environment's directory.
+pub fn write_one_host_env(dir: &Path, env: &str, host: &str, top: &str) -> PathBuf {
+    let e = dir.join("environments").join(env);
+    std::fs::create_dir_all(e.join("apps")).unwrap();
+    std::fs::create_dir_all(e.join("templates")).unwrap();
+    std::fs::write(
+        e.join("environment.yaml"),
+        format!("apiVersion: reconcile/v1\nkind: Environment\nname: {env}\n{top}hosts:\n  - {host}\n"),
+    )
+    .unwrap();
+    e
+}
+
+/// App `web` in environment dir `e`: [`WEB_HTTPD`] from the test image, healthy once it
+/// answers, serving `page` (a template, written to templates/index.html.j2) at `/`.
+pub fn write_web_app(e: &Path, page: &str) {
+    std::fs::write(e.join("templates/index.html.j2"), page).unwrap();
+    let extra = "port: 8080\nhealth: {http: /, interval: 200ms, timeout: 1s, retries: 20}\nfiles: [{template: templates/index.html.j2, path: /www/index.html}]\nstop_timeout: 1s\n";
+    std::fs::write(e.join("apps/web.yaml"), app_yaml("web", &var("RECONCILE_TEST_IMAGE"), WEB_HTTPD, extra)).unwrap();
+}
+
+/// `docker run` arguments for a container that looks like instance `web-0` of app `web`
+/// of `env` (host network, sleeping 300 s): observation tests make these by hand.
+pub fn web_0_run_args(env: &str) -> Vec<String> {
+    [
+        "run".to_string(),
+        "-d".into(),
+        "--network".into(),
+        "host".into(),
+        "--label".into(),
+        format!("{}={env}", reconcile::model::labels::ENV),
+        "--label".into(),
+        format!("{}=web", reconcile::model::labels::APP),
+        "--label".into(),
+        format!("{}=web-0", reconcile::model::labels::INSTANCE),
+        var("RECONCILE_TEST_IMAGE"),
+        "sleep".into(),
+        "300".into(),
+    ]
+    .into()
+}

@@ -2,85 +2,21 @@
 //! test environment: self-healing (kill, rm -f), a commit to a watched local repo,
 //! health-driven deregistration, leader election, SIGTERM, /metrics.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::apply::{Stack, var};
 use super::apply_chaos::{etcd_get, lb_upstreams, managed, registry_values};
-use super::support::{app_yaml, daemons, docker_cli, http_exchange, reconcile_cmd};
+use super::support::{WatchProcess, app_yaml, daemons, docker_cli};
 use super::{git, stderr};
 
-/// A running `reconcile watch`, killed on drop; its log in the stack's directory.
-struct Watcher {
-    child: Option<Child>,
-    log: std::path::PathBuf,
-    metrics_port: u16,
-}
+/// A running `reconcile watch` of the stack, its log in the stack's directory.
+type Watcher = WatchProcess;
 
-impl Watcher {
-    fn start(s: &Stack, name: &str, metrics_port: u16, extra: &[&str]) -> Self {
-        let log = s.root().join(format!("watch-{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let repo = s.repo();
-        let addr = format!("127.0.0.1:{metrics_port}");
-        let child =
-            reconcile_cmd(&["watch", "--env", &s.env, "--repo", &repo, "--interval", "60s", "--metrics-addr", &addr])
-                .args(["--timeout", "10s", "--health-hold", "1s"])
-                .args(extra)
-                .env("RUST_LOG", "reconcile=info")
-                .env("RECONCILE_LOCK_TTL", "3s")
-                .stdin(Stdio::null())
-                .stdout(file.try_clone().unwrap())
-                .stderr(file)
-                .spawn()
-                .unwrap();
-        Watcher { child: Some(child), log, metrics_port }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The whole HTTP response (status line first) to `GET path` on the metrics address.
-    fn http(&self, path: &str) -> String {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        http_exchange("127.0.0.1", self.metrics_port, &request, None, Duration::from_secs(2)).0
-    }
-
-    fn metrics(&self) -> String {
-        self.http("/metrics")
-    }
-
-    /// The value of the sample whose line starts with `prefix` (e.g. `reconcile_watch_leader{`).
-    fn metric(&self, prefix: &str) -> Option<f64> {
-        self.metrics().lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    }
-
-    /// SIGTERM, then the exit code.
-    fn terminate(&mut self) -> Option<i32> {
-        let mut c = self.child.take()?;
-        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                return st.code();
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                let _ = c.kill();
-                panic!("watch did not exit within 60 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// `reconcile watch` of `s` (health hold 1 s), metrics on `metrics_port`, log `watch-NAME.log`.
+fn watcher(s: &Stack, name: &str, metrics_port: u16, extra: &[&str]) -> Watcher {
+    let args = [&["--health-hold", "1s"][..], extra].concat();
+    WatchProcess::start(&s.env, &s.repo(), s.root().join(format!("watch-{name}.log")), metrics_port, &args)
 }
 
 /// Poll `f` every 50 ms until it is true; the time it took, or a panic with `what` and the log.
@@ -113,7 +49,7 @@ fn watch_heals_kills_and_removals_applies_commits_and_exits_clean_on_sigterm() {
     git(s.root().join("repo").as_path(), &["init", "-q"]);
     git(s.root().join("repo").as_path(), &["add", "-A"]);
     git(s.root().join("repo").as_path(), &["commit", "-qm", "v1"]);
-    let mut w = Watcher::start(&s, "a", 28195, &[]);
+    let mut w = watcher(&s, "a", 28195, &[]);
 
     // It converges the empty environment on start (web ×2, worker ×1).
     let t = wait_for("the first run to converge", Duration::from_secs(90), &w, || {
@@ -181,7 +117,7 @@ fn an_unhealthy_instance_leaves_the_registry_and_the_lb_and_comes_back() {
     s.write_repo("1", "/index.html", 2);
     let o = s.apply(&[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let w = Watcher::start(&s, "h", 28196, &[]);
+    let w = watcher(&s, "h", 28196, &[]);
     wait_for("the watcher to lead", Duration::from_secs(30), &w, || w.metric("reconcile_watch_leader{") == Some(1.0));
     let web0 = managed(&s).into_iter().find(|m| m.instance == "web-0").unwrap();
     let port = web0.port.unwrap();
@@ -230,8 +166,8 @@ fn of_two_watchers_only_the_leader_acts_and_the_other_takes_over() {
     let s = Stack::new("wlead", 7);
     let o = s.apply(&[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let mut a = Watcher::start(&s, "a", 28197, &[]);
-    let mut b = Watcher::start(&s, "b", 28198, &[]);
+    let mut a = watcher(&s, "a", 28197, &[]);
+    let mut b = watcher(&s, "b", 28198, &[]);
     wait_for("one leader", Duration::from_secs(30), &a, || {
         let (la, lb) = (a.metric("reconcile_watch_leader{"), b.metric("reconcile_watch_leader{"));
         matches!((la, lb), (Some(x), Some(y)) if x + y == 1.0)
@@ -274,7 +210,7 @@ fn of_two_watchers_only_the_leader_acts_and_the_other_takes_over() {
 #[test]
 fn dry_run_reports_drift_and_changes_nothing() {
     let s = Stack::new("wdry", 8);
-    let mut w = Watcher::start(&s, "d", 28199, &["--dry-run"]);
+    let mut w = watcher(&s, "d", 28199, &["--dry-run"]);
     wait_for("a dry run", Duration::from_secs(30), &w, || {
         w.metric(&format!("reconcile_watch_runs_total{{env=\"{}\",result=\"dry_run\"}}", s.env)).unwrap_or(0.0) >= 1.0
     });
@@ -305,7 +241,7 @@ fn a_crash_looping_app_is_reported_and_never_restarted_in_a_tight_loop() {
             "stop_timeout: 1s\n",
         ),
     );
-    let w = Watcher::start(&s, "c", 28191, &[]);
+    let w = watcher(&s, "c", 28191, &[]);
     let mut most = 0;
     let t = wait_for("a crash-loop report", Duration::from_secs(60), &w, || {
         most = most.max(managed(&s).iter().filter(|m| m.app == "crash").count());
@@ -337,7 +273,7 @@ fn failed_runs_are_retried_with_back_off_and_turn_healthz_unhealthy_until_one_su
     let real_env = std::fs::read_to_string(&env_file).unwrap();
     let reload_line = real_env.lines().find(|l| l.trim_start().starts_with("reload:")).unwrap().to_string();
     std::fs::write(&env_file, real_env.replace(&reload_line, "  reload: ['false']")).unwrap();
-    let mut w = Watcher::start(&s, "r", 28192, &[]);
+    let mut w = watcher(&s, "r", 28192, &[]);
     let failed = format!("reconcile_watch_runs_total{{env=\"{}\",result=\"failed\"}}", s.env);
     let t = wait_for("/healthz to answer 503", Duration::from_secs(45), &w, || {
         w.http("/healthz").starts_with("HTTP/1.1 503")
@@ -373,7 +309,7 @@ fn a_rollback_pins_what_watch_converges_to_until_it_is_released() {
     git(&repo, &["commit", "-qm", "v1"]);
     s.write_repo("2", "/", 2);
     git(&repo, &["commit", "-qam", "v2"]);
-    let mut w = Watcher::start(&s, "p", 28193, &[]);
+    let mut w = watcher(&s, "p", 28193, &[]);
     wait_for("version 2 to serve", Duration::from_secs(90), &w, || s.get().is_ok_and(|b| b.contains("version=2")));
 
     // Roll back while watch runs: it waits for watch's lock, pins, applies v1.
