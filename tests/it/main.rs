@@ -30,6 +30,7 @@ mod lb;
 mod logs;
 mod markdown;
 mod notify;
+mod notify_watch;
 mod plan;
 mod plan_live;
 mod registry;
