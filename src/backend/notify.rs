@@ -10,12 +10,40 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::notify::Request;
+use crate::notify::{Outgoing, Request};
+use crate::spec::types::NotifyKind;
 
-/// Deliveries that failed (every attempt), since the process started (for /metrics).
-pub static FAILED: AtomicU64 = AtomicU64::new(0);
-/// Deliveries that succeeded.
-pub static SENT: AtomicU64 = AtomicU64::new(0);
+/// The target kinds, in the order of [`SENT`] and [`FAILED`].
+pub const KINDS: [NotifyKind; 4] =
+    [NotifyKind::Webhook, NotifyKind::Slack, NotifyKind::GithubStatus, NotifyKind::GitlabStatus];
+
+/// Deliveries that succeeded since the process started, by target kind ([`KINDS`]).
+pub static SENT: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// Deliveries that failed (every attempt, or the request could not be built), by kind.
+pub static FAILED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+fn slot(kind: NotifyKind) -> usize {
+    KINDS.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+/// The name of a target kind, as in the schema and the metrics' `kind` label.
+pub fn kind_name(kind: NotifyKind) -> &'static str {
+    match kind {
+        NotifyKind::Webhook => "webhook",
+        NotifyKind::Slack => "slack",
+        NotifyKind::GithubStatus => "github_status",
+        NotifyKind::GitlabStatus => "gitlab_status",
+    }
+}
+
+/// `(kind, sent, failed)` per target kind, for /metrics.
+pub fn counts() -> Vec<(&'static str, u64, u64)> {
+    KINDS
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (kind_name(*k), SENT[i].load(Ordering::Relaxed), FAILED[i].load(Ordering::Relaxed)))
+        .collect()
+}
 
 /// One delivery's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,36 +52,46 @@ pub enum Delivery {
     Failed { target: String, error: String },
 }
 
-/// Send every `(target name, request, timeout)` at once; returns when all are done
-/// or timed out. A 2xx answer is success; anything else is retried (0.2 s, 0.4 s,
-/// … doubling) until the timeout.
-pub async fn deliver_all(requests: Vec<(String, Request, Duration)>) -> Vec<Delivery> {
+/// One request to deliver: to which target, of what kind, within how long.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub target: String,
+    pub kind: NotifyKind,
+    pub request: Request,
+    pub timeout: Duration,
+}
+
+/// Send every job at once; returns when all are done or timed out (so never later
+/// than the longest timeout). A 2xx answer is success; anything else is retried
+/// (0.2 s, 0.4 s, … doubling, at most 5 s apart) until the timeout.
+pub async fn deliver_all(jobs: Vec<Job>) -> Vec<Delivery> {
     let client = match client() {
         Ok(c) => c,
         Err(e) => {
-            return requests
+            return jobs
                 .into_iter()
-                .map(|(target, ..)| {
-                    FAILED.fetch_add(1, Ordering::Relaxed);
-                    Delivery::Failed { target, error: e.clone() }
+                .map(|j| {
+                    FAILED[slot(j.kind)].fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target = %j.target, error = %e, "notification not delivered");
+                    Delivery::Failed { target: j.target, error: e.clone() }
                 })
                 .collect();
         }
     };
-    let sends = requests.into_iter().map(|(target, req, timeout)| {
+    let sends = jobs.into_iter().map(|Job { target, kind, request, timeout }| {
         let client = client.clone();
         async move {
-            let outcome = match tokio::time::timeout(timeout, retrying(&client, &req)).await {
+            let outcome = match tokio::time::timeout(timeout, retrying(&client, &request)).await {
                 Ok(Ok(status)) => Delivery::Sent { target, status },
                 Ok(Err(error)) => Delivery::Failed { target, error },
                 Err(_) => Delivery::Failed { target, error: format!("no answer within {timeout:?}") },
             };
             match &outcome {
                 Delivery::Sent { .. } => {
-                    SENT.fetch_add(1, Ordering::Relaxed);
+                    SENT[slot(kind)].fetch_add(1, Ordering::Relaxed);
                 }
                 Delivery::Failed { target, error } => {
-                    FAILED.fetch_add(1, Ordering::Relaxed);
+                    FAILED[slot(kind)].fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(target = %target, error = %error, "notification not delivered");
                 }
             }
@@ -132,35 +170,85 @@ impl Notifier {
         Self { targets, secrets: secrets.values().cloned().collect(), dedup, started: std::time::Instant::now() }
     }
 
+    /// Take the targets of a newer load of the environment; a target whose spec did
+    /// not change keeps what it has sent (its open problems).
+    pub fn update(
+        &mut self,
+        spec: &[crate::spec::types::NotificationSpec],
+        secrets: &std::collections::BTreeMap<String, crate::secret::Secret>,
+    ) {
+        let mut fresh = Self::new(spec, secrets);
+        for (i, t) in fresh.targets.iter().enumerate() {
+            if let Some(j) = self.targets.iter().position(|o| o.spec == t.spec)
+                && let Some(d) = self.dedup.get_mut(j)
+            {
+                fresh.dedup[i] = std::mem::take(d);
+            }
+        }
+        fresh.started = self.started;
+        *self = fresh;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.targets.is_empty()
     }
 
-    /// Send `events` to every target that wants them (de-duplicated per target);
-    /// `quiet_ok` as in [`crate::notify::Dedup::admit`]. Returns when every delivery
-    /// is done or timed out; never fails.
-    pub async fn send(&mut self, events: &[crate::notify::Event], quiet_ok: bool) -> Vec<Delivery> {
+    fn durations(t: &crate::notify::Target) -> (Duration, Duration) {
+        let duration = |d: &Option<String>, default| {
+            d.as_deref().and_then(|x| crate::spec::units::duration(x).ok()).unwrap_or(default)
+        };
+        (duration(&t.spec.repeat, crate::notify::REPEAT), duration(&t.spec.timeout, crate::notify::TIMEOUT))
+    }
+
+    /// The jobs `events` make: each target's de-duplication admits them (all of
+    /// them, so that a resolution is known even to a target whose `on:` filter
+    /// drops it), then the target's filter keeps what it wants. `quiet_ok` as in
+    /// [`crate::notify::Dedup::admit`].
+    pub fn prepare(&mut self, events: &[crate::notify::Event], quiet_ok: bool) -> Vec<Job> {
         let now = self.started.elapsed();
-        let mut requests = Vec::new();
+        let mut out = Vec::new();
         for (t, dedup) in self.targets.iter().zip(self.dedup.iter_mut()) {
-            let duration = |d: &Option<String>, default| {
-                d.as_deref().and_then(|x| crate::spec::units::duration(x).ok()).unwrap_or(default)
-            };
-            let (repeat, timeout) = (crate::notify::REPEAT, duration(&t.spec.timeout, crate::notify::TIMEOUT));
-            for e in events.iter().filter(|e| t.wants(e.kind)) {
-                let Some(out) = dedup.admit(e.clone(), now, repeat, quiet_ok) else { continue };
-                match crate::notify::request(t, &out, &self.secrets) {
-                    Ok(r) => requests.push((t.name.clone(), r, timeout)),
-                    Err(err) => {
-                        FAILED.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %err, "notification not sent");
-                    }
+            let (repeat, _) = Self::durations(t);
+            let admitted: Vec<Outgoing> =
+                events.iter().flat_map(|e| dedup.admit(e.clone(), now, repeat, quiet_ok)).collect();
+            out.extend(Self::jobs(t, admitted, &self.secrets));
+        }
+        out
+    }
+
+    /// Reminders of the problems still open after each target's `repeat`.
+    pub fn reminders(&mut self) -> Vec<Job> {
+        let now = self.started.elapsed();
+        let mut out = Vec::new();
+        for (t, dedup) in self.targets.iter().zip(self.dedup.iter_mut()) {
+            let (repeat, _) = Self::durations(t);
+            out.extend(Self::jobs(t, dedup.due(now, repeat), &self.secrets));
+        }
+        out
+    }
+
+    fn jobs(t: &crate::notify::Target, outgoing: Vec<Outgoing>, secrets: &[crate::secret::Secret]) -> Vec<Job> {
+        let (_, timeout) = Self::durations(t);
+        let mut out = Vec::new();
+        for o in outgoing.iter().filter(|o| t.receives(o)) {
+            match crate::notify::request(t, o, secrets) {
+                Ok(request) => out.push(Job { target: t.name.clone(), kind: t.spec.kind, request, timeout }),
+                Err(err) => {
+                    FAILED[slot(t.spec.kind)].fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %err, "notification not sent");
                 }
             }
         }
-        if requests.is_empty() {
+        out
+    }
+
+    /// Send `events` to every target that wants them (de-duplicated per target).
+    /// Returns when every delivery is done or timed out; never fails.
+    pub async fn send(&mut self, events: &[crate::notify::Event], quiet_ok: bool) -> Vec<Delivery> {
+        let jobs = self.prepare(events, quiet_ok);
+        if jobs.is_empty() {
             return vec![];
         }
-        deliver_all(requests).await
+        deliver_all(jobs).await
     }
 }

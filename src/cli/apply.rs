@@ -122,7 +122,7 @@ pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
         report.apps.iter().map(|(a, o)| (a.clone(), o.error.as_ref().map(ToString::to_string))).collect();
     let ok_kind = if kind == apply::HistoryKind::Rollback { EventKind::Rollback } else { EventKind::ApplySucceeded };
     let t = &outcome.target;
-    super::notify::after_apply(&rt, &t.env, &t.secrets, p, &apps, &report.errors, ok_kind);
+    super::notify::after_apply(&rt, &t.env, &t.secrets, p, &apps, &report.errors, ok_kind, outcome.pinned.as_ref());
     if !report.ok() {
         // The report (stdout) has the details; CI logs that only keep stderr still see why.
         let failed: Vec<String> = report

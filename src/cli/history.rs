@@ -147,7 +147,16 @@ fn release(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = rt.block_on(guard.release()) {
         eprintln!("warning: releasing the apply lock: {e} (it expires with its lease)");
     }
-    match released? {
+    let released = released?;
+    if let Some(pin) = &released
+        && !env.spec.notifications.is_empty()
+    {
+        match super::common::resolve_secrets(env) {
+            Ok(secrets) => super::notify::after_release(&rt, env, &secrets, pin),
+            Err(e) => eprintln!("warning: notifications not sent: {e:#}"),
+        }
+    }
+    match released {
         Some(pin) => println!(
             "released the pin of `{}` to {} ({}, set by {} at {}); watch follows the repo again and apply is allowed",
             args.env,

@@ -5,13 +5,16 @@
 use std::collections::BTreeMap;
 
 use crate::backend::notify::{Delivery, Notifier};
-use crate::notify::{ApplyFacts, EventKind, apply_events};
+use crate::model::Pin;
+use crate::notify::{ApplyFacts, Event, EventKind, apply_events, pin_event};
 use crate::plan::Plan;
 use crate::secret::Secret;
 use crate::spec::Env;
 
 /// After an apply: one event per app with work (failed or applied) and one for the
-/// environment; sent at once, bounded by each target's timeout.
+/// environment, and `pin` when a rollback pinned the environment; sent at once,
+/// bounded by each target's timeout.
+#[allow(clippy::too_many_arguments)] // the facts of one apply, each from its own place
 pub fn after_apply(
     rt: &tokio::runtime::Runtime,
     env: &Env,
@@ -20,6 +23,7 @@ pub fn after_apply(
     apps: &[(String, Option<String>)],
     errors: &[String],
     ok_kind: EventKind,
+    pinned: Option<&Pin>,
 ) {
     if env.spec.notifications.is_empty() {
         return;
@@ -36,8 +40,23 @@ pub fn after_apply(
         ok_kind,
         time: &time,
     };
+    let mut events = apply_events(&facts);
+    events.extend(pinned.map(|p| pin_event(EventKind::Pin, &env.name, p, time.clone())));
+    send(rt, env, secrets, &events);
+}
+
+/// After `rollback --release` ended a pin: `pin_released`.
+pub fn after_release(rt: &tokio::runtime::Runtime, env: &Env, secrets: &BTreeMap<String, Secret>, pin: &Pin) {
+    if env.spec.notifications.is_empty() {
+        return;
+    }
+    let event = pin_event(EventKind::PinReleased, &env.name, pin, crate::backend::etcd::now_rfc3339());
+    send(rt, env, secrets, &[event]);
+}
+
+fn send(rt: &tokio::runtime::Runtime, env: &Env, secrets: &BTreeMap<String, Secret>, events: &[Event]) {
     let mut notifier = Notifier::new(&env.spec.notifications, secrets);
-    for d in rt.block_on(notifier.send(&apply_events(&facts), false)) {
+    for d in rt.block_on(notifier.send(events, false)) {
         if let Delivery::Failed { target, error } = d {
             eprintln!("warning: notification {target} not delivered: {error}");
         }

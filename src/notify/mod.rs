@@ -19,8 +19,7 @@ use crate::spec::types::{NotificationSpec, NotifyKind};
 
 /// Version of the webhook payload.
 pub const FORMAT_VERSION: u32 = 1;
-/// How often a persisting problem is sent again (once a long-running sender, `watch`,
-/// sends problems: today only one-shot `apply`/`rollback` do, so each event is new).
+/// Default for a target's `repeat`: how often a persisting problem is sent again.
 pub const REPEAT: Duration = Duration::from_secs(3600);
 /// Default for a target's `timeout`.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,21 +92,53 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event about the whole environment, with nothing but its message; set the
+    /// other fields as needed.
+    pub fn about(kind: EventKind, env: &str, message: String, time: String) -> Self {
+        Self {
+            kind,
+            env: env.to_string(),
+            app: None,
+            instance: None,
+            commit: None,
+            reference: String::new(),
+            summary: String::new(),
+            message,
+            time,
+        }
+    }
+
     /// What identifies one problem across repeats: a later event with the same key
-    /// is the same problem again, or its end.
+    /// is the same problem again. `<env>/<kind>/<scope>`, the scope being the
+    /// instance (crash loop, unhealthy), the app (apply failed, canary aborted) or
+    /// nothing (drift, an environment-wide failure).
     pub fn incident_key(&self) -> String {
-        let family = match self.kind {
-            EventKind::ApplyFailed | EventKind::ApplySucceeded | EventKind::Heal => "apply",
-            EventKind::CrashLoop | EventKind::Unhealthy | EventKind::Recovered => "instance",
-            EventKind::Drift => "drift",
-            other => other.as_str(),
+        let scope = match self.kind {
+            EventKind::CrashLoop | EventKind::Unhealthy | EventKind::Heal | EventKind::Recovered => {
+                self.instance.as_deref().unwrap_or("")
+            }
+            EventKind::Drift => "",
+            _ => self.app.as_deref().unwrap_or(""),
         };
-        let scope = match family {
-            "instance" => self.instance.as_deref().or(self.app.as_deref()).unwrap_or(""),
-            "apply" => self.app.as_deref().unwrap_or(""),
-            _ => "",
-        };
-        format!("{}/{family}/{scope}", self.env)
+        format!("{}/{}/{scope}", self.env, self.kind.as_str())
+    }
+
+    /// The keys of the problems this event ends (an empty key prefix ends all of
+    /// that kind in the environment): a success ends its app's failure (with no app,
+    /// every failure of the environment), a recovery ends its instance's crash loop
+    /// and unhealthiness (with no instance: the drift).
+    fn clears(&self) -> Vec<(String, bool)> {
+        let env = &self.env;
+        let exact = |kind: EventKind, scope: &str| (format!("{env}/{}/{scope}", kind.as_str()), false);
+        match (self.kind, self.app.as_deref(), self.instance.as_deref()) {
+            (EventKind::ApplySucceeded | EventKind::Rollback, Some(app), _) => vec![exact(EventKind::ApplyFailed, app)],
+            (EventKind::ApplySucceeded | EventKind::Rollback, None, _) => {
+                vec![(format!("{env}/{}/", EventKind::ApplyFailed.as_str()), true)]
+            }
+            (EventKind::Recovered, _, Some(i)) => vec![exact(EventKind::CrashLoop, i), exact(EventKind::Unhealthy, i)],
+            (EventKind::Recovered, _, None) => vec![exact(EventKind::Drift, "")],
+            _ => vec![],
+        }
     }
 }
 
@@ -128,43 +159,106 @@ pub enum Status {
 pub struct Outgoing {
     pub event: Event,
     pub status: Status,
+    /// With [`Status::Resolved`]: the kind of the problem that ended.
+    pub problem: Option<EventKind>,
 }
 
-/// Open problems, by incident key: when each was last sent. `now` is any monotonic
-/// clock reading the caller keeps (watch: time since it started).
+impl Outgoing {
+    pub fn new(event: Event) -> Self {
+        Self { event, status: Status::New, problem: None }
+    }
+}
+
+/// One open problem: the event that told it (the latest repeat) and when it was
+/// last sent.
+#[derive(Debug, Clone)]
+struct Open {
+    last_sent: Duration,
+    event: Event,
+}
+
+/// Open problems, by incident key. `now` is any monotonic clock reading the caller
+/// keeps (watch: time since it started).
+///
+/// Guarantees (property-tested): no two sends of one key within `repeat`; a
+/// `resolved` only for a key that was sent and not resolved since; after a
+/// `resolved` the same problem is `new` again.
 #[derive(Debug, Default, Clone)]
 pub struct Dedup {
-    open: BTreeMap<String, Duration>,
+    open: BTreeMap<String, Open>,
 }
 
 impl Dedup {
-    /// Whether `event` is sent now, and as what. An "all good" event for a key with
-    /// no open problem (an apply that succeeded again) is sent only if `quiet_ok` is
-    /// false — watch sets it, so that its periodic successful runs stay silent.
-    pub fn admit(&mut self, event: Event, now: Duration, repeat: Duration, quiet_ok: bool) -> Option<Outgoing> {
+    /// What of `event` is sent now, and as what:
+    /// - a problem ([`EventKind::is_problem`]): `new` the first time, then nothing
+    ///   until `repeat` has passed since it was last sent, then a `reminder`;
+    /// - an event that ends problems ([`Event`]'s successes and recoveries): one
+    ///   `resolved` per problem it ends, carrying the problem's app and instance;
+    ///   with none to end, a recovery is not sent, and a success only if `quiet_ok`
+    ///   is false (watch sets it, so that its periodic successful runs stay silent);
+    /// - a heal of an instance whose crash loop is open: nothing (the loop was told);
+    /// - anything else: `new`.
+    pub fn admit(&mut self, event: Event, now: Duration, repeat: Duration, quiet_ok: bool) -> Vec<Outgoing> {
         let key = event.incident_key();
         if event.kind.is_problem() {
-            return match self.open.get(&key) {
-                Some(last) if now.saturating_sub(*last) < repeat => None,
-                Some(_) => {
-                    self.open.insert(key, now);
-                    Some(Outgoing { event, status: Status::Reminder })
+            let status = match self.open.get(&key) {
+                Some(o) if now.saturating_sub(o.last_sent) < repeat => {
+                    // The same problem again: keep its latest words for the reminder.
+                    let last_sent = o.last_sent;
+                    self.open.insert(key, Open { last_sent, event });
+                    return vec![];
                 }
-                None => {
-                    self.open.insert(key, now);
-                    Some(Outgoing { event, status: Status::New })
-                }
+                Some(_) => Status::Reminder,
+                None => Status::New,
             };
+            self.open.insert(key, Open { last_sent: now, event: event.clone() });
+            return vec![Outgoing { event, status, problem: None }];
         }
-        let clears = matches!(event.kind, EventKind::ApplySucceeded | EventKind::Heal | EventKind::Recovered);
-        if clears && self.open.remove(&key).is_some() {
-            return Some(Outgoing { event, status: Status::Resolved });
+        if event.kind == EventKind::Heal {
+            let looping =
+                format!("{}/{}/{}", event.env, EventKind::CrashLoop.as_str(), event.instance.as_deref().unwrap_or(""));
+            return if self.open.contains_key(&looping) { vec![] } else { vec![Outgoing::new(event)] };
         }
-        // An all-clear with nothing to clear: worth sending only outside watch's loop.
-        if clears && quiet_ok && event.kind != EventKind::Heal {
-            return None;
+        let clears = event.clears();
+        if clears.is_empty() {
+            return vec![Outgoing::new(event)];
         }
-        Some(Outgoing { event, status: Status::New })
+        let ended: Vec<String> = self
+            .open
+            .keys()
+            .filter(|k| clears.iter().any(|(c, prefix)| if *prefix { k.starts_with(c.as_str()) } else { *k == c }))
+            .cloned()
+            .collect();
+        let out: Vec<Outgoing> = ended
+            .into_iter()
+            .filter_map(|k| self.open.remove(&k))
+            .map(|o| {
+                let mut e = event.clone();
+                e.app = e.app.or(o.event.app);
+                e.instance = e.instance.or(o.event.instance);
+                Outgoing { event: e, status: Status::Resolved, problem: Some(o.event.kind) }
+            })
+            .collect();
+        if !out.is_empty() {
+            return out;
+        }
+        if event.kind == EventKind::Recovered || quiet_ok {
+            return vec![];
+        }
+        vec![Outgoing::new(event)]
+    }
+
+    /// Reminders of the open problems last sent `repeat` or longer before `now`
+    /// (for a sender that keeps running while a problem lasts without repeating).
+    pub fn due(&mut self, now: Duration, repeat: Duration) -> Vec<Outgoing> {
+        self.open
+            .values_mut()
+            .filter(|o| now.saturating_sub(o.last_sent) >= repeat)
+            .map(|o| {
+                o.last_sent = now;
+                Outgoing { event: o.event.clone(), status: Status::Reminder, problem: None }
+            })
+            .collect()
     }
 
     /// Open problems now.
@@ -188,11 +282,21 @@ impl Target {
     /// Whether this target wants `kind` (its `on:` filter; status targets take only
     /// the events that have a commit status).
     pub fn wants(&self, kind: EventKind) -> bool {
-        let status_kind = matches!(self.spec.kind, NotifyKind::GithubStatus | NotifyKind::GitlabStatus);
-        if status_kind && commit_state(kind).is_none() {
+        if !self.wants_status_of(kind) {
             return false;
         }
         self.spec.on.is_empty() || self.spec.on.contains(&kind)
+    }
+
+    /// Whether this target receives `o`: it wants the event's kind, or `o` resolves
+    /// a problem of a kind it wants (a target `on: [crash_loop]` hears it resolved).
+    pub fn receives(&self, o: &Outgoing) -> bool {
+        self.wants(o.event.kind)
+            || o.problem.is_some_and(|p| self.spec.on.contains(&p) && self.wants_status_of(o.event.kind))
+    }
+
+    fn wants_status_of(&self, kind: EventKind) -> bool {
+        !matches!(self.spec.kind, NotifyKind::GithubStatus | NotifyKind::GitlabStatus) || commit_state(kind).is_some()
     }
 }
 
@@ -235,10 +339,11 @@ fn commit_state(kind: EventKind) -> Option<(&'static str, &'static str)> {
 /// One line for people: `[staging] apply_failed api: …`.
 pub fn headline(o: &Outgoing) -> String {
     let e = &o.event;
-    let status = match o.status {
-        Status::New => "",
-        Status::Reminder => " (still failing)",
-        Status::Resolved => " (resolved)",
+    let status = match (o.status, o.problem) {
+        (Status::New, _) => String::new(),
+        (Status::Reminder, _) => " (still failing)".into(),
+        (Status::Resolved, Some(p)) => format!(" (resolved {})", p.as_str()),
+        (Status::Resolved, None) => " (resolved)".into(),
     };
     let what = e.instance.as_deref().or(e.app.as_deref()).map(|a| format!(" {a}")).unwrap_or_default();
     format!("[{}] {}{what}{status}: {}", e.env, e.kind.as_str(), e.message)
@@ -272,6 +377,7 @@ pub fn request(target: &Target, o: &Outgoing, secrets: &[Secret]) -> Result<Requ
                     "format_version": FORMAT_VERSION,
                     "event": e.kind,
                     "status": o.status,
+                    "problem": o.problem,
                     "env": e.env,
                     "app": e.app,
                     "instance": e.instance,
@@ -382,6 +488,28 @@ fn short(commit: &str) -> &str {
     commit.get(..12).unwrap_or(commit)
 }
 
+/// A rollback's pin set (`Pin`) or ended (`PinReleased`).
+pub fn pin_event(kind: EventKind, env: &str, pin: &crate::model::Pin, time: String) -> Event {
+    let message = match kind {
+        EventKind::PinReleased => format!(
+            "pin to {} ({}) released: watch follows the repo again and apply is allowed",
+            short(&pin.commit),
+            pin.reference
+        ),
+        _ => format!(
+            "pinned to {} ({}) by {}: watch keeps it there and apply of another commit is refused until `rollback --release`",
+            short(&pin.commit),
+            pin.reference,
+            pin.who
+        ),
+    };
+    Event {
+        commit: Some(pin.commit.clone()),
+        reference: pin.reference.clone(),
+        ..Event::about(kind, env, message, time)
+    }
+}
+
 /// The environment's targets with their secrets looked up in `secrets` (the
 /// resolved secrets of the run; validate checks that the names exist).
 pub fn targets(spec: &[NotificationSpec], secrets: &BTreeMap<String, Secret>) -> Vec<Target> {
@@ -476,6 +604,7 @@ mod tests {
             api_url: Some("http://127.0.0.1:1/api/".into()),
             context: None,
             on: vec![],
+            repeat: None,
             timeout: None,
         }
     }
@@ -492,42 +621,177 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
+    /// The statuses `admit` returns.
+    fn st(v: Vec<Outgoing>) -> Vec<Status> {
+        v.into_iter().map(|o| o.status).collect()
+    }
+
     #[test]
     fn a_repeated_failure_is_sent_once_then_as_reminder_then_resolved() {
         let mut d = Dedup::default();
         let hour = Duration::from_secs(3600);
         let fail = || event(EventKind::ApplyFailed, Some("api"));
-        assert_eq!(d.admit(fail(), S, hour, true).map(|o| o.status), Some(Status::New));
-        assert_eq!(d.admit(fail(), 2 * S, hour, true), None);
-        assert_eq!(d.admit(fail(), hour, hour, true), None);
-        assert_eq!(d.admit(fail(), hour + S, hour, true).map(|o| o.status), Some(Status::Reminder));
-        assert_eq!(d.admit(fail(), hour + 2 * S, hour, true), None);
+        assert_eq!(st(d.admit(fail(), S, hour, true)), [Status::New]);
+        assert_eq!(st(d.admit(fail(), 2 * S, hour, true)), []);
+        assert_eq!(st(d.admit(fail(), hour, hour, true)), []);
+        assert_eq!(st(d.admit(fail(), hour + S, hour, true)), [Status::Reminder]);
+        assert_eq!(st(d.admit(fail(), hour + 2 * S, hour, true)), []);
         // Another app's failure is another problem.
-        assert_eq!(
-            d.admit(event(EventKind::ApplyFailed, Some("web")), 3 * S, hour, true).map(|o| o.status),
-            Some(Status::New)
-        );
+        assert_eq!(st(d.admit(event(EventKind::ApplyFailed, Some("web")), 3 * S, hour, true)), [Status::New]);
         assert_eq!(d.open(), 2);
         let ok = d.admit(event(EventKind::ApplySucceeded, Some("api")), hour * 2, hour, true);
-        assert_eq!(ok.map(|o| o.status), Some(Status::Resolved));
+        assert_eq!(
+            ok.iter().map(|o| (o.status, o.problem)).collect::<Vec<_>>(),
+            [(Status::Resolved, Some(EventKind::ApplyFailed))]
+        );
         assert_eq!(d.open(), 1);
         // Once resolved, success is quiet in watch and the next failure is new again.
-        assert_eq!(d.admit(event(EventKind::ApplySucceeded, Some("api")), hour * 3, hour, true), None);
-        assert_eq!(d.admit(fail(), hour * 3, hour, true).map(|o| o.status), Some(Status::New));
+        assert_eq!(st(d.admit(event(EventKind::ApplySucceeded, Some("api")), hour * 3, hour, true)), []);
+        assert_eq!(st(d.admit(fail(), hour * 3, hour, true)), [Status::New]);
     }
 
     #[test]
     fn outside_watch_a_success_is_always_sent() {
         let mut d = Dedup::default();
-        let got = d.admit(event(EventKind::ApplySucceeded, None), S, REPEAT, false);
-        assert_eq!(got.map(|o| o.status), Some(Status::New));
+        assert_eq!(st(d.admit(event(EventKind::ApplySucceeded, None), S, REPEAT, false)), [Status::New]);
+    }
+
+    fn on(kind: EventKind, instance: Option<&str>) -> Event {
+        let mut e = event(kind, Some("api"));
+        e.instance = instance.map(str::to_string);
+        e
+    }
+
+    #[test]
+    fn an_environment_wide_success_resolves_every_failure_with_its_app() {
+        let mut d = Dedup::default();
+        let mut env_failure = event(EventKind::ApplyFailed, None);
+        env_failure.message = "load: bad yaml".into();
+        assert_eq!(st(d.admit(env_failure, S, REPEAT, true)), [Status::New]);
+        assert_eq!(st(d.admit(event(EventKind::ApplyFailed, Some("web")), S, REPEAT, true)), [Status::New]);
+        let got = d.admit(event(EventKind::ApplySucceeded, None), 2 * S, REPEAT, true);
+        let apps: Vec<(Status, Option<&str>)> = got.iter().map(|o| (o.status, o.event.app.as_deref())).collect();
+        assert_eq!(apps, [(Status::Resolved, None), (Status::Resolved, Some("web"))]);
+        assert_eq!(d.open(), 0);
+    }
+
+    #[test]
+    fn a_recovery_ends_its_instance_s_problems_and_is_silent_otherwise() {
+        let mut d = Dedup::default();
+        assert_eq!(st(d.admit(on(EventKind::Recovered, Some("api-0")), S, REPEAT, true)), []);
+        assert_eq!(st(d.admit(on(EventKind::CrashLoop, Some("api-0")), S, REPEAT, true)), [Status::New]);
+        assert_eq!(st(d.admit(on(EventKind::Unhealthy, Some("api-0")), S, REPEAT, true)), [Status::New]);
+        assert_eq!(st(d.admit(on(EventKind::Unhealthy, Some("api-1")), S, REPEAT, true)), [Status::New]);
+        // Heals of a crash-looping instance are part of the loop, not news.
+        assert_eq!(st(d.admit(on(EventKind::Heal, Some("api-0")), 2 * S, REPEAT, true)), []);
+        assert_eq!(st(d.admit(on(EventKind::Heal, Some("api-1")), 2 * S, REPEAT, true)), [Status::New]);
+        let got = d.admit(on(EventKind::Recovered, Some("api-0")), 3 * S, REPEAT, true);
+        let problems: Vec<Option<EventKind>> = got.iter().map(|o| o.problem).collect();
+        assert_eq!(problems, [Some(EventKind::CrashLoop), Some(EventKind::Unhealthy)]);
+        assert_eq!(d.open(), 1, "api-1 is still unhealthy");
+        // Drift ends with an environment-wide recovery.
+        assert_eq!(st(d.admit(event(EventKind::Drift, None), S, REPEAT, true)), [Status::New]);
+        assert_eq!(st(d.admit(event(EventKind::Drift, None), 2 * S, REPEAT, true)), []);
+        let got = d.admit(event(EventKind::Recovered, None), 3 * S, REPEAT, true);
+        assert_eq!(got.iter().map(|o| o.problem).collect::<Vec<_>>(), [Some(EventKind::Drift)]);
+    }
+
+    #[test]
+    fn due_reminds_of_problems_that_last_without_repeating() {
+        let mut d = Dedup::default();
+        let repeat = 10 * S;
+        assert_eq!(st(d.admit(on(EventKind::Unhealthy, Some("api-0")), S, repeat, true)), [Status::New]);
+        assert!(d.due(10 * S, repeat).is_empty());
+        let r = d.due(11 * S, repeat);
+        assert_eq!((r.len(), r[0].status, r[0].event.kind), (1, Status::Reminder, EventKind::Unhealthy));
+        assert!(d.due(12 * S, repeat).is_empty(), "a reminder restarts the wait");
+        assert_eq!(st(d.admit(on(EventKind::Unhealthy, Some("api-0")), 15 * S, repeat, true)), []);
+    }
+
+    #[test]
+    fn a_resolution_reaches_targets_filtering_on_its_problem() {
+        let mut t = target(NotifyKind::Webhook);
+        t.spec.on = vec![EventKind::CrashLoop];
+        let mut d = Dedup::default();
+        let _ = d.admit(on(EventKind::CrashLoop, Some("api-0")), S, REPEAT, true);
+        let got = d.admit(on(EventKind::Recovered, Some("api-0")), 2 * S, REPEAT, true);
+        assert!(t.receives(&got[0]));
+        assert!(!t.receives(&Outgoing::new(on(EventKind::Recovered, Some("api-0")))));
+        let r = request(&t, &got[0], &[]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!((v["event"].as_str(), v["status"].as_str()), (Some("recovered"), Some("resolved")));
+        assert_eq!(v["problem"], "crash_loop");
+        assert!(headline(&got[0]).contains("api-0 (resolved crash_loop)"), "{}", headline(&got[0]));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One step: an event kind, its scope, and how far the clock moves first.
+        fn step() -> impl Strategy<Value = (EventKind, Option<u8>, u64)> {
+            let kinds = prop::sample::select(vec![
+                EventKind::ApplyFailed,
+                EventKind::ApplySucceeded,
+                EventKind::CrashLoop,
+                EventKind::Unhealthy,
+                EventKind::Recovered,
+                EventKind::Drift,
+                EventKind::Heal,
+            ]);
+            (kinds, prop::option::of(0u8..3), 0u64..4000)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn never_two_sends_of_a_key_within_repeat_and_resolved_only_after_a_send(
+                steps in prop::collection::vec(step(), 1..80),
+                repeat_ms in 1u64..3000,
+                quiet in any::<bool>(),
+            ) {
+                let repeat = Duration::from_millis(repeat_ms);
+                let mut d = Dedup::default();
+                let mut now = Duration::ZERO;
+                let mut last_sent: BTreeMap<String, Duration> = BTreeMap::new();
+                let mut open: std::collections::BTreeSet<String> = Default::default();
+                for (i, (kind, scope, dt)) in steps.into_iter().enumerate() {
+                    now += Duration::from_millis(dt);
+                    let mut e = event(kind, scope.map(|s| format!("app{s}")).as_deref());
+                    e.instance = scope.map(|s| format!("app{s}-0"));
+                    let out = if i % 5 == 4 { d.due(now, repeat) } else { d.admit(e, now, repeat, quiet) };
+                    for o in out {
+                        match o.status {
+                            Status::New | Status::Reminder if o.event.kind.is_problem() => {
+                                let key = o.event.incident_key();
+                                if let Some(t) = last_sent.get(&key) {
+                                    prop_assert!(now - *t >= repeat, "{key} sent twice within {repeat:?}");
+                                }
+                                prop_assert_eq!(o.status == Status::Reminder, open.contains(&key));
+                                last_sent.insert(key.clone(), now);
+                                open.insert(key);
+                            }
+                            Status::Resolved => {
+                                let mut p = o.event.clone();
+                                p.kind = o.problem.unwrap_or(p.kind);
+                                let key = p.incident_key();
+                                prop_assert!(open.remove(&key), "resolved {key}, which was not sent or already resolved");
+                                last_sent.remove(&key);
+                            }
+                            _ => prop_assert!(!o.event.kind.is_problem()),
+                        }
+                    }
+                    prop_assert_eq!(d.open(), open.len());
+                }
+            }
+        }
     }
 
     #[test]
     fn webhook_bodies_are_signed_and_carry_no_secret() {
         let mut e = event(EventKind::ApplyFailed, Some("api"));
         e.message = "db said: password hunter22 rejected".into();
-        let o = Outgoing { event: e, status: Status::New };
+        let o = Outgoing::new(e);
         let r = request(&target(NotifyKind::Webhook), &o, &[Secret::new("hunter22".into())]).unwrap();
         assert!(!r.body.contains("hunter22"), "{}", r.body);
         assert!(r.body.contains("password (sensitive) rejected"), "{}", r.body);
@@ -546,7 +810,7 @@ mod tests {
 
     #[test]
     fn commit_statuses_go_to_the_applied_commit() {
-        let o = Outgoing { event: event(EventKind::ApplyFailed, Some("api")), status: Status::New };
+        let o = Outgoing::new(event(EventKind::ApplyFailed, Some("api")));
         let gh = request(&target(NotifyKind::GithubStatus), &o, &[]).unwrap();
         assert_eq!(
             gh.url.expose(),
@@ -570,7 +834,7 @@ mod tests {
         t.spec.on = vec![EventKind::ApplyFailed];
         assert!(t.wants(EventKind::ApplyFailed));
         assert!(!t.wants(EventKind::ApplySucceeded));
-        let o = Outgoing { event: event(EventKind::ApplyFailed, Some("api")), status: Status::Reminder };
+        let o = Outgoing { status: Status::Reminder, ..Outgoing::new(event(EventKind::ApplyFailed, Some("api"))) };
         let r = request(&t, &o, &[]).unwrap();
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert!(v["text"].as_str().unwrap().starts_with("[staging] apply_failed api (still failing): "), "{v}");

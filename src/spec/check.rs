@@ -72,7 +72,7 @@ impl Checker<'_> {
                     );
                 }
             }
-            for (field, value) in [("timeout", &n.timeout)] {
+            for (field, value) in [("repeat", &n.repeat), ("timeout", &n.timeout)] {
                 if let Some(Err(e)) = value.as_deref().map(units::duration) {
                     self.invalid(&env.doc, &format!("{p}/{field}"), e);
                 }

@@ -71,6 +71,9 @@ pub struct NotificationSpec {
     /// Only these events; all when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on: Vec<crate::notify::EventKind>,
+    /// A problem that persists is sent again at most this often (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<String>,
     /// Per delivery, retries included (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

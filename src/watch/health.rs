@@ -15,6 +15,7 @@ use super::metrics;
 use super::schedule::{Health, HealthTracker, Transition, Trigger};
 use crate::backend::{docker, etcd, probe};
 use crate::model::{HealthMark, keys};
+use crate::notify::EventKind;
 use crate::spec::Env;
 
 /// One instance to probe.
@@ -80,8 +81,11 @@ pub async fn monitor(
     triggers: mpsc::Sender<Trigger>,
     metrics: metrics::Shared,
     timeout: Duration,
+    notes: super::notify::Notes,
 ) {
     let mut next: BTreeMap<String, Instant> = BTreeMap::new();
+    // Unhealthy containers told, with their instance (told recovered when they go).
+    let mut told: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut client = None;
     loop {
         let list = targets.borrow_and_update().clone();
@@ -89,6 +93,16 @@ pub async fn monitor(
         // Seed what etcd already says, forget what no longer runs.
         let names: BTreeSet<&str> = list.iter().map(|t| t.container_name.as_str()).collect();
         tracker.retain(|c| names.contains(c));
+        let gone: Vec<(String, String)> =
+            told.iter().filter(|(c, _)| !names.contains(c.as_str())).map(|(_, v)| v.clone()).collect();
+        told.retain(|c, _| names.contains(c.as_str()));
+        let events = gone
+            .iter()
+            .map(|(app, i)| {
+                notes.event(EventKind::Recovered, Some(app), Some(i), format!("{i}: its unhealthy container is gone"))
+            })
+            .collect();
+        notes.tell(events, true);
         next.retain(|c, _| names.contains(c.as_str()));
         for t in &list {
             if t.marked && tracker.health(&t.container_name) == Health::Healthy && !next.contains_key(&t.container_name)
@@ -109,17 +123,28 @@ pub async fn monitor(
             let ok = r.is_ok();
             let Some(change) = tracker.observe(&t.container_name, ok, t.schedule.retries, now) else { continue };
             let error = r.err().unwrap_or_default();
-            match change {
-                Transition::Down => tracing::warn!(
-                    instance = t.instance,
-                    host = t.host,
-                    error,
-                    "instance unhealthy: taking it out of traffic"
-                ),
-                Transition::Up => {
-                    tracing::info!(instance = t.instance, host = t.host, "instance healthy again: back into traffic")
+            let (app, i) = (Some(t.app.as_str()), Some(t.instance.as_str()));
+            let event = match change {
+                Transition::Down => {
+                    tracing::warn!(
+                        instance = t.instance,
+                        host = t.host,
+                        error,
+                        "instance unhealthy: taking it out of traffic"
+                    );
+                    told.insert(t.container_name.clone(), (t.app.clone(), t.instance.clone()));
+                    let message =
+                        format!("{} on {}: health check failing ({error}); out of traffic", t.instance, t.host);
+                    notes.event(EventKind::Unhealthy, app, i, message)
                 }
-            }
+                Transition::Up => {
+                    tracing::info!(instance = t.instance, host = t.host, "instance healthy again: back into traffic");
+                    told.remove(&t.container_name);
+                    let message = format!("{} on {}: healthy again, back into traffic", t.instance, t.host);
+                    notes.event(EventKind::Recovered, app, i, message)
+                }
+            };
+            notes.tell(vec![event], true);
             if let Err(e) = write_mark(&env, &mut client, t, change, &error, timeout).await {
                 tracing::warn!(instance = t.instance, error = %e, "cannot write the health mark");
                 if let Ok(mut m) = metrics.lock() {

@@ -126,7 +126,27 @@ impl Metrics {
         for (stage, n) in &self.failures {
             let _ = writeln!(o, "reconcile_watch_failures_total{{env=\"{env}\",stage=\"{stage}\"}} {n}");
         }
+        notifications(&mut o, &env, &crate::backend::notify::counts());
         o
+    }
+}
+
+/// The notification counters, from `(kind, sent, failed)` per target kind.
+fn notifications(o: &mut String, env: &str, counts: &[(&str, u64, u64)]) {
+    let sent: Vec<(&str, u64)> = counts.iter().map(|c| (c.0, c.1)).collect();
+    let failed: Vec<(&str, u64)> = counts.iter().map(|c| (c.0, c.2)).collect();
+    for (name, help, values) in [
+        ("reconcile_notifications_sent_total", "Notifications delivered, by target kind.", sent),
+        (
+            "reconcile_notifications_failed_total",
+            "Notifications not delivered (every attempt failed), by target kind.",
+            failed,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (kind, n) in values {
+            let _ = writeln!(o, "{name}{{env=\"{env}\",kind=\"{kind}\"}} {n}");
+        }
     }
 }
 
@@ -198,12 +218,22 @@ mod tests {
         assert!(t.contains("reconcile_watch_last_sync_info{env=\"prod\",commit=\"abc\\\"1\"} 1\n"));
         assert!(t.contains("reconcile_watch_instances{env=\"prod\",state=\"running\"} 5\n"));
         assert!(t.contains("reconcile_watch_failures_total{env=\"prod\",stage=\"apply\"} 1\n"));
+        assert!(t.contains("reconcile_notifications_failed_total{env=\"prod\",kind=\"webhook\"} "), "{t}");
         // Every sample line belongs to a family declared with HELP and TYPE.
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             let family = name.trim_end_matches("_sum").trim_end_matches("_count");
             assert!(t.contains(&format!("# TYPE {family} ")), "{name} has no TYPE");
         }
+    }
+
+    #[test]
+    fn renders_notification_counters_by_target_kind() {
+        let mut o = String::new();
+        notifications(&mut o, "prod", &[("webhook", 3, 1), ("slack", 0, 2)]);
+        assert!(o.contains("reconcile_notifications_sent_total{env=\"prod\",kind=\"webhook\"} 3\n"), "{o}");
+        assert!(o.contains("reconcile_notifications_failed_total{env=\"prod\",kind=\"slack\"} 2\n"), "{o}");
+        assert!(o.contains("# TYPE reconcile_notifications_failed_total counter\n"), "{o}");
     }
 
     #[tokio::test]

@@ -16,11 +16,15 @@
 //! - Safety: only the leader acts (a lease-held `<prefix>/<env>/watch-leader` key; the
 //!   others stand by and take over within the lease TTL); each run takes the apply
 //!   lock, so watch never interleaves with a manual `apply`; `dry_run` only reports.
+//! - Notifications ([`notify`]): heals, crash loops, unhealthy instances, failed runs,
+//!   drift in a dry run and their recovery go to the environment's targets, repeats
+//!   de-duplicated, delivered in the background (never delaying a run).
 //! - Shutdown: the current run finishes, the leader key is released, `run` returns.
 
 pub mod health;
 pub mod metrics;
 pub mod page;
+pub mod notify;
 pub mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +41,7 @@ use crate::apply;
 use crate::backend::{docker, etcd};
 use crate::model::{InstanceId, Pin};
 use crate::model::{ObservedState, keys};
+use crate::notify::EventKind;
 use crate::plan::{self, Action, Plan, Reason};
 use crate::spec::{Env, Origin};
 use schedule::{Backoff, HealthTracker, Trigger};
@@ -116,6 +121,8 @@ pub async fn run(
         tracing::info!(%bound, "serving /metrics, /healthz and the status page (/, /status.json)");
     }
 
+    let (notes, _notes_task) = notify::Notes::start(&env_name);
+    notes.targets(&first);
     let backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max, Duration::from_secs(600));
     let mut w = Watcher {
         cfg,
@@ -128,6 +135,8 @@ pub async fn run(
         pin: None,
         deaths: schedule::Deaths::new(Duration::from_secs(60)),
         probe_clients: BTreeMap::new(),
+        notes,
+        looping_told: BTreeSet::new(),
     };
     let mut stop = stop_rx.clone();
     loop {
@@ -207,6 +216,10 @@ struct Watcher {
     hosts: Option<Vec<crate::spec::types::HostSpec>>,
     /// The rollback pin seen by the last run (logged when it changes).
     pin: Option<crate::model::Pin>,
+    /// Notifications.
+    notes: notify::Notes,
+    /// Instances told as crash-looping and not yet told recovered.
+    looping_told: BTreeSet<String>,
 }
 
 impl Watcher {
@@ -262,6 +275,7 @@ impl Watcher {
                 tx.clone(),
                 Arc::clone(&self.metrics),
                 self.cfg.observe.timeout,
+                self.notes.clone(),
             )));
         }
         let mut wake: Option<tokio::task::JoinHandle<()>> = None;
@@ -294,6 +308,16 @@ impl Watcher {
                             window = ?self.deaths.window,
                             "crash-looping: restarts are backed off (see `reconcile status` for restarts and uptime)"
                         );
+                        let app = InstanceId::parse(instance).ok().map(|i| i.app);
+                        let message = format!(
+                            "{instance} died {n} times within {:?}: its restarts are backed off",
+                            self.deaths.window
+                        );
+                        self.notes.tell(
+                            vec![self.notes.event(EventKind::CrashLoop, app.as_deref(), Some(instance), message)],
+                            true,
+                        );
+                        self.looping_told.insert(instance.clone());
                     }
                 }
             }
@@ -303,6 +327,7 @@ impl Watcher {
             let kinds: BTreeSet<&str> = batch.iter().map(Trigger::kind).collect();
             tracing::info!(triggers = batch.len(), kinds = ?kinds, "run");
             let next_wake = self.run_once(&targets_tx).await;
+            self.tell_loops_ended();
             if let Some(hosts) = self.hosts.take()
                 && hosts != watched_hosts
             {
@@ -371,7 +396,32 @@ impl Watcher {
         }
     }
 
+    /// Crash loops that ended (fewer deaths in the window, or the instance is gone)
+    /// are told as recovered.
+    fn tell_loops_ended(&mut self) {
+        let looping: BTreeSet<String> = self.deaths.looping(Instant::now()).into_iter().collect();
+        let ended: Vec<String> = self.looping_told.difference(&looping).cloned().collect();
+        let events = ended
+            .iter()
+            .map(|i| {
+                let app = InstanceId::parse(i).ok().map(|x| x.app);
+                let message = format!("{i} no longer crash-looping");
+                self.notes.event(EventKind::Recovered, app.as_deref(), Some(i), message)
+            })
+            .collect();
+        self.notes.tell(events, true);
+        self.looping_told = looping.intersection(&self.looping_told).cloned().collect();
+    }
+
+    /// A failed run: logged, counted and told (`apply_failed` for the environment).
     fn fail(&self, stage: &'static str, e: impl std::fmt::Display) -> (RunResult, Option<Instant>) {
+        let message = format!("watch run failed at {stage}: {e}");
+        self.notes.tell(vec![self.notes.event(EventKind::ApplyFailed, None, None, message)], true);
+        self.failed(stage, e)
+    }
+
+    /// A failed run, logged and counted (the caller told what failed).
+    fn failed(&self, stage: &'static str, e: impl std::fmt::Display) -> (RunResult, Option<Instant>) {
         tracing::error!(stage, error = %e, "watch run failed; retrying with back-off");
         page::failed(&self.metrics, stage, &e.to_string());
         if let Ok(mut m) = self.metrics.lock() {
@@ -387,6 +437,7 @@ impl Watcher {
             Ok(s) => s,
             Err(e) => return self.fail("load", e),
         };
+        self.notes.targets(&snap);
         let progress: apply::Progress = Arc::new(|line: String| tracing::info!("{line}"));
         let mut opts = self.cfg.apply;
         opts.kind = apply::HistoryKind::Watch;
@@ -397,9 +448,9 @@ impl Watcher {
             lock: !self.cfg.dry_run,
         };
         let now = Instant::now();
-        let mut hooks = RunHooks { w: self, targets, now, next_wake: None, heals: Vec::new() };
+        let mut hooks = RunHooks { w: self, targets, now, next_wake: None, heals: Vec::new(), held: false };
         let result = apply::run(snap, req, &mut hooks, progress).await;
-        let RunHooks { next_wake, heals, .. } = hooks;
+        let RunHooks { next_wake, heals, held, .. } = hooks;
         let outcome = match result {
             Ok(o) => o,
             Err(e) => {
@@ -413,6 +464,9 @@ impl Watcher {
         let (p, target) = (&outcome.plan, &outcome.target);
         let Some(report) = &outcome.report else {
             if p.summary.is_empty() {
+                if !held {
+                    self.tell_ok(p, &target.origin, false);
+                }
                 self.synced(&target.origin);
                 return (RunResult::Ok, next_wake);
             }
@@ -426,6 +480,17 @@ impl Watcher {
             });
             let wait = self.backoff.record(i, now);
             tracing::info!(instance = i, failed, next_backoff = ?wait, "healed");
+            if !failed {
+                let created = p.actions.iter().any(|a| matches!(a, Action::Create { instance, .. } if instance == i));
+                let how = if created {
+                    "re-created (its container was gone)"
+                } else {
+                    "restarted (its container had stopped)"
+                };
+                let app = InstanceId::parse(i).ok().map(|x| x.app);
+                self.notes
+                    .tell(vec![self.notes.event(EventKind::Heal, app.as_deref(), Some(i), format!("{i} {how}"))], true);
+            }
         }
         if let Ok(mut m) = self.metrics.lock() {
             m.heals += heals.len() as u64;
@@ -437,7 +502,24 @@ impl Watcher {
                 }
             }
             let errors = report.errors.join("; ");
-            return self.fail("apply", format!("apply incomplete: {} {errors}", p.summary));
+            let mut told: Vec<crate::notify::Event> = report
+                .apps
+                .iter()
+                .filter_map(|(app, o)| {
+                    o.error.as_ref().map(|e| self.notes.event(EventKind::ApplyFailed, Some(app), None, e.to_string()))
+                })
+                .collect();
+            if !report.errors.is_empty() {
+                told.push(self.notes.event(EventKind::ApplyFailed, None, None, errors.clone()));
+            }
+            for e in &mut told {
+                e.summary = p.summary.to_string();
+            }
+            self.notes.tell(told, true);
+            return self.failed("apply", format!("apply incomplete: {} {errors}", p.summary));
+        }
+        if !held {
+            self.tell_ok(p, &target.origin, true);
         }
         self.synced(&target.origin);
         (RunResult::Ok, self.backoff.held(Instant::now()).values().min().copied().or(next_wake))
@@ -479,6 +561,20 @@ impl Watcher {
         }
         let pinned = self.load(Some(pin.commit.clone())).await;
         pinned.map(Some).map_err(|e| format!("loading the pinned commit {}: {e}", pin.commit))
+    }
+
+    /// A run that converged: `apply_succeeded` for the environment, which resolves
+    /// every failure told before. Sent on its own (not only as a resolution) when this
+    /// run applied a commit other than the last one synced.
+    fn tell_ok(&self, p: &Plan, origin: &Origin, applied: bool) {
+        let last = self.metrics.lock().ok().and_then(|m| m.last_sync_commit.clone());
+        let new_commit = applied && last.as_deref() != Some(origin.commit.as_deref().unwrap_or("(not in git)"));
+        let what = origin.commit.as_deref().map(apply::pin::short).unwrap_or("a directory outside Git");
+        let mut e = self.notes.event(EventKind::ApplySucceeded, None, None, format!("in sync at {what}"));
+        e.summary = p.summary.to_string();
+        e.commit.clone_from(&origin.commit);
+        e.reference = origin.reference.clone().unwrap_or_default();
+        self.notes.tell(vec![e], !new_commit);
     }
 
     fn synced(&self, origin: &Origin) {
@@ -551,6 +647,8 @@ struct RunHooks<'w> {
     next_wake: Option<Instant>,
     /// Instances this run brings back.
     heals: Vec<String>,
+    /// Crash-looping instances were held back (so the run did not converge them).
+    held: bool,
 }
 
 impl apply::Hooks for RunHooks<'_> {
@@ -571,6 +669,7 @@ impl apply::Hooks for RunHooks<'_> {
             tracing::warn!(instance = i, "crash-looping: held back until its back-off ends");
         }
         self.next_wake = self.w.backoff.held(self.now).values().min().copied();
+        self.held = !hold.is_empty();
         hold
     }
 
@@ -595,10 +694,17 @@ impl apply::Hooks for RunHooks<'_> {
             _ => None,
         }));
         if p.summary.is_empty() {
+            if w.cfg.dry_run {
+                let e = w.notes.event(EventKind::Recovered, None, None, "in sync with the repo again".into());
+                w.notes.tell(vec![e], true);
+            }
             return Ok(true);
         }
         if w.cfg.dry_run {
             tracing::warn!(summary = %p.summary, "drift (dry run: nothing changed)");
+            let mut e = w.notes.event(EventKind::Drift, None, None, format!("drift: {}", p.summary));
+            e.summary = p.summary.to_string();
+            w.notes.tell(vec![e], true);
             eprint!("{}", plan::render::text(p, false));
             return Ok(false);
         }
@@ -677,9 +783,9 @@ async fn docker_events(
 
 /// Watch a local checkout (working tree and `.git`, minus object and lock churn):
 /// any change is a [`Trigger::Repo`]. The returned watcher must be kept alive.
-fn repo_events(path: &std::path::Path, tx: mpsc::Sender<Trigger>) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::{EventKind, RecursiveMode, Watcher as _};
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+fn repo_events(path: &std::path::Path, tx: mpsc::Sender<Trigger>) -> ::notify::Result<::notify::RecommendedWatcher> {
+    use ::notify::{EventKind, RecursiveMode, Watcher as _};
+    let mut w = ::notify::recommended_watcher(move |res: ::notify::Result<::notify::Event>| {
         let Ok(ev) = res else { return };
         if !matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)) {
             return;

@@ -33,6 +33,7 @@ mod logs;
 mod maintenance;
 mod markdown;
 mod notify;
+mod notify_watch;
 mod plan;
 mod plan_live;
 mod registry;

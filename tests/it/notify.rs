@@ -2,96 +2,12 @@
 //! telling a local HTTP receiver (webhook with HMAC signature, Slack payload,
 //! GitHub and GitLab commit statuses); a receiver that hangs does not stall apply.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::support::{git, reconcile_cmd_in, remove_env_containers, stderr, stdout, var};
-
-/// One request the receiver got.
-#[derive(Debug, Clone)]
-struct Got {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-/// An HTTP receiver on 127.0.0.1 that records requests and answers 201, or never
-/// answers (`hang`).
-struct Receiver {
-    port: u16,
-    got: Arc<Mutex<Vec<Got>>>,
-}
-
-impl Receiver {
-    fn start(hang: bool) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&got);
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for stream in listener.incoming().flatten() {
-                if hang {
-                    held.push(stream); // keep it open, say nothing
-                    continue;
-                }
-                if let Some(r) = read_request(&stream) {
-                    sink.lock().unwrap().push(r);
-                }
-                let mut s = stream;
-                let _ = s.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            }
-        });
-        Receiver { port, got }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn requests(&self) -> Vec<Got> {
-        self.got.lock().unwrap().clone()
-    }
-}
-
-fn read_request(stream: &TcpStream) -> Option<Got> {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut r = BufReader::new(stream);
-    let mut line = String::new();
-    r.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some(Got { method, path, headers, body: String::from_utf8_lossy(&body).into_owned() })
-}
+use super::support::{Got, Receiver, git, reconcile_cmd_in, remove_env_containers, stderr, stdout, var};
 
 const SIGNING_KEY: &str = "whsec-test-signing-key";
 const TOKEN: &str = "tok-very-secret-123";
@@ -263,4 +179,62 @@ fn a_hanging_receiver_costs_apply_at_most_its_timeout() {
     assert!(stderr(&o).contains("not delivered: no answer within 1s"), "{}", stderr(&o));
     // A hang would never end; the bound leaves room for a loaded CI machine.
     assert!(took < Duration::from_secs(60), "apply took {took:?}");
+}
+
+#[test]
+fn a_rollback_tells_its_pin_and_the_release_tells_pin_released() {
+    let rx = Receiver::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let env = format!("it-notify-pin-{}", std::process::id());
+    let prefix = format!("/it-notify-pin-{}", std::process::id());
+    let _cleanup = super::support::EtcdCleanup::new(&[&prefix, &format!("{prefix}-reg")]);
+    repo(
+        dir.path(),
+        &env,
+        "[/bin/busybox, sleep, '3600']",
+        "  - {kind: webhook, url: hook_url, on: [pin, pin_released]}\n",
+    );
+    let file = dir.path().join("environments").join(&env).join("environment.yaml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "notifications:",
+        &format!(
+            "etcd: {{endpoints: ['{}'], prefix: '{prefix}', registry_prefix: '{prefix}-reg'}}\nnotifications:",
+            super::support::etcd_endpoint()
+        ),
+    );
+    std::fs::write(&file, text).unwrap();
+    git(dir.path(), &["commit", "-qam", "v1 with etcd"]);
+    let v1 = head(dir.path());
+    let app = dir.path().join("environments").join(&env).join("apps/job.yaml");
+    let text = std::fs::read_to_string(&app).unwrap().replace("'3600'", "'3601'");
+    std::fs::write(&app, text).unwrap();
+    git(dir.path(), &["commit", "-qam", "v2"]);
+    let o = apply(dir.path(), &env, &rx);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(rx.requests().is_empty(), "the filter keeps only pins: {:#?}", rx.requests());
+
+    let run = |args: &[&str]| {
+        let repo = dir.path().to_string_lossy().into_owned();
+        let mut all = vec!["rollback", "--env", env.as_str(), "--repo", repo.as_str()];
+        all.extend_from_slice(args);
+        reconcile_cmd_in(dir.path(), &all)
+            .env("IT_HOOK_URL", rx.url("/hook"))
+            .env("IT_SLACK_URL", rx.url("/slack"))
+            .env("IT_SIGNING", SIGNING_KEY)
+            .env("IT_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--to", "HEAD~1", "--yes"]);
+    remove_env_containers(&env);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let o = run(&["--release"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let got: Vec<serde_json::Value> = rx.requests().iter().map(|g| serde_json::from_str(&g.body).unwrap()).collect();
+    let kinds: Vec<&str> = got.iter().filter_map(|v| v["event"].as_str()).collect();
+    assert_eq!(kinds, ["pin", "pin_released"], "{got:#?}");
+    for v in &got {
+        assert_eq!((v["commit"].as_str(), v["env"].as_str()), (Some(v1.as_str()), Some(env.as_str())), "{v}");
+    }
+    assert!(got[0]["message"].as_str().unwrap().contains("rollback --release"), "{got:#?}");
 }

@@ -685,4 +685,92 @@ pub fn web_0_run_args(env: &str) -> Vec<String> {
         "300".into(),
     ]
     .into()
+// ------------------------------------------------------------------ notification receiver
+// (tests/it/notify.rs and tests/it/notify_watch.rs)
+
+use std::io::{BufRead as _, BufReader};
+use std::sync::Mutex;
+
+/// One request the [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP receiver on 127.0.0.1 that records requests and answers 201, or never
+/// answers (`hang`).
+pub struct Receiver {
+    pub port: u16,
+    got: Arc<Mutex<Vec<Got>>>,
+}
+
+impl Receiver {
+    pub fn start(hang: bool) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&got);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                if hang {
+                    held.push(stream); // keep it open, say nothing
+                    continue;
+                }
+                if let Some(r) = read_request(&stream) {
+                    sink.lock().unwrap().push(r);
+                }
+                let mut s = stream;
+                let _ = s.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        Receiver { port, got }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+fn read_request(stream: &std::net::TcpStream) -> Option<Got> {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some(Got { method, path, headers, body: String::from_utf8_lossy(&body).into_owned(), at: Instant::now() })
 }

@@ -1,0 +1,228 @@
+//! Notifications from `reconcile watch`, end to end against Docker daemon 1 and the
+//! test etcd, told to the local HTTP receiver: a heal is told once; a failure that
+//! watch's retries repeat is told once, reminded after `repeat` and resolved when it is
+//! fixed; drift in `--dry-run` is told once and resolved when it is gone; a hanging
+//! receiver holds up nothing and its failed deliveries show in /metrics.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use super::support::{
+    Got, Receiver, TestEnv, app_yaml, docker_cli, etcd_endpoint, http_exchange, managed_env, reconcile, reconcile_cmd,
+    stderr, stdout, var,
+};
+
+/// The environment: daemon 1, etcd, no LB; a webhook (`IT_HOOK_URL`, reminders every
+/// 2s) and, with `hang`, a Slack target (`IT_HANG_URL`) with a 1s timeout.
+fn environment(t: &TestEnv, hang: bool) {
+    let slack = if hang { "  - {kind: slack, url: hang_url, timeout: 1s}\n" } else { "" };
+    t.write(
+        "environment.yaml",
+        &format!(
+            "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nsecrets:\n  hook_url: {{from_env: IT_HOOK_URL}}\n  hang_url: {{from_env: IT_HANG_URL}}\nhosts:\n  - {{name: node-1, docker: '{d1}', address: 127.0.0.1, ports: 26950-26959}}\netcd: {{endpoints: ['{etcd}'], prefix: '{prefix}', registry_prefix: '{prefix}-reg'}}\nnotifications:\n  - {{kind: webhook, url: hook_url, repeat: 2s}}\n{slack}",
+            env = t.env,
+            d1 = var("RECONCILE_TEST_DOCKER1"),
+            etcd = etcd_endpoint(),
+            prefix = t.prefix,
+        ),
+    );
+}
+
+/// `apps/job.yaml`: busybox sleeping, with `health` (a YAML flow map) if given.
+fn job(t: &TestEnv, health: Option<&str>) {
+    let extra = match health {
+        Some(h) => format!("stop_timeout: 1s\nhealth: {h}\n"),
+        None => "stop_timeout: 1s\n".to_string(),
+    };
+    t.write("apps/job.yaml", &app_yaml("job", &var("RECONCILE_TEST_IMAGE"), "[/bin/busybox, sleep, '3600']", &extra));
+}
+
+/// A running `reconcile watch` with its metrics on a port of its choosing; killed on drop.
+struct Watch {
+    child: Child,
+    log: std::path::PathBuf,
+    env: String,
+}
+
+impl Watch {
+    fn start(t: &TestEnv, hook: &Receiver, hang: Option<&Receiver>, extra: &[&str]) -> Self {
+        let log = t.root().join("watch.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let repo = t.repo();
+        let child = reconcile_cmd(&["watch", "--env", &t.env, "--repo", &repo, "--metrics-addr", "127.0.0.1:0"])
+            .args(["--timeout", "10s", "--health-hold", "1s"])
+            .args(extra)
+            .env("RUST_LOG", "reconcile=info")
+            .env("RECONCILE_LOCK_TTL", "3s")
+            .env("IT_HOOK_URL", hook.url("/hook"))
+            .env("IT_HANG_URL", hang.map(|h| h.url("/hang")).unwrap_or_else(|| hook.url("/unused")))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Watch { child, log, env: t.env.clone() }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The metrics port, from the "serving /metrics" line of the log.
+    fn port(&self) -> Option<u16> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("serving /metrics"))?;
+        line.rsplit("127.0.0.1:").next()?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    }
+
+    fn metrics(&self) -> String {
+        let Some(port) = self.port() else { return String::new() };
+        let request = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        http_exchange("127.0.0.1", port, request, None, Duration::from_secs(2)).0
+    }
+
+    /// The value of the sample `name{env="<env>",<labels>}`, 0 when absent.
+    fn metric(&self, name: &str, labels: &str) -> f64 {
+        let prefix = format!("{name}{{env=\"{}\"{labels}}} ", self.env);
+        let m = self.metrics();
+        m.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok()).unwrap_or(0.0)
+    }
+
+    fn runs(&self, result: &str) -> f64 {
+        self.metric("reconcile_watch_runs_total", &format!(",result=\"{result}\""))
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `f` every 100 ms until true, or panic with `what`, the log and what arrived.
+fn wait_for(what: &str, limit: Duration, w: &Watch, rx: &Receiver, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}\n--- received ---\n{:#?}\n--- watch log ---\n{}",
+            events(rx),
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The webhook payloads received so far, with their arrival.
+fn events(rx: &Receiver) -> Vec<(serde_json::Value, Instant)> {
+    rx.requests()
+        .iter()
+        .filter(|g: &&Got| g.path == "/hook")
+        .map(|g| (serde_json::from_str(&g.body).unwrap(), g.at))
+        .collect()
+}
+
+fn of(rx: &Receiver, event: &str) -> Vec<(serde_json::Value, Instant)> {
+    events(rx).into_iter().filter(|(v, _)| v["event"] == event).collect()
+}
+
+#[test]
+fn watch_tells_a_heal_once() {
+    let rx = Receiver::start(false);
+    let t = TestEnv::new("notify", "nwheal");
+    environment(&t, false);
+    job(&t, None);
+    let w = Watch::start(&t, &rx, None, &["--interval", "3s"]);
+    let running = || managed_env(&t.env).into_iter().find(|m| m.instance == "job-0" && m.state == "running");
+    wait_for("job-0 running and the first run done", Duration::from_secs(90), &w, &rx, || {
+        running().is_some() && w.runs("ok") >= 1.0
+    });
+    let first = running().unwrap();
+    docker_cli(&var("RECONCILE_TEST_DOCKER1"), &["kill", &first.id]);
+    wait_for("a heal to be told", Duration::from_secs(60), &w, &rx, || !of(&rx, "heal").is_empty());
+    wait_for("job-0 running again", Duration::from_secs(30), &w, &rx, || running().is_some());
+    // Later runs (a resync, the events of the restart) tell nothing more of it.
+    let runs = w.runs("ok");
+    wait_for("two more runs", Duration::from_secs(60), &w, &rx, || w.runs("ok") >= runs + 2.0);
+    let heals = of(&rx, "heal");
+    assert_eq!(heals.len(), 1, "one heal, told once: {heals:#?}");
+    let v = &heals[0].0;
+    assert_eq!(
+        (v["instance"].as_str(), v["app"].as_str(), v["status"].as_str()),
+        (Some("job-0"), Some("job"), Some("new"))
+    );
+    assert!(v["message"].as_str().unwrap().starts_with("job-0 "), "{v}");
+    assert!(of(&rx, "apply_failed").is_empty(), "{:#?}", events(&rx));
+}
+
+#[test]
+fn a_failure_repeated_by_retries_is_told_once_reminded_after_repeat_and_resolved_when_fixed() {
+    let rx = Receiver::start(false);
+    let t = TestEnv::new("notify", "nwfail");
+    environment(&t, false);
+    // The health check never passes: every run's apply of job fails and is retried.
+    job(&t, Some("{cmd: [/bin/busybox, 'false'], interval: 200ms, timeout: 1s, retries: 2}"));
+    let w = Watch::start(&t, &rx, None, &["--interval", "60s", "--backoff-base", "500ms", "--backoff-max", "2s"]);
+    let failures = || -> Vec<(serde_json::Value, Instant)> {
+        of(&rx, "apply_failed").into_iter().filter(|(v, _)| v["app"] == "job").collect()
+    };
+    wait_for("the failure to be told", Duration::from_secs(90), &w, &rx, || !failures().is_empty());
+    wait_for("a reminder", Duration::from_secs(60), &w, &rx, || {
+        failures().iter().any(|(v, _)| v["status"] == "reminder")
+    });
+    let failed_runs = w.runs("failed");
+    assert!(failed_runs >= 2.0, "watch retried the failing run: {}", w.metrics());
+    let told = failures();
+    let new: Vec<_> = told.iter().filter(|(v, _)| v["status"] == "new").collect();
+    assert_eq!(new.len(), 1, "told once as new, not once per retry ({failed_runs} failed runs): {told:#?}");
+    assert!(new[0].0["message"].as_str().unwrap().contains("job-0"), "{told:#?}");
+    // Never two sends of the problem within `repeat` (2s; arrival times, so a little slack).
+    for pair in told.windows(2) {
+        let gap = pair[1].1.duration_since(pair[0].1);
+        assert!(gap >= Duration::from_millis(1500), "sent {gap:?} apart: {told:#?}");
+    }
+
+    // Fixed: the next run converges and the failure is resolved.
+    job(&t, Some("{cmd: [/bin/busybox, 'true'], interval: 200ms, timeout: 1s, retries: 2}"));
+    wait_for("the failure resolved", Duration::from_secs(90), &w, &rx, || {
+        events(&rx)
+            .iter()
+            .any(|(v, _)| v["status"] == "resolved" && v["problem"] == "apply_failed" && v["app"] == "job")
+    });
+    let resolved: Vec<_> = events(&rx).into_iter().filter(|(v, _)| v["status"] == "resolved").collect();
+    let v = &resolved.iter().find(|(v, _)| v["problem"] == "apply_failed").unwrap().0;
+    assert_eq!(v["event"], "apply_succeeded", "{v}");
+    assert!(managed_env(&t.env).iter().any(|m| m.instance == "job-0" && m.state == "running"));
+}
+
+#[test]
+fn drift_in_a_dry_run_is_told_once_and_a_hanging_receiver_holds_nothing_up() {
+    let rx = Receiver::start(false);
+    let hang = Receiver::start(true);
+    let t = TestEnv::new("notify", "nwdrift");
+    environment(&t, true);
+    job(&t, None);
+    let w = Watch::start(&t, &rx, Some(&hang), &["--dry-run", "--interval", "1s"]);
+    // Runs go on every second while the hanging receiver's delivery waits out its timeout.
+    wait_for("four dry runs", Duration::from_secs(60), &w, &rx, || w.runs("dry_run") >= 4.0);
+    let drift = of(&rx, "drift");
+    assert_eq!(drift.len(), 1, "told once, not once per run: {:#?}", events(&rx));
+    let v = &drift[0].0;
+    assert_eq!(v["status"], "new");
+    assert!(v["summary"].as_str().unwrap().starts_with("1 to add"), "{v}");
+    assert!(managed_env(&t.env).is_empty(), "a dry run changes nothing");
+    wait_for("the failed delivery in /metrics", Duration::from_secs(30), &w, &rx, || {
+        w.metric("reconcile_notifications_failed_total", ",kind=\"slack\"") >= 1.0
+    });
+    assert!(w.metric("reconcile_notifications_sent_total", ",kind=\"webhook\"") >= 1.0, "{}", w.metrics());
+    assert!(w.log().contains("notification not delivered"), "{}", w.log());
+
+    // The drift gone (applied by hand), the next dry run tells it resolved.
+    let o = reconcile(&["apply", "--env", &t.env, "--repo", &t.repo(), "--yes", "--timeout", "10s"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    wait_for("the drift resolved", Duration::from_secs(60), &w, &rx, || {
+        events(&rx).iter().any(|(v, _)| v["event"] == "recovered" && v["problem"] == "drift")
+    });
+    assert_eq!(of(&rx, "drift").len(), 1, "{:#?}", events(&rx));
+}
