@@ -29,13 +29,13 @@ RESULTS=$HERE/results.md
 IMAGE=reconcile-test/busybox:1
 EPREFIX=/reconcile-bench-dr
 BIN=${BIN:-$ROOT/target/release/reconcile}
-POOL=37000-37199                           # away from the tests' pools and scale.sh's
-LB_PORT=37990
+POOL=30000-30199                           # below the ephemeral range (32768+), away from the tests' pools
+LB_PORT=30990
 APPS=10
 REPLICAS=10
 
 # shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"   # say, die, load_test_env, env_file, host_line, run, replace_section
+. "$HERE/lib.sh"   # say, die, load_test_env, env_file, host_line, remove_containers_on, run, replace_section
 load_test_env docker etcdctl git python3 nginx curl /usr/bin/time
 
 if [ -z "${NO_BUILD:-}" ]; then
@@ -49,22 +49,22 @@ REPO=$TMP/repo
 NGINX=$TMP/nginx
 LB_FILE=$NGINX/reconcile.conf
 ENVS=(bench-fleet bench-dr)
-remove_containers() {
-  local s e
-  for s in "$RECONCILE_TEST_DOCKER1" "$RECONCILE_TEST_DOCKER2"; do
-    for e in "${ENVS[@]}"; do
-      docker -H "$s" ps -aq --filter "label=reconcile.env=$e" | xargs -r docker -H "$s" rm -f >/dev/null 2>&1 || true
-    done
-  done
-}
+remove_containers() { remove_containers_on "$RECONCILE_TEST_DOCKER1" "$RECONCILE_TEST_DOCKER2"; }
 wipe() { # everything of both environments: containers, etcd keys, the LB file
   remove_containers
   etcdctl --endpoints "$ETCD" del --prefix "$EPREFIX" >/dev/null 2>&1 || true
   rm -f "$LB_FILE"
 }
+stop_nginx() { # TERM to our master, then wait (up to 5 s) until it is gone and the port free
+  local pid k
+  pid=$(cat "$NGINX/nginx.pid" 2>/dev/null) || return 0
+  kill "$pid" 2>/dev/null || return 0
+  for ((k = 0; k < 50; k++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
 cleanup() {
   wipe
-  nginx -s stop -c "$NGINX/nginx.conf" >/dev/null 2>&1 || true
+  stop_nginx
   [ -n "${KEEP_TMP:-}" ] || rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -161,18 +161,18 @@ serving() { # ENV HOST: every instance answers through nginx, from HOST (nginx's
 }
 cold() { # KEY
   wipe
-  run "$1" "$BIN" apply --env bench-fleet --repo "$REPO" --yes --parallelism 16 --report "$TMP/report.json"
+  run "$1" "$BIN" apply --env bench-fleet --repo "$REPO" --yes --parallelism 16 --timeout 60s --report "$TMP/report.json"
   rto "$1"
   serving bench-fleet node-1
 }
 dr() { # KEY: the fleet runs; lose it and rebuild it on the spare host
   wipe
-  "$BIN" apply --env bench-fleet --repo "$REPO" --yes --parallelism 16 >"$TMP/setup.log" 2>&1 ||
+  "$BIN" apply --env bench-fleet --repo "$REPO" --yes --parallelism 16 --timeout 60s >"$TMP/setup.log" 2>&1 ||
     { tail -n 20 "$TMP/setup.log" >&2; die "setting up the fleet failed"; }
   remove_containers
   etcdctl --endpoints "$ETCD" del --prefix "$EPREFIX/fleet-registry" >/dev/null
   rm -f "$LB_FILE"
-  run "$1" "$BIN" apply --env bench-dr --repo "$REPO" --yes --parallelism 16 --report "$TMP/report.json"
+  run "$1" "$BIN" apply --env bench-dr --repo "$REPO" --yes --parallelism 16 --timeout 60s --report "$TMP/report.json"
   rto "$1"
   serving bench-dr spare-1
 }

@@ -26,6 +26,17 @@ host_line() { # NAME SOCKET [PORTS] [ADDRESS]
   printf '  - {name: %s, docker: "%s", address: %s%s}\n' "$1" "$2" "${4:-127.0.0.1}" "${3:+, ports: $3}"
 }
 
+# Remove every container of the environments in ENVS on each SOCKET (leftovers of an
+# interrupted run too: a dead one is "marked for removal").
+remove_containers_on() { # SOCKET...
+  local s e
+  for s in "$@"; do
+    for e in "${ENVS[@]}"; do
+      docker -H "$s" ps -aq --filter "label=reconcile.env=$e" | xargs -r docker -H "$s" rm -f >/dev/null 2>&1 || true
+    done
+  done
+}
+
 # One sample: KEY, wall µs and peak RSS KiB of CMD (stdout discarded) appended to $SAMPLES.
 run() { # KEY CMD...
   local key=$1 t0 t1; shift

@@ -40,7 +40,7 @@ DAEMONS=9                                  # 1-8: the 8-host environment, 9: the
 FLOOR_POOL=31000-31999                     # below the ephemeral range, away from test pools
 
 # shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"   # say, die, load_test_env, env_file, host_line, run, replace_section
+. "$HERE/lib.sh"   # say, die, load_test_env, env_file, host_line, remove_containers_on, run, replace_section
 load_test_env docker etcdctl git python3 /usr/bin/time
 
 if [ -z "${NO_BUILD:-}" ]; then
@@ -61,14 +61,7 @@ cleanup() {
   [ -n "${KEEP_TMP:-}" ] || rm -rf "$TMP"
 }
 trap cleanup EXIT
-remove_containers() { # leftovers of an interrupted run first (a dead one is "marked for removal")
-  local s e
-  for s in "$RECONCILE_TEST_DOCKER1" "${SOCKS[@]}"; do
-    for e in "${ENVS[@]}"; do
-      docker -H "$s" ps -aq --filter "label=reconcile.env=$e" | xargs -r docker -H "$s" rm -f >/dev/null 2>&1 || true
-    done
-  done
-}
+remove_containers() { remove_containers_on "$RECONCILE_TEST_DOCKER1" "${SOCKS[@]}"; }  # leftovers first
 remove_containers
 etcdctl --endpoints "$ETCD" del --prefix "$EPREFIX" >/dev/null 2>&1 || true
 
