@@ -2145,7 +2145,7 @@ mod tests {
         assert_eq!(
             messages(&imp, CODE_UNMAPPED),
             [
-                "compose.yml:4:22: `services.a.labels.reconcile.app` is not imported",
+                "compose.yml:4:20: `services.a.labels.reconcile.app` is not imported",
                 "compose.yml:7:5: `services.a.cap_add` is not imported",
                 "compose.yml:8:5: `services.a.restart` is not imported",
                 "compose.yml:9:5: `services.a.x-note` is not imported",
