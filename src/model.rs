@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// Labels on every managed container.
 pub mod labels {
+    /// Every label reconcile sets starts with this; apps may not set such labels.
+    pub const PREFIX: &str = "reconcile.";
     /// The environment that owns the container. Containers without it are never touched.
     pub const ENV: &str = "reconcile.env";
     pub const APP: &str = "reconcile.app";

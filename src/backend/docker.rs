@@ -691,7 +691,10 @@ fn create_body(spec: &InstanceSpec, labels: &BTreeMap<String, String>) -> Contai
         image: Some(spec.image.clone()),
         cmd: spec.command.as_ref().map(|c| c.iter().map(|a| a.expose().to_string()).collect()),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={}", v.expose())).collect()),
-        labels: Some(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        // The app's labels, then reconcile's own (validate refuses `reconcile.` keys in an app).
+        labels: Some(spec.labels.iter().chain(labels).map(|(k, v)| (k.clone(), v.clone())).collect()),
+        user: spec.user.clone(),
+        working_dir: spec.working_dir.clone(),
         stop_timeout: Some(clamp(spec.stop_timeout_secs)),
         exposed_ports,
         host_config: Some(host_config),
@@ -1194,6 +1197,9 @@ mod apply_tests {
             files: BTreeMap::new(),
             health: None,
             stop_timeout_secs: 5,
+            user: None,
+            working_dir: None,
+            labels: BTreeMap::new(),
             sensitive: BTreeMap::new(),
         }
     }
@@ -1215,6 +1221,18 @@ mod apply_tests {
         let host = create_body(&InstanceSpec { network: Network::Host, ..spec() }, &BTreeMap::new());
         assert_eq!(host.host_config.unwrap().port_bindings, None);
         assert_eq!(host.exposed_ports, None);
+        assert_eq!((host.user, host.working_dir), (None, None));
+        // The app's user, working directory and labels; reconcile's labels win a clash.
+        let own = InstanceSpec {
+            user: Some("1000:1000".into()),
+            working_dir: Some("/srv/app".into()),
+            labels: BTreeMap::from([("team".to_string(), "shop".to_string()), ("k".to_string(), "app's".to_string())]),
+            ..spec()
+        };
+        let b = create_body(&own, &BTreeMap::from([("k".to_string(), "v".to_string())]));
+        assert_eq!((b.user.as_deref(), b.working_dir.as_deref()), (Some("1000:1000"), Some("/srv/app")));
+        let labels = b.labels.unwrap();
+        assert_eq!((labels["team"].as_str(), labels["k"].as_str(), labels.len()), ("shop", "v", 2));
     }
 
     #[test]

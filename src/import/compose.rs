@@ -938,9 +938,43 @@ impl Svc<'_, '_> {
         {
             self.out.insert("stop_timeout".into(), json!(d));
         }
+        self.container_fields();
         self.restart();
         self.rest();
         Value::Object(std::mem::take(&mut self.out))
+    }
+
+    /// `user`, `working_dir` and `labels`, as they are (reconcile's own `reconcile.`
+    /// labels are reported, not imported).
+    fn container_fields(&mut self) {
+        for key in ["user", "working_dir"] {
+            match self.svc.get(key) {
+                None | Some(Value::Null) => {}
+                Some(v @ (Value::String(_) | Value::Number(_))) => {
+                    self.out.insert(key.into(), json!(scalar_string(v)));
+                }
+                Some(_) => self.error(
+                    &[key],
+                    format!("services.{}.{key} must be a string", self.name),
+                    &format!("write {key}: \"…\""),
+                ),
+            }
+        }
+        let Some(v) = self.svc.get("labels") else { return };
+        let mut labels = Map::new();
+        for (k, v) in key_map(v) {
+            if k.starts_with(crate::model::labels::PREFIX) {
+                self.unmapped(
+                    &["labels", &k],
+                    &format!("labels starting with `{}` are reconcile's own", crate::model::labels::PREFIX),
+                );
+            } else {
+                labels.insert(k, json!(scalar_string(&v)));
+            }
+        }
+        if !labels.is_empty() {
+            self.out.insert("labels".into(), Value::Object(labels));
+        }
     }
 
     fn image(&mut self) {
@@ -1026,8 +1060,20 @@ impl Svc<'_, '_> {
             };
             let abs = absolute(&self.req.project_dir, &path);
             match (self.req.read_file)(&abs) {
-                Ok(text) => match parse_env_file(&text, self.req.vars) {
-                    Ok(pairs) => env.extend(pairs.into_iter().map(|(k, v)| (k, Value::String(v)))),
+                Ok(text) => match env_file_entries(&text, self.req.vars) {
+                    Ok((pairs, unset)) => {
+                        if !unset.is_empty() {
+                            let p = self.p(&key);
+                            let message = format!(
+                                "env file {path}: variable {} is not set: an empty string is used",
+                                unset.join(", ")
+                            );
+                            let hint = "set it in the environment of `reconcile import` or in the project's .env \
+                                        file, or give a default: ${VAR:-default}";
+                            self.cx.note(&p, message, hint);
+                        }
+                        env.extend(pairs.into_iter().map(|(k, v)| (k, Value::String(v))));
+                    }
                     Err((line, msg)) => self.error(
                         &key,
                         format!("env file {path}, line {line}: {msg}"),
@@ -1470,17 +1516,14 @@ impl Svc<'_, '_> {
             "stop_grace_period",
             "init",
             "secrets",
+            "user",
+            "working_dir",
+            "labels",
         ];
         let keys: Vec<String> = self.svc.keys().filter(|k| !MAPPED.contains(&k.as_str())).cloned().collect();
         for k in keys {
             let hint = match k.as_str() {
-                "labels" => {
-                    "reconcile sets its own labels (reconcile.env, reconcile.app, …); put metadata in `config:`"
-                }
                 "container_name" => "reconcile names containers <env>-<app>-<ordinal>",
-                "user" | "working_dir" => {
-                    "reconcile's App spec has no such field: set it in the image (USER / WORKDIR)"
-                }
                 "logging" => "containers use the daemon's default log driver",
                 "profiles" => "the service is imported whatever the active profiles",
                 "hostname" | "extra_hosts" | "dns" | "links" | "external_links" => {
@@ -1652,12 +1695,28 @@ pub fn shell_split(s: &str) -> Result<Vec<String>, String> {
 
 /// An env file: `KEY=VALUE` lines, `#` comments, blank lines, optional `export `,
 /// values optionally in matching quotes; a bare `KEY` takes the variable's value
-/// when set.
+/// when set. Values are interpolated as compose v2 does ([`env_file_entries`]).
 ///
 /// # Errors
-/// `(line, message)` for a line that is none of these.
+/// `(line, message)` for a line that is none of these, or a value that cannot be interpolated.
 pub fn parse_env_file(text: &str, vars: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, (usize, String)> {
-    let mut out = Vec::new();
+    env_file_entries(text, vars).map(|(entries, _)| entries)
+}
+
+/// [`parse_env_file`], with the names of the unset variables that became empty strings.
+/// Unquoted and double-quoted values are interpolated (`${VAR}`, `${VAR:-default}`, … as
+/// in compose files) from `vars` (the shell environment over the project's `.env`), then
+/// from the keys defined above in the same file, as compose v2's dotenv parser looks them
+/// up; single-quoted values are literal.
+///
+/// # Errors
+/// As [`parse_env_file`].
+pub fn env_file_entries(
+    text: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<(Vec<(String, String)>, Vec<String>), (usize, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut unset = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -1674,9 +1733,19 @@ pub fn parse_env_file(text: &str, vars: &BTreeMap<String, String>) -> Result<Vec
         match v {
             Some(v) => {
                 let v = v.trim_start();
+                let literal = v.len() >= 2 && v.starts_with('\'') && v.ends_with('\'');
                 let v =
                     ['"', '\''].iter().find_map(|q| v.strip_prefix(*q).and_then(|r| r.strip_suffix(*q))).unwrap_or(v);
-                out.push((k.to_string(), v.to_string()));
+                let v = if literal || !v.contains('$') {
+                    v.to_string()
+                } else {
+                    let mut scope: BTreeMap<String, String> = out.iter().cloned().collect();
+                    scope.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    let (value, missing) = interpolate(v, &scope).map_err(|e| (i + 1, interpolation_message(&e)))?;
+                    unset.extend(missing);
+                    value
+                };
+                out.push((k.to_string(), v));
             }
             None => {
                 if let Some(val) = vars.get(k) {
@@ -1685,7 +1754,16 @@ pub fn parse_env_file(text: &str, vars: &BTreeMap<String, String>) -> Result<Vec
             }
         }
     }
-    Ok(out)
+    Ok((out, unset))
+}
+
+/// An interpolation error as a sentence (env files; compose files have their own
+/// diagnostics).
+fn interpolation_message(e: &InterpolationError) -> String {
+    match e {
+        InterpolationError::Syntax(s) => format!("invalid interpolation in {s:?}"),
+        InterpolationError::Required { name, message } => format!("required variable {name} is missing: {message}"),
+    }
 }
 
 /// A port entry: `"8080:80"`, `"127.0.0.1:8080:80/tcp"`, `80`, or `{target, published, protocol}`.
@@ -2060,16 +2138,14 @@ mod tests {
     #[test]
     fn every_unmapped_key_is_reported_by_name_and_line() {
         let imp = run(concat!(
-            "services:\n  a:\n    image: busybox:1\n    labels: {x: y}\n    user: nobody\n    working_dir: /w\n",
+            "services:\n  a:\n    image: busybox:1\n    labels: {x: y, reconcile.app: b}\n    user: nobody\n    working_dir: /w\n",
             "    cap_add: [NET_ADMIN]\n    restart: on-failure\n    x-note: hi\n    container_name: a1\n",
             "    deploy: {placement: {constraints: [node.role==manager]}}\n",
         ));
         assert_eq!(
             messages(&imp, CODE_UNMAPPED),
             [
-                "compose.yml:4:5: `services.a.labels` is not imported",
-                "compose.yml:5:5: `services.a.user` is not imported",
-                "compose.yml:6:5: `services.a.working_dir` is not imported",
+                "compose.yml:4:20: `services.a.labels.reconcile.app` is not imported",
                 "compose.yml:7:5: `services.a.cap_add` is not imported",
                 "compose.yml:8:5: `services.a.restart` is not imported",
                 "compose.yml:9:5: `services.a.x-note` is not imported",
@@ -2077,6 +2153,22 @@ mod tests {
                 "compose.yml:11:14: `services.a.deploy.placement` is not imported",
             ]
         );
+    }
+
+    #[test]
+    fn user_working_dir_and_labels_are_mapped() {
+        let imp = run(concat!(
+            "services:\n  a:\n    image: busybox:1\n    user: \"1000:1000\"\n    working_dir: /srv/a\n",
+            "    labels: [com.example.team=shop, com.example.empty]\n",
+            "  b:\n    image: busybox:1\n    user: 1000\n    labels: {tier: 2}\n",
+        ));
+        let a = app(&imp, "a");
+        assert_eq!((&a["user"], &a["working_dir"]), (&json!("1000:1000"), &json!("/srv/a")));
+        assert_eq!(a["labels"], json!({"com.example.team": "shop", "com.example.empty": ""}));
+        let b = app(&imp, "b");
+        assert_eq!((&b["user"], &b["labels"]), (&json!("1000"), &json!({"tier": "2"})));
+        assert!(messages(&imp, CODE_UNMAPPED).is_empty(), "{:?}", messages(&imp, CODE_UNMAPPED));
+        assert_valid(&imp);
     }
 
     #[test]
@@ -2101,8 +2193,8 @@ mod tests {
         assert_eq!(api["depends_on"], json!(["db"]));
         assert_eq!(api["port"], 8080, "the first port of the concatenated list");
         // a key set in the override is reported at the override's line
+        assert_eq!(api["labels"], json!({"late": "x"}));
         let unmapped = messages(&imp, CODE_UNMAPPED);
-        assert!(unmapped.contains(&"prod.yml:10:5: `services.api.labels` is not imported".to_string()), "{unmapped:?}");
         assert!(unmapped.iter().any(|m| m.starts_with("prod.yml:6:") && m.contains("ports.1")), "{unmapped:?}");
         assert_valid(&imp);
     }
@@ -2121,11 +2213,38 @@ mod tests {
     }
 
     #[test]
+    fn env_file_values_are_interpolated_as_compose_v2_does() {
+        let v = vars(&[("H", "from-host"), ("A", "shell")]);
+        let text = "A=file\nB=${H}/x\nC=\"${A}-${NOPE:-dflt}\"\nD='${H}'\nE=$$H\nF=${B}+\nG=${UNSET}\n";
+        let (entries, unset) = env_file_entries(text, &v).unwrap();
+        let entries: BTreeMap<String, String> = entries.into_iter().collect();
+        assert_eq!(entries["B"], "from-host/x");
+        // The shell's value wins over the file's own A; a default fills an unset variable.
+        assert_eq!(entries["C"], "shell-dflt");
+        assert_eq!(entries["D"], "${H}", "single quotes are literal");
+        assert_eq!(entries["E"], "$H");
+        assert_eq!(entries["F"], "from-host/x+", "keys defined above in the file are visible");
+        assert_eq!((entries["G"].as_str(), unset), ("", vec!["UNSET".to_string()]));
+        let bad = env_file_entries("A=1\nB=${X:?needed here}\n", &v).unwrap_err();
+        assert_eq!(bad, (2, "required variable X is missing: needed here".to_string()));
+        assert_eq!(env_file_entries("A=${oops\n", &v).unwrap_err().0, 1);
+        // Through an import: interpolated values, and a warning naming the env file.
+        let imp = run_with(
+            &[("compose.yml", "services:\n  a:\n    image: busybox:1\n    env_file: [a.env]\n")],
+            &v,
+            &[("a.env", "URL=http://${H}:${PORT:-8080}/\nX=${MISSING}\n")],
+        );
+        assert_eq!(app(&imp, "a")["env"], json!({"URL": "http://from-host:8080/", "X": ""}));
+        let notes = messages(&imp, CODE_NOTE);
+        assert!(notes.iter().any(|n| n.contains("env file a.env: variable MISSING is not set")), "{notes:?}");
+    }
+
+    #[test]
     fn merge_keys_are_expanded_and_the_services_own_keys_win() {
         let imp = run(concat!(
             "x-base: &base\n  image: busybox:1\n  environment: {A: base, B: base}\n  init: true\n",
             "x-limits: &limits\n  mem_limit: 64m\n  init: false\n",
-            "services:\n  a:\n    environment: {A: own}\n    <<: [*base, *limits]\n    user: me\n",
+            "services:\n  a:\n    environment: {A: own}\n    <<: [*base, *limits]\n    cap_add: [X]\n",
         ));
         let a = app(&imp, "a");
         assert_eq!(a["image"], "busybox:1");
@@ -2134,7 +2253,8 @@ mod tests {
         assert_eq!(a["resources"]["memory"], "64Mi");
         // keys of the service itself keep their own line
         assert!(
-            messages(&imp, CODE_UNMAPPED).contains(&"compose.yml:12:5: `services.a.user` is not imported".to_string())
+            messages(&imp, CODE_UNMAPPED)
+                .contains(&"compose.yml:12:5: `services.a.cap_add` is not imported".to_string())
         );
         let bad = run("x: &s 1\nservices:\n  a:\n    <<: *s\n");
         assert_eq!(messages(&bad, CODE_ERR), ["compose.yml:4:5: a merge key needs a mapping"]);

@@ -59,6 +59,10 @@ pub struct InstanceSpec {
     pub files: BTreeMap<String, Rendered>,
     pub health: Option<HealthSpec>,
     pub stop_timeout_secs: u64,
+    pub user: Option<String>,
+    pub working_dir: Option<String>,
+    /// The app's own container labels (reconcile's are added at create).
+    pub labels: BTreeMap<String, String>,
     /// Secret-bearing field → digest of the secrets it contains (names and values).
     /// Compared across plans to tell "a secret in this field changed" even when the
     /// masked text changed too; reveals no more than the spec-hash label does.
@@ -80,6 +84,13 @@ struct Canonical<'a> {
     files: BTreeMap<&'a str, &'a str>,
     health: &'a Option<HealthSpec>,
     stop_timeout_secs: u64,
+    // Skipped when unset: the spec-hash of an instance without them stays what it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    working_dir: Option<&'a str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    labels: &'a BTreeMap<String, String>,
     /// Masked form only: a digest per secret-bearing field, so that a changed secret
     /// shows as a changed field ("(sensitive value changed)") even when other fields
     /// change too. It reveals no more than the spec-hash label already does.
@@ -106,6 +117,9 @@ impl InstanceSpec {
             files: self.files.iter().map(|(k, v)| (k.as_str(), pick(v, real))).collect(),
             health: &self.health,
             stop_timeout_secs: self.stop_timeout_secs,
+            user: self.user.as_deref(),
+            working_dir: self.working_dir.as_deref(),
+            labels: &self.labels,
             sensitive: if real { BTreeMap::new() } else { self.sensitive.clone() },
         }
     }
@@ -326,6 +340,57 @@ pub fn render(
             .as_deref()
             .and_then(|d| units::duration(d).ok())
             .map_or(10, |d| d.as_secs().max(1)),
+        user: s.user.clone(),
+        working_dir: s.working_dir.clone(),
+        labels: s.labels.clone(),
         sensitive,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            image: "img:1".into(),
+            command: None,
+            env: BTreeMap::new(),
+            network: Network::Host,
+            port: Some(20000),
+            container_port: None,
+            init: true,
+            nano_cpus: None,
+            memory: None,
+            volumes: vec![],
+            files: BTreeMap::new(),
+            health: None,
+            stop_timeout_secs: 10,
+            user: None,
+            working_dir: None,
+            labels: BTreeMap::new(),
+            sensitive: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn user_working_dir_and_labels_change_the_hash_only_when_set() {
+        let plain = spec();
+        // Unset, they are not in the canonical form: existing instances keep their hash.
+        let shown = plain.masked();
+        assert!(["user", "working_dir", "labels"].iter().all(|k| shown.get(k).is_none()), "{shown}");
+        let with = |f: &dyn Fn(&mut InstanceSpec)| {
+            let mut s = spec();
+            f(&mut s);
+            s.hash()
+        };
+        let hashes = [
+            plain.hash(),
+            with(&|s| s.user = Some("1000".into())),
+            with(&|s| s.working_dir = Some("/srv".into())),
+            with(&|s| s.labels = BTreeMap::from([("team".to_string(), "shop".to_string())])),
+        ];
+        let distinct: BTreeSet<&String> = hashes.iter().collect();
+        assert_eq!(distinct.len(), hashes.len(), "{hashes:?}");
+    }
 }

@@ -89,6 +89,37 @@ impl Checker<'_> {
         self.at(doc, ptr, Diagnostic::error("value", e.message).hint(e.hint));
     }
 
+    /// `user`, `working_dir` and `labels` of an app (the schema checked their types).
+    fn container_fields(&mut self, d: &Merged, s: &AppSpec) {
+        if let Some(u) = &s.user {
+            let part_ok = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            let mut parts = u.splitn(2, ':');
+            if !parts.all(part_ok) {
+                let message = format!("invalid user {u:?}: expected a user name or uid, optionally :group or :gid");
+                let hint = "e.g. user: \"1000\", user: \"1000:1000\" or user: app:app".into();
+                self.invalid(d, "/user", Invalid { message, hint });
+            }
+        }
+        if let Some(w) = s.working_dir.as_deref().filter(|w| !w.starts_with('/')) {
+            let message = format!("invalid working_dir {w:?}: not an absolute path in the container");
+            self.invalid(d, "/working_dir", Invalid { message, hint: "e.g. working_dir: /srv/app".into() });
+        }
+        for k in s.labels.keys() {
+            let ptr = format!("/labels/{}", escape(k));
+            if k.starts_with(crate::model::labels::PREFIX) {
+                let message = format!(
+                    "label `{k}` is reserved: reconcile sets the `{}` labels itself and identifies its containers by them",
+                    crate::model::labels::PREFIX
+                );
+                let hint = "rename the label, e.g. with your organisation's prefix (com.example.team)";
+                self.at(d, &ptr, Diagnostic::error("reserved-label", message).hint(hint));
+            } else if k.trim().is_empty() || k.contains('=') {
+                let message = format!("invalid label name {k:?}: empty or containing `=`");
+                self.invalid(d, &ptr, Invalid { message, hint: "e.g. labels: {com.example.team: shop}".into() });
+            }
+        }
+    }
+
     /// Host checks; returns the hosts usable by placement.
     fn hosts(&mut self) -> Vec<HostSlot> {
         let env = self.env;
@@ -225,6 +256,7 @@ impl Checker<'_> {
             {
                 self.invalid(d, "/stop_timeout", e);
             }
+            self.container_fields(d, s);
             if let Some(r) = &s.resources {
                 if let Some(c) = &r.cpus
                     && let Err(e) = units::cpus(c)
@@ -937,5 +969,45 @@ mod registry_tests {
             let e = registry_host(bad).unwrap_err();
             assert!(e.message.contains(why), "{bad}: {}", e.message);
         }
+    }
+}
+
+#[cfg(test)]
+mod container_field_tests {
+    use crate::spec::snapshot::RepoSnapshot;
+
+    /// The errors of an environment whose one app has `extra` fields.
+    fn errors(extra: &str) -> Vec<String> {
+        let mut snap = RepoSnapshot::default();
+        snap.files.insert(
+            "environments/t/environment.yaml".into(),
+            b"apiVersion: reconcile/v1\nkind: Environment\nname: t\nhosts:\n  - {name: h1, docker: 'unix:///a.sock', address: 127.0.0.1, ports: 20000-20999}\n".to_vec(),
+        );
+        snap.files.insert(
+            "environments/t/apps/a.yaml".into(),
+            format!("apiVersion: reconcile/v1\nkind: App\nname: a\nimage: img:1\n{extra}").into_bytes(),
+        );
+        let (_, diags) = crate::spec::validate(&snap, None).unwrap();
+        diags.iter().filter(|d| d.is_error()).map(|d| format!("{}: {}", d.location(), d.message)).collect()
+    }
+
+    #[test]
+    fn user_working_dir_and_labels_are_checked_at_their_line() {
+        assert_eq!(errors("user: '1000:1000'\nworking_dir: /srv\nlabels: {com.example.team: shop}\n"), [] as [&str; 0]);
+        assert_eq!(errors("user: app:app\n"), [] as [&str; 0]);
+        let bad = errors("user: 'a b'\nworking_dir: srv\nlabels: {reconcile.env: x, ok: y}\n");
+        assert_eq!(bad.len(), 3, "{bad:#?}");
+        assert!(
+            bad[0].starts_with("environments/t/apps/a.yaml:5:") && bad[0].contains("invalid user \"a b\""),
+            "{bad:#?}"
+        );
+        assert!(
+            bad[1].starts_with("environments/t/apps/a.yaml:6:") && bad[1].contains("not an absolute path"),
+            "{bad:#?}"
+        );
+        assert!(
+            bad[2].starts_with("environments/t/apps/a.yaml:7:") && bad[2].contains("`reconcile.env` is reserved"),
+            "{bad:#?}"
+        );
     }
 }

@@ -297,6 +297,17 @@ pub struct AppSpec {
     /// Not serialised when `missing`, so desired copies of existing apps stay byte-identical.
     #[serde(default, skip_serializing_if = "PullPolicy::is_missing")]
     pub pull: PullPolicy,
+    // --- container user, working directory, labels (issue 12 leftovers) ---
+    // Not serialised when unset, so desired copies of existing apps stay byte-identical.
+    /// `docker run --user`: `name`, `uid`, `uid:gid` or `name:group`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `docker run --workdir`: an absolute path in the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Container labels besides reconcile's own (`reconcile.` keys are refused).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// When an image is pulled (compose's `pull_policy` names).

@@ -104,6 +104,9 @@ fn spec(image: &str, command: &[&str]) -> InstanceSpec {
         files: BTreeMap::new(),
         health: None,
         stop_timeout_secs: 10,
+        user: None,
+        working_dir: None,
+        labels: BTreeMap::new(),
         sensitive: BTreeMap::new(),
     }
 }

@@ -274,6 +274,15 @@ fn inspect(label: &str, name_label: &str) -> BTreeMap<String, serde_json::Value>
                 "nano_cpus": c["HostConfig"]["NanoCpus"],
                 "network": c["HostConfig"]["NetworkMode"],
                 "init": c["HostConfig"]["Init"],
+                "user": c["Config"]["User"],
+                "working_dir": c["Config"]["WorkingDir"],
+                // the service's own labels: both tools add theirs (com.docker.compose.*, reconcile.*)
+                "labels": c["Config"]["Labels"].as_object().map(|l| {
+                    l.iter()
+                        .filter(|(k, _)| !k.starts_with("com.docker.compose.") && !k.starts_with("reconcile."))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect::<serde_json::Map<_, _>>()
+                }),
             });
             (name, facts)
         })
@@ -321,7 +330,7 @@ fn live_reconcile_creates_what_docker_compose_creates() {
     assert_eq!(by_compose.keys().collect::<Vec<_>>(), ["web", "worker"]);
     for (service, c) in &by_compose {
         let r = &by_reconcile[service];
-        for fact in ["image", "argv", "env", "memory", "nano_cpus", "network"] {
+        for fact in ["image", "argv", "env", "memory", "nano_cpus", "network", "user", "working_dir", "labels"] {
             assert_eq!(c[fact], r[fact], "{service}: {fact} differs\ncompose:   {c}\nreconcile: {r}");
         }
     }
@@ -333,4 +342,10 @@ fn live_reconcile_creates_what_docker_compose_creates() {
     assert!(web["env"].as_array().unwrap().contains(&serde_json::json!("PRICE=$5")), "{web}");
     assert_eq!(by_reconcile["worker"]["argv"], serde_json::json!(["/bin/sh", "-c", "echo started; exec sleep 3600"]));
     assert_eq!(by_reconcile["worker"]["init"], true);
+    let worker = &by_reconcile["worker"];
+    assert_eq!(
+        (&worker["user"], &worker["working_dir"]),
+        (&serde_json::json!("65534:65534"), &serde_json::json!("/tmp"))
+    );
+    assert_eq!(worker["labels"], serde_json::json!({"com.example.team": "shop", "com.example.tier": "background"}));
 }
