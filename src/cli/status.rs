@@ -115,6 +115,7 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
                 commit: target.origin.commit.clone(),
                 reference: target.origin.reference.clone(),
                 dirty: target.origin.dirty,
+                in_sync: p.summary.is_empty(),
                 summary: p.summary.to_string(),
                 last_run,
                 last_sync,

@@ -38,7 +38,9 @@ pub struct StatusPage {
     pub commit: Option<String>,
     pub reference: Option<String>,
     pub dirty: bool,
-    /// The plan's summary against the running environment (`in sync`, or what would change).
+    /// The plan against the running environment changes nothing.
+    pub in_sync: bool,
+    /// The plan's summary in words.
     pub summary: String,
     /// The last run, whatever its result.
     pub last_run: Option<LastRun>,
@@ -251,6 +253,16 @@ fn result_class(result: &str) -> &'static str {
     }
 }
 
+/// A result as a short badge, what failed below it (`failed: …` is long).
+fn result_html(result: &str) -> String {
+    match result.split_once(": ") {
+        Some((word, rest)) => {
+            format!("{}<span class=\"detail\">{}</span>", badge(result_class(word), word), escape(rest))
+        }
+        None => badge(result_class(result), result),
+    }
+}
+
 fn badge(class: &str, text: &str) -> String {
     format!("<span class=\"badge {class}\">{}</span>", escape(text))
 }
@@ -267,10 +279,11 @@ main{max-width:1200px;margin:0 auto;padding:16px 24px 32px}
 h2{font-size:17px;margin:24px 0 8px}
 h3{font-size:15px;margin:0;display:flex;flex-wrap:wrap;gap:6px 10px;align-items:center}
 code{font:13px/1.4 ui-monospace,SFMono-Regular,Menlo,"DejaVu Sans Mono",monospace;background:var(--none-bg);padding:1px 5px;border-radius:4px;overflow-wrap:anywhere}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(230px,1fr));gap:12px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(200px,1fr));gap:12px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:12px 14px;min-width:0}
 .card .k{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);margin:0 0 4px}
 .card .v{margin:0;overflow-wrap:anywhere}
+.card .badge{white-space:normal}
 .muted{color:var(--muted)}
 .badge{display:inline-block;border-radius:999px;padding:1px 9px;font-size:13px;font-weight:600;white-space:nowrap}
 .ok{color:var(--ok);background:var(--ok-bg)}.bad{color:var(--bad);background:var(--bad-bg)}
@@ -283,20 +296,32 @@ th{text-align:left;font-weight:600;color:var(--muted);font-size:12px;text-transf
 th,td{padding:7px 12px;border-bottom:1px solid var(--line);vertical-align:top}
 tr:last-child td{border-bottom:0}
 td.num{font-variant-numeric:tabular-nums}
+td.nowrap{white-space:nowrap}
+table.instances{table-layout:fixed;min-width:920px}
+table.instances th:nth-child(1){width:10%}table.instances th:nth-child(2){width:9%}
+table.instances th:nth-child(3){width:7%}table.instances th:nth-child(4){width:9%}
+table.instances th:nth-child(5){width:20%}table.instances th:nth-child(6){width:7%}
+table.instances th:nth-child(7){width:7%}table.instances th:nth-child(8){width:22%}
+table.instances th:nth-child(9){width:9%}
+table.history{min-width:720px}
 .detail{display:block;color:var(--muted);font-size:12px;overflow-wrap:anywhere}
 .box{background:var(--card);border:1px solid var(--line);border-radius:8px;overflow:hidden}
 .empty{padding:10px 14px;margin:0;color:var(--muted)}
 ul.errors{list-style:none;margin:0;padding:0}
 ul.errors li{padding:8px 14px;border-bottom:1px solid var(--line);overflow-wrap:anywhere}
 ul.errors li:last-child{border-bottom:0}
+ul.errors .muted{font-size:13px}
 footer{color:var(--muted);font-size:12px;text-align:center;padding:0 16px 24px}
 @media (max-width:640px){
  header{padding:12px 14px} main{padding:8px 12px 24px}
+ .grid{grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:8px}
+ .card{padding:8px 10px} .card .v{font-size:13px}
+ table.instances,table.history{min-width:0}
  table,thead,tbody,tr,th,td{display:block}
  thead{display:none}
  tr{border-bottom:1px solid var(--line);padding:6px 0}
  tr:last-child{border-bottom:0}
- td{border:0;padding:3px 14px;display:flex;gap:12px}
+ td,td.nowrap{border:0;padding:3px 14px;display:flex;gap:12px;white-space:normal}
  td::before{content:attr(data-label);flex:0 0 84px;color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em;padding-top:2px}
  td>*{min-width:0}
 }
@@ -392,11 +417,7 @@ fn overview(o: &mut String, page: &StatusPage) {
         None => "<span class=\"muted\">none yet</span>".into(),
     };
     card(o, "last-run", "Last run", &run);
-    let drift = if page.summary == "in sync" || page.summary.is_empty() {
-        badge("ok", "in sync")
-    } else {
-        badge("warn", &page.summary)
-    };
+    let drift = if page.in_sync { badge("ok", "in sync") } else { badge("warn", &page.summary) };
     card(o, "drift", "Drift", &drift);
     let pin = match &page.pin {
         Some(p) => format!(
@@ -457,7 +478,7 @@ fn apps(o: &mut String, page: &StatusPage) {
         let name = escape(&app.name);
         let _ = writeln!(
             o,
-            "<div class=\"app\" id=\"app-{name}\">\n<h3><span class=\"app-name\">{name}</span> {}</h3>\n<div class=\"scroll\"><table>\n<thead><tr><th>Instance</th><th>Host</th><th>Port</th><th>State</th><th>Health</th><th>Uptime</th><th>Restarts</th><th>Image</th><th>Drift</th></tr></thead>\n<tbody>",
+            "<div class=\"app\" id=\"app-{name}\">\n<h3><span class=\"app-name\">{name}</span> {}</h3>\n<div class=\"scroll\"><table class=\"instances\">\n<thead><tr><th>Instance</th><th>Host</th><th>Port</th><th>State</th><th>Health</th><th>Uptime</th><th>Restarts</th><th>Image</th><th>Drift</th></tr></thead>\n<tbody>",
             badge(tone, &count)
         );
         for i in &app.instances {
@@ -532,16 +553,16 @@ fn history(o: &mut String, page: &StatusPage) {
         o.push_str("<p class=\"empty\">No history recorded (it lives in etcd).</p></div>\n");
         return;
     }
-    o.push_str("<div class=\"scroll\"><table>\n<thead><tr><th>Time</th><th>Kind</th><th>Commit</th><th>Who</th><th>Result</th><th>Summary</th></tr></thead>\n<tbody>\n");
+    o.push_str("<div class=\"scroll\"><table class=\"history\">\n<thead><tr><th>Time</th><th>Kind</th><th>Commit</th><th>Who</th><th>Result</th><th>Summary</th></tr></thead>\n<tbody>\n");
     for h in &page.history {
         let _ = writeln!(
             o,
-            "<tr><td data-label=\"Time\">{}</td><td data-label=\"Kind\">{}</td><td data-label=\"Commit\">{}</td><td data-label=\"Who\">{}</td><td data-label=\"Result\">{}</td><td data-label=\"Summary\">{}</td></tr>",
+            "<tr><td data-label=\"Time\" class=\"nowrap\">{}</td><td data-label=\"Kind\">{}</td><td data-label=\"Commit\" class=\"nowrap\">{}</td><td data-label=\"Who\">{}</td><td data-label=\"Result\"><div>{}</div></td><td data-label=\"Summary\">{}</td></tr>",
             escape(&h.time),
             escape(&h.kind),
             commit_html(h.commit.as_deref()),
             escape(&h.who),
-            badge(result_class(&h.result), &h.result),
+            result_html(&h.result),
             escape(&h.summary)
         );
     }
@@ -576,7 +597,8 @@ mod tests {
             commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
             reference: Some("main".into()),
             dirty: false,
-            summary: "in sync".into(),
+            in_sync: true,
+            summary: "No changes: the environment matches the repo.".into(),
             last_run: Some(LastRun { time: "2026-12-01T19:59:00Z".into(), result: "ok".into() }),
             last_sync: Some(LastSync { time: "2026-12-01T19:59:00Z".into(), commit: Some("0123456789abcdef".into()) }),
             pin: None,
@@ -664,6 +686,15 @@ mod tests {
             "<span class=\"badge warn\">◔ starting</span><span class=\"detail\">starting, docker: starting</span>"
         ));
         assert!(h.contains("<span class=\"badge warn\">1/2 up</span>"));
+        assert!(h.contains("<span class=\"badge ok\">in sync</span>"));
+        p.in_sync = false;
+        p.summary = "1 to add".into();
+        p.history[0].result = "failed: app web: <boom>".into();
+        let h = html(&p, None);
+        assert!(h.contains("<span class=\"badge warn\">1 to add</span>"), "{h}");
+        assert!(
+            h.contains("<span class=\"badge bad\">failed</span><span class=\"detail\">app web: &lt;boom&gt;</span>")
+        );
         assert!(h.contains("1 of 2 instances starting or unknown"));
         p.apps[0].instances[1].health = Health::NoCheck;
         assert!(html(&p, None).contains("<span class=\"badge ok\">all 2 instances up</span>"));

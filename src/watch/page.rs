@@ -166,6 +166,7 @@ async fn gather(m: &Shared) -> StatusPage {
         commit: recent.origin.as_ref().and_then(|o| o.commit.clone()),
         reference: recent.origin.as_ref().and_then(|o| o.reference.clone()),
         dirty: recent.origin.as_ref().is_some_and(|o| o.dirty),
+        in_sync: recent.plan.as_ref().is_some_and(|p| p.summary.is_empty()),
         summary,
         last_run: recent.last_run,
         last_sync: recent.last_sync.map(|time| page::LastSync { time, commit }),
