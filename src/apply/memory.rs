@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::effects::{Check, Effects, LogTail};
 use super::{Progress, StepError};
+use crate::backend::probe::{HealthError, ProbeFailure};
 use crate::backend::{docker, etcd};
 use crate::model::{ObservedState, labels};
 use crate::plan::instance::InstanceSpec;
@@ -239,7 +240,16 @@ impl Effects for Memory {
             return Err(StepError::Unhealthy {
                 host: host.to_string(),
                 container: id.to_string(),
-                cause: "unhealthy after 3 probes (3 failed in a row): GET /healthz: 503".into(),
+                cause: HealthError::GaveUp {
+                    attempts: 3,
+                    failures: 3,
+                    last: ProbeFailure::Status {
+                        path: "/healthz".into(),
+                        at: host.to_string(),
+                        status: 503,
+                        phrase: String::new(),
+                    },
+                },
             });
         }
         Ok(())

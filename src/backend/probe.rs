@@ -21,8 +21,11 @@
 //!   `still_running` check runs (for Docker: `backend::docker::check_running`, one
 //!   inspect); its error ends the wait at once instead of after all retries.
 //!
-//! Reasons are for people: they name the request and the address, never a secret
-//! (health specs are not templated, so they hold none).
+//! Failures are typed: one attempt fails with a [`ProbeFailure`] (what was tried, where,
+//! and why), the wait with a [`HealthError`] (given up after retries, or the container
+//! died) carrying the last attempt's failure. Their messages are for people: they name
+//! the request and the address, never a secret (health specs are not templated, so they
+//! hold none).
 
 use std::fmt;
 use std::future::Future;
@@ -55,6 +58,49 @@ pub enum ProbeError {
     /// `health.<field>` is not a duration.
     #[error("health.{field}: {message}")]
     BadDuration { field: &'static str, message: String },
+}
+
+/// Why one probe attempt failed. Each names what was tried and where (`at` is
+/// `address:port`, bracketed for IPv6).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeFailure {
+    /// The TCP connection failed (refused, unreachable, …): `reason` without the OS
+    /// error number.
+    #[error("connect {at}: {reason}")]
+    Connect { at: String, reason: String },
+    /// A `tcp` probe's connection was not accepted within the timeout.
+    #[error("connect {at}: no answer within {}", ms(*after))]
+    ConnectTimeout { at: String, after: Duration },
+    /// An `http` probe got no complete status line within the timeout.
+    #[error("GET {path} on {at}: no answer within {}", ms(*after))]
+    HttpTimeout { path: String, at: String, after: Duration },
+    /// The HTTP exchange failed after connecting: a write or read error, the server
+    /// closed without answering, or the answer is not HTTP.
+    #[error("GET {path} on {at}: {reason}")]
+    Http { path: String, at: String, reason: String },
+    /// The server answered with a status outside 2xx/3xx (`phrase`: its reason phrase,
+    /// at most 60 characters, possibly empty).
+    #[error("GET {path} on {at}: {status}{}", if phrase.is_empty() { String::new() } else { format!(" {phrase}") })]
+    Status { path: String, at: String, status: u16, phrase: String },
+    /// A `cmd` probe's command did not exit 0; `reason` is its runner's (for Docker:
+    /// ``cmd `…`: exit code 1`` or the exec error).
+    #[error("{reason}")]
+    Cmd { argv: Vec<String>, reason: String },
+    /// A `cmd` probe's runner did not finish within the timeout.
+    #[error("cmd `{}`: did not finish within {}", argv.join(" "), ms(*after))]
+    CmdTimeout { argv: Vec<String>, after: Duration },
+}
+
+/// Why [`wait_healthy`] gave up. Both carry the last attempt's failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HealthError {
+    /// `retries` counted failures in a row (`failures`) after `attempts` probes in all.
+    #[error("unhealthy after {attempts} probes ({failures} failed in a row): {last}")]
+    GaveUp { attempts: u32, failures: u32, last: ProbeFailure },
+    /// The `still_running` check failed after an attempt: the container died (its
+    /// reason, e.g. `container … is not running: exited with code 1`).
+    #[error("{reason} (last probe: {last})")]
+    NotRunning { reason: String, last: ProbeFailure },
 }
 
 /// One way to tell whether an instance is healthy.
@@ -181,11 +227,11 @@ fn ms(d: Duration) -> String {
     format!("{d:?}")
 }
 
-async fn connect(address: &str, port: u16) -> Result<TcpStream, String> {
+async fn connect(address: &str, port: u16) -> Result<TcpStream, ProbeFailure> {
     let addr = address.trim_start_matches('[').trim_end_matches(']');
     TcpStream::connect((addr, port))
         .await
-        .map_err(|e| format!("connect {}: {}", host_port(address, port), io_reason(&e)))
+        .map_err(|e| ProbeFailure::Connect { at: host_port(address, port), reason: io_reason(&e) })
 }
 
 /// One probe attempt within `timeout`.
@@ -196,22 +242,25 @@ async fn connect(address: &str, port: u16) -> Result<TcpStream, String> {
 /// - `Cmd`: the runner reports exit 0.
 ///
 /// # Errors
-/// Why the instance is not healthy, e.g. `GET /healthz on 127.0.0.1:20001: 503 Service
-/// Unavailable`, `connect 127.0.0.1:20001: Connection refused`, `… no answer within 2s`.
-pub async fn probe_once(p: &Probe, timeout: Duration) -> Result<(), String> {
+/// Why the instance is not healthy ([`ProbeFailure`]), e.g. `GET /healthz on
+/// 127.0.0.1:20001: 503 Service Unavailable`, `connect 127.0.0.1:20001: Connection
+/// refused`, `… no answer within 2s`.
+pub async fn probe_once(p: &Probe, timeout: Duration) -> Result<(), ProbeFailure> {
     match p {
         Probe::Tcp { address, port } => match within(timeout, connect(address, *port)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("connect {}: no answer within {}", host_port(address, *port), ms(timeout))),
+            Err(_) => Err(ProbeFailure::ConnectTimeout { at: host_port(address, *port), after: timeout }),
         },
         Probe::Http { address, port, path } => match within(timeout, http_get(address, *port, path)).await {
             Ok(result) => result,
-            Err(_) => Err(format!("GET {path} on {}: no answer within {}", host_port(address, *port), ms(timeout))),
+            Err(_) => {
+                Err(ProbeFailure::HttpTimeout { path: path.clone(), at: host_port(address, *port), after: timeout })
+            }
         },
         Probe::Cmd { argv, run } => match within(timeout, run(timeout)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("cmd `{}`: did not finish within {}", argv.join(" "), ms(timeout))),
+            Ok(result) => result.map_err(|reason| ProbeFailure::Cmd { argv: argv.clone(), reason }),
+            Err(_) => Err(ProbeFailure::CmdTimeout { argv: argv.clone(), after: timeout }),
         },
     }
 }
@@ -219,13 +268,13 @@ pub async fn probe_once(p: &Probe, timeout: Duration) -> Result<(), String> {
 /// The longest status line read; anything longer is not HTTP.
 const MAX_STATUS_LINE: usize = 8 * 1024;
 
-async fn http_get(address: &str, port: u16, path: &str) -> Result<(), String> {
+async fn http_get(address: &str, port: u16, path: &str) -> Result<(), ProbeFailure> {
     let at = host_port(address, port);
     let mut stream = connect(address, port).await?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {at}\r\nUser-Agent: reconcile-health\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
-    let fail = |what: String| format!("GET {path} on {at}: {what}");
+    let fail = |reason: String| ProbeFailure::Http { path: path.to_string(), at: at.clone(), reason };
     stream.write_all(request.as_bytes()).await.map_err(|e| fail(io_reason(&e)))?;
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 1024];
@@ -255,8 +304,8 @@ async fn http_get(address: &str, port: u16, path: &str) -> Result<(), String> {
     if (200..400).contains(&status) {
         Ok(())
     } else {
-        let phrase = phrase.map(|p| format!(" {}", truncate(p.trim(), 60))).unwrap_or_default();
-        Err(fail(format!("{status}{phrase}")))
+        let phrase = phrase.map(|p| truncate(p.trim(), 60).to_string()).unwrap_or_default();
+        Err(ProbeFailure::Status { path: path.to_string(), at, status, phrase })
     }
 }
 
@@ -271,18 +320,19 @@ fn truncate(s: &str, max: usize) -> &str {
 /// attempt bounded by `schedule.timeout`); a pass ends the wait. Failures while
 /// `schedule.start_period` has not elapsed since the call do not count; after that,
 /// `schedule.retries` failures in a row give up. After every failed attempt
-/// `still_running` is awaited (pass `|| async { Ok(()) }` when there is nothing to
-/// check); its `Err` ends the wait at once with that reason.
+/// `still_running` is awaited (pass `|| async { Ok::<_, String>(()) }` when there is
+/// nothing to check); its `Err` ends the wait at once with that reason.
 ///
 /// Worst case duration: about `start_period + retries × max(interval, timeout)`.
 ///
 /// # Errors
-/// The last failure reason, prefixed with the number of attempts, or `still_running`'s
-/// reason.
-pub async fn wait_healthy<C, F>(probe: &Probe, schedule: &Schedule, mut still_running: C) -> Result<(), String>
+/// [`HealthError::GaveUp`] with the number of attempts and the last failure, or
+/// [`HealthError::NotRunning`] with `still_running`'s reason.
+pub async fn wait_healthy<C, F, E>(probe: &Probe, schedule: &Schedule, mut still_running: C) -> Result<(), HealthError>
 where
     C: FnMut() -> F,
-    F: Future<Output = Result<(), String>>,
+    F: Future<Output = Result<(), E>>,
+    E: fmt::Display,
 {
     let started = Instant::now();
     let counted_from = started + schedule.start_period;
@@ -302,14 +352,14 @@ where
             Err(reason) => reason,
         };
         if let Err(dead) = still_running().await {
-            return Err(format!("{dead} (last probe: {reason})"));
+            return Err(HealthError::NotRunning { reason: dead.to_string(), last: reason });
         }
         if Instant::now() >= counted_from {
             failures += 1;
         }
         tracing::debug!(%probe, attempts, failures, %reason, "not healthy yet");
         if failures >= retries {
-            return Err(format!("unhealthy after {attempts} probes ({failures} failed in a row): {reason}"));
+            return Err(HealthError::GaveUp { attempts, failures, last: reason });
         }
     }
 }
@@ -356,16 +406,18 @@ mod tests {
         let t = Duration::from_secs(2);
         assert_eq!(probe_once(&http(port), t).await, Ok(()));
         assert_eq!(probe_once(&http(port), t).await, Ok(()));
-        assert_eq!(
-            probe_once(&http(port), t).await,
-            Err(format!("GET /h on 127.0.0.1:{port}: 503 Service Unavailable"))
-        );
+        let at = format!("127.0.0.1:{port}");
         let e = probe_once(&http(port), t).await.unwrap_err();
-        assert!(e.contains("not an HTTP answer"), "{e}");
+        let phrase = "Service Unavailable".to_string();
+        assert_eq!(e, ProbeFailure::Status { path: "/h".into(), at: at.clone(), status: 503, phrase });
+        assert_eq!(e.to_string(), format!("GET /h on {at}: 503 Service Unavailable"));
+        let e = probe_once(&http(port), t).await.unwrap_err();
+        assert!(matches!(&e, ProbeFailure::Http { reason, .. } if reason.starts_with("not an HTTP answer")), "{e}");
         // The server is gone now: refused.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let e = probe_once(&http(port), t).await.unwrap_err();
-        assert_eq!(e, format!("connect 127.0.0.1:{port}: Connection refused"));
+        assert_eq!(e, ProbeFailure::Connect { at: at.clone(), reason: "Connection refused".into() });
+        assert_eq!(e.to_string(), format!("connect {at}: Connection refused"));
     }
 
     #[tokio::test]
@@ -373,9 +425,24 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let e = probe_once(&http(port), Duration::from_millis(200)).await.unwrap_err();
-        assert_eq!(e, format!("GET /h on 127.0.0.1:{port}: no answer within 200ms"));
+        assert!(matches!(e, ProbeFailure::HttpTimeout { .. }), "{e:?}");
+        assert_eq!(e.to_string(), format!("GET /h on 127.0.0.1:{port}: no answer within 200ms"));
         assert_eq!(probe_once(&Probe::Tcp { address: "127.0.0.1".into(), port }, Duration::from_secs(1)).await, Ok(()));
         drop(listener);
+    }
+
+    #[tokio::test]
+    async fn a_slow_command_times_out() {
+        let run: CmdRunner = Arc::new(|_| {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            })
+        });
+        let argv = vec!["sleep".to_string(), "5".to_string()];
+        let e = probe_once(&Probe::Cmd { argv: argv.clone(), run }, Duration::from_millis(50)).await.unwrap_err();
+        assert_eq!(e, ProbeFailure::CmdTimeout { argv, after: Duration::from_millis(50) });
+        assert_eq!(e.to_string(), "cmd `sleep 5`: did not finish within 50ms");
     }
 
     fn counting_cmd(pass_from: u32) -> (Probe, Arc<AtomicU32>) {
@@ -399,20 +466,22 @@ mod tests {
 
     #[tokio::test]
     async fn waits_gives_up_and_fails_fast() {
+        let alive = || async { Ok::<_, String>(()) };
         let (p, calls) = counting_cmd(3);
-        assert_eq!(wait_healthy(&p, &fast(5), || async { Ok(()) }).await, Ok(()));
+        assert_eq!(wait_healthy(&p, &fast(5), alive).await, Ok(()));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
 
         let (p, calls) = counting_cmd(100);
-        let e = wait_healthy(&p, &fast(4), || async { Ok(()) }).await.unwrap_err();
-        assert_eq!(e, "unhealthy after 4 probes (4 failed in a row): exit 1 (call 4)");
+        let e = wait_healthy(&p, &fast(4), alive).await.unwrap_err();
+        let last = ProbeFailure::Cmd { argv: vec!["true".into()], reason: "exit 1 (call 4)".into() };
+        assert_eq!(e, HealthError::GaveUp { attempts: 4, failures: 4, last });
+        assert_eq!(e.to_string(), "unhealthy after 4 probes (4 failed in a row): exit 1 (call 4)");
         assert_eq!(calls.load(Ordering::SeqCst), 4);
 
         let (p, calls) = counting_cmd(100);
-        let e = wait_healthy(&p, &fast(50), || async { Err("container exited with code 3".to_string()) })
-            .await
-            .unwrap_err();
-        assert_eq!(e, "container exited with code 3 (last probe: exit 1 (call 1))");
+        let e = wait_healthy(&p, &fast(50), || async { Err("container exited with code 3") }).await.unwrap_err();
+        assert!(matches!(&e, HealthError::NotRunning { reason, .. } if reason == "container exited with code 3"));
+        assert_eq!(e.to_string(), "container exited with code 3 (last probe: exit 1 (call 1))");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
@@ -421,7 +490,10 @@ mod tests {
         let (p, calls) = counting_cmd(100);
         let s = Schedule { start_period: Duration::from_millis(200), ..fast(2) };
         let t = std::time::Instant::now();
-        assert!(wait_healthy(&p, &s, || async { Ok(()) }).await.is_err());
+        assert!(matches!(
+            wait_healthy(&p, &s, || async { Ok::<_, String>(()) }).await,
+            Err(HealthError::GaveUp { failures: 2, .. })
+        ));
         assert!(t.elapsed() >= Duration::from_millis(200));
         assert!(calls.load(Ordering::SeqCst) > 2, "{}", calls.load(Ordering::SeqCst));
     }

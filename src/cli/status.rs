@@ -321,7 +321,9 @@ pub async fn probe_health(
     let clients: BTreeMap<_, _> = futures::future::join_all(connects).await.into_iter().flatten().collect();
     let targets = crate::watch::health::targets(env, observed, &clients);
     let runs = targets.iter().map(|t| async move {
-        let result = crate::backend::probe::probe_once(&t.probe, t.schedule.timeout.min(PROBE_TIMEOUT)).await;
+        let result = crate::backend::probe::probe_once(&t.probe, t.schedule.timeout.min(PROBE_TIMEOUT))
+            .await
+            .map_err(|e| e.to_string());
         (t.container_id.clone(), (t.probe.to_string(), result))
     });
     futures::stream::iter(runs).buffer_unordered(PROBE_CONCURRENCY).collect().await

@@ -1,6 +1,8 @@
 //! Phase 7: the fingerprint of the observation a plan was made against (a saved
 //! plan is refused when the world moved since).
 
+use std::io::Write as _;
+
 use sha2::{Digest, Sha256};
 
 use super::instance::hex;
@@ -11,17 +13,26 @@ use crate::model::ObservedState;
 pub fn fingerprint(o: &ObservedState) -> String {
     let mut h = Sha256::new();
     h.update(o.env.as_bytes());
+    // Each host's rows, sorted as text, are written into one reused buffer and sorted as
+    // byte ranges of it: the digest of `format!`ed, sorted `String`s without a heap
+    // string per container (the same bytes, so fingerprints of saved plans still match).
+    let mut buf: Vec<u8> = Vec::new();
+    let mut rows: Vec<(usize, usize)> = Vec::new();
     for (host, obs) in &o.hosts {
         h.update(b"\0host\0");
         h.update(host.as_bytes());
-        let mut rows: Vec<String> = obs
-            .instances
-            .iter()
-            .map(|i| format!("{}|{}|{}|{:?}|{}|{:?}", i.container_id, i.app, i.instance, i.state, i.spec_hash, i.port))
-            .collect();
-        rows.sort();
-        for r in rows {
-            h.update(r.as_bytes());
+        buf.clear();
+        rows.clear();
+        for i in &obs.instances {
+            let start = buf.len();
+            // Writing into a Vec cannot fail.
+            let _ =
+                write!(buf, "{}|{}|{}|{:?}|{}|{:?}", i.container_id, i.app, i.instance, i.state, i.spec_hash, i.port);
+            rows.push((start, buf.len()));
+        }
+        rows.sort_unstable_by(|a, b| buf[a.0..a.1].cmp(&buf[b.0..b.1]));
+        for &(start, end) in &rows {
+            h.update(&buf[start..end]);
             h.update(b"\n");
         }
     }
@@ -74,6 +85,69 @@ mod tests {
             hosts: [("h1".to_string(), HostObservation { instances: vec![c] })].into(),
             etcd: Some(EtcdObservation { keys: [("/k".to_string(), "v".to_string())].into() }),
             lb: Some(Some("lb".into())),
+        }
+    }
+
+    /// The fingerprint as first written (a `String` per row, sorted): saved plans carry
+    /// it, so the buffered form must give the same digest.
+    fn reference(o: &ObservedState) -> String {
+        let mut h = Sha256::new();
+        h.update(o.env.as_bytes());
+        for (host, obs) in &o.hosts {
+            h.update(b"\0host\0");
+            h.update(host.as_bytes());
+            let mut rows: Vec<String> = obs
+                .instances
+                .iter()
+                .map(|i| {
+                    format!("{}|{}|{}|{:?}|{}|{:?}", i.container_id, i.app, i.instance, i.state, i.spec_hash, i.port)
+                })
+                .collect();
+            rows.sort();
+            for r in rows {
+                h.update(r.as_bytes());
+                h.update(b"\n");
+            }
+        }
+        if let Some(e) = &o.etcd {
+            h.update(b"\0etcd\0");
+            for (k, v) in &e.keys {
+                h.update(k.as_bytes());
+                h.update(b"=");
+                h.update(v.as_bytes());
+                h.update(b"\n");
+            }
+        }
+        match &o.lb {
+            Some(Some(c)) => {
+                h.update(b"\0lb\0");
+                h.update(c.as_bytes());
+            }
+            Some(None) => h.update(b"\0lb-missing\0"),
+            None => {}
+        }
+        hex(&h.finalize())
+    }
+
+    proptest::proptest! {
+        /// Ids that are prefixes of each other, or contain the separator, sort the same.
+        #[test]
+        fn equals_the_row_string_reference(
+            rows in proptest::collection::vec(("[ab|]{0,3}", 0u8..3, "[ab]{0,2}", 0u8..3, proptest::option::of(0u16..3)), 0..12),
+            lb in proptest::option::of(proptest::option::of("[ab]{0,2}")),
+        ) {
+            let mut o = observed();
+            o.lb = lb;
+            let states = [ContainerState::Running, ContainerState::Exited, ContainerState::Created];
+            for (id, host, app, state, port) in rows {
+                let mut c = o.hosts["h1"].instances[0].clone();
+                c.container_id = id;
+                c.app = app;
+                c.state = states[usize::from(state)];
+                c.port = port;
+                o.hosts.entry(format!("h{host}")).or_default().instances.push(c);
+            }
+            proptest::prop_assert_eq!(fingerprint(&o), reference(&o));
         }
     }
 

@@ -26,34 +26,49 @@ pub fn group<'o>(observed: &'o ObservedState, registered: impl Fn(&ObservedInsta
     all.sort_by(|a, b| {
         (&a.app, a.ordinal, &a.host, &a.container_id).cmp(&(&b.app, b.ordinal, &b.host, &b.container_id))
     });
-    let mut groups: BTreeMap<InstanceId, Vec<&ObservedInstance>> = BTreeMap::new();
+    // Sorted by (app, ordinal), so the containers of one instance are adjacent: group
+    // them in one pass instead of a map of lists.
     let mut removals = Vec::new();
+    let mut duplicates = Vec::new();
+    let mut named: Vec<(InstanceId, &ObservedInstance)> = Vec::with_capacity(all.len());
     for o in &all {
         match o.id() {
-            Some(id) => groups.entry(id).or_default().push(o),
+            Some(id) => named.push((id, o)),
             None => removals.push(remove(o, Reason::Unrecognised)),
         }
     }
-    let mut primary = BTreeMap::new();
-    for (id, mut list) in groups {
+    let mut primary = Vec::with_capacity(named.len());
+    let mut list: Vec<&ObservedInstance> = Vec::new();
+    let mut rest = named.into_iter().peekable();
+    while let Some((id, first)) = rest.next() {
+        list.clear();
+        list.push(first);
+        while let Some((_, o)) = rest.next_if(|(next, _)| *next == id) {
+            list.push(o);
+        }
         // Running first, then registered (serving), then the OLDEST, then by id: after an
         // interrupted rolling replace the old, proven instance stays and the half-made new
         // one goes, even when both were created within the same second (Docker's list gives
         // whole seconds); deterministic whatever the observation order.
-        list.sort_by(|a, b| {
-            (b.state.is_running(), registered(b), a.created, &a.container_id).cmp(&(
-                a.state.is_running(),
-                registered(a),
-                b.created,
-                &b.container_id,
-            ))
-        });
-        let mut list = list.into_iter();
-        if let Some(first) = list.next() {
-            primary.insert(id, first);
+        if list.len() > 1 {
+            list.sort_by(|a, b| {
+                (b.state.is_running(), registered(b), a.created, &a.container_id).cmp(&(
+                    a.state.is_running(),
+                    registered(a),
+                    b.created,
+                    &b.container_id,
+                ))
+            });
         }
-        removals.extend(list.map(|dup| remove(dup, Reason::Duplicate)));
+        let mut it = list.iter();
+        if let Some(p) = it.next() {
+            primary.push((id, *p));
+        }
+        duplicates.extend(it.map(|dup| remove(dup, Reason::Duplicate)));
     }
+    removals.append(&mut duplicates);
+    // Already in key order: the map is built without searching.
+    let primary: BTreeMap<InstanceId, &ObservedInstance> = primary.into_iter().collect();
     Grouped { all, primary, removals }
 }
 

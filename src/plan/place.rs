@@ -43,7 +43,15 @@ impl Ports {
         let held = assignments.iter().map(|a| (&a.host, a.port)).chain(observed.iter().map(|o| (&o.host, o.port)));
         for (host, port) in held {
             if let (Some(address), Some(p)) = (cx.address(host), port) {
-                used.entry(address.to_string()).or_default().insert(p);
+                // No key allocated per port: one per address.
+                match used.get_mut(address) {
+                    Some(set) => {
+                        set.insert(p);
+                    }
+                    None => {
+                        used.insert(address.to_string(), BTreeSet::from([p]));
+                    }
+                }
             }
         }
         Self { used }

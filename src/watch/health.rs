@@ -122,7 +122,7 @@ pub async fn monitor(
             next.insert(t.container_name.clone(), now + t.schedule.interval);
             let ok = r.is_ok();
             let Some(change) = tracker.observe(&t.container_name, ok, t.schedule.retries, now) else { continue };
-            let error = r.err().unwrap_or_default();
+            let error = r.err().map(|e| e.to_string()).unwrap_or_default();
             let (app, i) = (Some(t.app.as_str()), Some(t.instance.as_str()));
             let event = match change {
                 Transition::Down => {

@@ -17,7 +17,7 @@ use reconcile::backend::docker::{
     Client, DockerError, ExecOutcome, check_running, cmd_runner, connect, create_instance, ensure_image, exec, exec_ok,
     start, still_running, stop_and_remove,
 };
-use reconcile::backend::probe::{Probe, Schedule, probe_once, wait_healthy};
+use reconcile::backend::probe::{HealthError, Probe, ProbeFailure, Schedule, probe_once, wait_healthy};
 use reconcile::model::labels;
 use reconcile::plan::instance::{InstanceSpec, Rendered};
 use reconcile::spec::types::{HostSpec, Network};
@@ -336,19 +336,23 @@ async fn exec_and_probes() {
     probe_once(&Probe::Tcp { address: "127.0.0.1".into(), port }, t2).await.unwrap();
     probe_once(&http_probe(port, "/index.html"), t2).await.unwrap();
     let e = probe_once(&http_probe(port, "/missing"), t2).await.unwrap_err();
+    assert!(matches!(e, ProbeFailure::Status { status: 404, .. }), "{e:?}");
+    let e = e.to_string();
     assert!(e.starts_with(&format!("GET /missing on 127.0.0.1:{port}: 404")), "{e}");
     let cmd = |argv: &[&str]| Probe::Cmd {
         argv: strings(argv),
         run: cmd_runner(d.clone(), host.to_string(), id.clone(), strings(argv)),
     };
     probe_once(&cmd(&["sh", "-c", "test -f /www/index.html"]), t2).await.unwrap();
-    let e = probe_once(&cmd(&["sh", "-c", "exit 3"]), t2).await.unwrap_err();
+    let e = probe_once(&cmd(&["sh", "-c", "exit 3"]), t2).await.unwrap_err().to_string();
     assert_eq!(e, "cmd `sh -c exit 3`: exit code 3");
     wait_healthy(&cmd(&["true"]), &quick(3), || still_running(&d, host, &id)).await.unwrap();
 
     // Giving up after `retries` failures in a row, with the last reason.
     let t = Instant::now();
     let e = wait_healthy(&http_probe(port, "/missing"), &quick(3), || still_running(&d, host, &id)).await.unwrap_err();
+    assert!(matches!(e, HealthError::GaveUp { attempts: 3, failures: 3, .. }), "{e:?}");
+    let e = e.to_string();
     println!("gave up after {:?}: {e}", t.elapsed());
     assert!(e.starts_with("unhealthy after 3 probes (3 failed in a row): GET /missing"), "{e}");
     assert!(e.contains(": 404"), "{e}");
@@ -368,6 +372,8 @@ async fn exec_and_probes() {
     })
     .await
     .unwrap_err();
+    assert!(matches!(e, HealthError::NotRunning { .. }), "{e:?}");
+    let e = e.to_string();
     println!("crashing container reported after {:?}: {e}", t.elapsed());
     // Far less than the 100 retries × 500 ms the probe alone would take.
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
