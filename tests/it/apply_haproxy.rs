@@ -2,10 +2,12 @@
 //! daemons, etcd, and a real `haproxy` (master-worker, `-W -D -p <pid file>`) this test
 //! runs on 127.0.0.1:28130. The LB file is haproxy's whole config, rendered from the
 //! environment's template; `check: [haproxy, -c, -f, "{file}"]` (the candidate is
-//! checked before it replaces the file) and `reload: [pkill, -USR2, -F, <pid file>]`
-//! (SIGUSR2 to the master: it re-executes, new workers take over, old ones finish their
-//! requests), as README.md and tests/it/lb.rs describe them; `drain: 3s` before old
-//! instances stop.
+//! checked before it replaces the file) and `reload: [sh, scripts/haproxy-reload, <pid
+//! file>]` (SIGUSR2 to the master: it re-executes, new workers take over, old ones finish
+//! their requests; the script returns once the new worker exists, because haproxy 2.6
+//! drops a SIGUSR2 that arrives while it still re-executes for the previous one — the
+//! cause of this test's 503s under load with a bare `pkill -USR2`), as README.md
+//! describes; `drain: 3s` before old instances stop.
 //!
 //! Ports: the LB on 28130, the hosts' pool 23500-23549 (slot 30 of `apply::Stack`'s
 //! scheme, which no other test uses).
@@ -135,8 +137,9 @@ impl HaStack {
             &var("RECONCILE_TEST_DOCKER2"),
             POOL,
             &format!(
-                "\n  template: templates/lb.j2\n  path: '{lb}'\n  check: [haproxy, -c, -f, '{{file}}']\n  reload: [pkill, -USR2, -F, '{pid}']\n  drain: 3s\n",
+                "\n  template: templates/lb.j2\n  path: '{lb}'\n  check: [haproxy, -c, -f, '{{file}}']\n  reload: [sh, '{script}', '{pid}']\n  drain: 3s\n",
                 lb = self.lb_file().display(),
+                script = super::root().join("scripts/haproxy-reload").display(),
                 pid = self.pid_file().display(),
             ),
         );
