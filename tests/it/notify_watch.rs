@@ -127,13 +127,15 @@ fn of(rx: &Receiver, event: &str) -> Vec<(serde_json::Value, Instant)> {
     events(rx).into_iter().filter(|(v, _)| v["event"] == event).collect()
 }
 
-/// Never two sends of one problem within `repeat` (2s), measured on arrival: a delivery's
-/// own latency (the first one loads the CA store) shifts arrivals, hence the slack.
+/// No more sends of one problem than `repeat` (2s) allows over the time they span. Measured
+/// on arrival, where a delivery's own latency shifts single gaps (on a loaded machine by
+/// more than a second), so the count is checked, with one send of slack: a send per run
+/// (1s apart) would exceed it.
 fn assert_no_two_sends_within_repeat(told: &[(serde_json::Value, Instant)]) {
-    for pair in told.windows(2) {
-        let gap = pair[1].1.duration_since(pair[0].1);
-        assert!(gap >= Duration::from_millis(1000), "sent {gap:?} apart: {told:#?}");
-    }
+    let (Some(first), Some(last)) = (told.first(), told.last()) else { return };
+    let span = last.1.duration_since(first.1).as_secs_f64();
+    let allowed = (span / 2.0).floor() as usize + 2;
+    assert!(told.len() <= allowed, "{} sends over {span:.1}s with repeat 2s: {told:#?}", told.len());
 }
 
 #[test]
