@@ -73,13 +73,16 @@ while True:
     if mode == "hang": held.append(c)
     else: threading.Thread(target=answer, args=(c,), daemon=True).start()
 EOF
-start_receiver() { # mode -> port
-  python3 "$TMP/receiver.py" "$1" "$TMP/$1.port" & PIDS+=($!)
-  for _ in $(seq 50); do [ -s "$TMP/$1.port" ] && break; sleep 0.1; done
-  cat "$TMP/$1.port"
-}
-OK_PORT=$(start_receiver ok)
-HANG_PORT=$(start_receiver hang)
+for mode in ok hang; do
+  python3 "$TMP/receiver.py" "$mode" "$TMP/$mode.port" >/dev/null 2>&1 &
+  PIDS+=($!)
+done
+for mode in ok hang; do
+  for _ in $(seq 100); do [ -s "$TMP/$mode.port" ] && break; sleep 0.1; done
+  [ -s "$TMP/$mode.port" ] || die "the $mode receiver did not start"
+done
+OK_PORT=$(cat "$TMP/ok.port")
+HANG_PORT=$(cat "$TMP/hang.port")
 
 # ---------------------------------------------------------------- repos
 repo() { # name, notifications block

@@ -8,8 +8,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use super::support::{
-    Got, Receiver, TestEnv, app_yaml, docker_cli, etcd_endpoint, http_exchange, managed_env, reconcile, reconcile_cmd,
-    stderr, stdout, var,
+    Got, Receiver, TestEnv, app_yaml, docker_cli, etcd_endpoint, http_exchange, managed_env, reconcile_cmd, stderr,
+    stdout, var,
 };
 
 /// The environment: daemon 1, etcd, no LB; a webhook (`IT_HOOK_URL`, reminders every
@@ -127,6 +127,17 @@ fn of(rx: &Receiver, event: &str) -> Vec<(serde_json::Value, Instant)> {
     events(rx).into_iter().filter(|(v, _)| v["event"] == event).collect()
 }
 
+/// No more sends of one problem than `repeat` (2s) allows over the time they span. Measured
+/// on arrival, where a delivery's own latency shifts single gaps (on a loaded machine by
+/// more than a second), so the count is checked, with one send of slack: a send per run
+/// (1s apart) would exceed it.
+fn assert_no_two_sends_within_repeat(told: &[(serde_json::Value, Instant)]) {
+    let (Some(first), Some(last)) = (told.first(), told.last()) else { return };
+    let span = last.1.duration_since(first.1).as_secs_f64();
+    let allowed = (span / 2.0).floor() as usize + 2;
+    assert!(told.len() <= allowed, "{} sends over {span:.1}s with repeat 2s: {told:#?}", told.len());
+}
+
 #[test]
 fn watch_tells_a_heal_once() {
     let rx = Receiver::start(false);
@@ -171,17 +182,13 @@ fn a_failure_repeated_by_retries_is_told_once_reminded_after_repeat_and_resolved
     wait_for("a reminder", Duration::from_secs(60), &w, &rx, || {
         failures().iter().any(|(v, _)| v["status"] == "reminder")
     });
+    wait_for("watch to retry the failing run twice", Duration::from_secs(90), &w, &rx, || w.runs("failed") >= 3.0);
     let failed_runs = w.runs("failed");
-    assert!(failed_runs >= 2.0, "watch retried the failing run: {}", w.metrics());
     let told = failures();
     let new: Vec<_> = told.iter().filter(|(v, _)| v["status"] == "new").collect();
     assert_eq!(new.len(), 1, "told once as new, not once per retry ({failed_runs} failed runs): {told:#?}");
     assert!(new[0].0["message"].as_str().unwrap().contains("job-0"), "{told:#?}");
-    // Never two sends of the problem within `repeat` (2s; arrival times, so a little slack).
-    for pair in told.windows(2) {
-        let gap = pair[1].1.duration_since(pair[0].1);
-        assert!(gap >= Duration::from_millis(1500), "sent {gap:?} apart: {told:#?}");
-    }
+    assert_no_two_sends_within_repeat(&told);
 
     // Fixed: the next run converges and the failure is resolved.
     job(&t, Some("{cmd: [/bin/busybox, 'true'], interval: 200ms, timeout: 1s, retries: 2}"));
@@ -205,11 +212,14 @@ fn drift_in_a_dry_run_is_told_once_and_a_hanging_receiver_holds_nothing_up() {
     job(&t, None);
     let w = Watch::start(&t, &rx, Some(&hang), &["--dry-run", "--interval", "1s"]);
     // Runs go on every second while the hanging receiver's delivery waits out its timeout.
-    wait_for("four dry runs", Duration::from_secs(60), &w, &rx, || w.runs("dry_run") >= 4.0);
+    wait_for("the drift told", Duration::from_secs(60), &w, &rx, || !of(&rx, "drift").is_empty());
+    let runs = w.runs("dry_run");
+    wait_for("three more dry runs", Duration::from_secs(60), &w, &rx, || w.runs("dry_run") >= runs + 3.0);
     let drift = of(&rx, "drift");
-    assert_eq!(drift.len(), 1, "told once, not once per run: {:#?}", events(&rx));
-    let v = &drift[0].0;
-    assert_eq!(v["status"], "new");
+    let new: Vec<_> = drift.iter().filter(|(v, _)| v["status"] == "new").collect();
+    assert_eq!(new.len(), 1, "told once, then only as reminders (repeat 2s), not once per run: {drift:#?}");
+    assert_no_two_sends_within_repeat(&drift);
+    let v = &new[0].0;
     assert!(v["summary"].as_str().unwrap().starts_with("1 to add"), "{v}");
     assert!(managed_env(&t.env).is_empty(), "a dry run changes nothing");
     wait_for("the failed delivery in /metrics", Duration::from_secs(30), &w, &rx, || {
@@ -219,10 +229,16 @@ fn drift_in_a_dry_run_is_told_once_and_a_hanging_receiver_holds_nothing_up() {
     assert!(w.log().contains("notification not delivered"), "{}", w.log());
 
     // The drift gone (applied by hand), the next dry run tells it resolved.
-    let o = reconcile(&["apply", "--env", &t.env, "--repo", &t.repo(), "--yes", "--timeout", "10s"]);
+    let o = reconcile_cmd(&["apply", "--env", &t.env, "--repo", &t.repo(), "--yes", "--timeout", "10s"])
+        .env("IT_HOOK_URL", rx.url("/hook"))
+        .env("IT_HANG_URL", hang.url("/hang"))
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     wait_for("the drift resolved", Duration::from_secs(60), &w, &rx, || {
         events(&rx).iter().any(|(v, _)| v["event"] == "recovered" && v["problem"] == "drift")
     });
-    assert_eq!(of(&rx, "drift").len(), 1, "{:#?}", events(&rx));
+    let drift = of(&rx, "drift");
+    assert_eq!(drift.iter().filter(|(v, _)| v["status"] == "new").count(), 1, "{drift:#?}");
+    assert_no_two_sends_within_repeat(&drift);
 }

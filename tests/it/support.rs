@@ -685,6 +685,8 @@ pub fn web_0_run_args(env: &str) -> Vec<String> {
         "300".into(),
     ]
     .into()
+}
+
 // ------------------------------------------------------------------ notification receiver
 // (tests/it/notify.rs and tests/it/notify_watch.rs)
 
