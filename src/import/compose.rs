@@ -1703,6 +1703,9 @@ pub fn parse_env_file(text: &str, vars: &BTreeMap<String, String>) -> Result<Vec
     env_file_entries(text, vars).map(|(entries, _)| entries)
 }
 
+/// An env file's entries in order, and the unset variables its values used.
+pub type EnvFile = (Vec<(String, String)>, Vec<String>);
+
 /// [`parse_env_file`], with the names of the unset variables that became empty strings.
 /// Unquoted and double-quoted values are interpolated (`${VAR}`, `${VAR:-default}`, … as
 /// in compose files) from `vars` (the shell environment over the project's `.env`), then
@@ -1711,10 +1714,7 @@ pub fn parse_env_file(text: &str, vars: &BTreeMap<String, String>) -> Result<Vec
 ///
 /// # Errors
 /// As [`parse_env_file`].
-pub fn env_file_entries(
-    text: &str,
-    vars: &BTreeMap<String, String>,
-) -> Result<(Vec<(String, String)>, Vec<String>), (usize, String)> {
+pub fn env_file_entries(text: &str, vars: &BTreeMap<String, String>) -> Result<EnvFile, (usize, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut unset = Vec::new();
     for (i, raw) in text.lines().enumerate() {
