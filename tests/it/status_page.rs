@@ -67,6 +67,20 @@ fn dump_dom(url: &str) -> String {
     String::from_utf8(chromium(&["--dump-dom", url]).stdout).unwrap()
 }
 
+/// The live page's DOM once it shows `app` (a request whose inspect or probes fail on a
+/// loaded machine shows the error instead of the instances, as it should; the next one
+/// shows them again).
+fn dump_dom_showing(url: &str, app: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let dom = dump_dom(url);
+        if dom.contains(&format!("<span class=\"app-name\">{app}</span>")) || t0.elapsed() > Duration::from_secs(60) {
+            return dom;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// A screenshot of `url` at `w`×`h` into the artifacts; asserts a real, non-trivial PNG.
 fn screenshot(url: &str, name: &str, (w, h): (u32, u32)) -> PathBuf {
     let file = artifacts().join(name);
@@ -99,7 +113,8 @@ fn assert_valid(v: &jsonschema::Validator, doc: &Value) {
 fn check_dom(dom: &str, env: &str, commit: &str) {
     assert!(dom.contains(&format!("<strong id=\"env\">{env}</strong>")), "{dom}");
     assert!(
-        dom.contains("<span class=\"app-name\">web</span>") && dom.contains("<span class=\"app-name\">worker</span>")
+        dom.contains("<span class=\"app-name\">web</span>") && dom.contains("<span class=\"app-name\">worker</span>"),
+        "{dom}"
     );
     for i in ["web-0", "web-1", "worker-0"] {
         assert!(dom.contains(&format!("<td data-label=\"Instance\"><strong>{i}</strong></td>")), "{i}: {dom}");
@@ -187,7 +202,7 @@ fn watch_serves_the_status_page_and_status_writes_it_for_ci() {
     assert!(status.contains(" 200 "), "{status}");
     assert!(html.contains("<meta http-equiv=\"refresh\" content=\"10\">"));
     let url = format!("http://{addr}/");
-    let dom = dump_dom(&url);
+    let dom = dump_dom_showing(&url, "worker");
     check_dom(&dom, &s.env, &commit);
     assert!(dom.contains("No failed runs since this watcher started."), "{dom}");
     assert!(dom.contains("<span class=\"badge ok\">in sync</span>"));
@@ -228,8 +243,11 @@ fn watch_serves_the_status_page_and_status_writes_it_for_ci() {
     };
     assert_eq!(errors[0]["stage"], "load", "{errors:?}");
     // The load error's summary line (the diagnostics themselves are in watch's log).
-    assert!(errors[0]["message"].as_str().unwrap().contains(&format!("environment `{}` has 1 error(s)", s.env)), "{errors:?}");
-    let dom = dump_dom(&url);
+    assert!(
+        errors[0]["message"].as_str().unwrap().contains(&format!("environment `{}` has 1 error(s)", s.env)),
+        "{errors:?}"
+    );
+    let dom = dump_dom_showing(&url, "worker");
     assert!(dom.contains("<span class=\"badge bad\">load</span>"), "{dom}");
     assert!(!dom.contains("No failed runs"), "{dom}");
     // The instances are still shown from the last good observation.
