@@ -249,6 +249,7 @@ impl<E: Effects> Shared<'_, E> {
         let cid = self.fx.create(&new.host, &new.container_name, spec, &labels).await?;
         let t0 = Instant::now();
         let health = async {
+            self.seed_lbs(app, &new.host, &cid).await?;
             self.locked()?;
             self.fx.start(&new.host, &cid).await?;
             match &spec.health {

@@ -523,11 +523,31 @@ pub fn start_load(
     stop: Arc<AtomicBool>,
     made: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<Load> {
+    start_load_at("127.0.0.1", port, read, t0, stop, made)
+}
+
+/// Spawn `cmd` with stdin closed and its output piped.
+pub fn spawn_piped(cmd: &mut Command) -> std::process::Child {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+// ------------------------------------------------------------------ several LBs (tests/it/lb_multi.rs)
+
+/// [`start_load`] against `address:port` (a loopback address): the LB instances of an HA
+/// pair listen on their hosts' addresses.
+pub fn start_load_at(
+    address: &'static str,
+    port: u16,
+    read: Duration,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    made: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Load> {
     std::thread::spawn(move || {
         let mut r = Load::default();
         while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(120) && r.ok + r.failed < 100_000 {
             let at = t0.elapsed().as_secs_f64();
-            let answer = get_web("127.0.0.1", port, Some(Duration::from_secs(1)), read);
+            let answer = get_web(address, port, Some(Duration::from_secs(1)), read);
             made.fetch_add(1, Ordering::SeqCst);
             match answer {
                 Ok(body) => {
@@ -548,9 +568,4 @@ pub fn start_load(
         }
         r
     })
-}
-
-/// Spawn `cmd` with stdin closed and its output piped.
-pub fn spawn_piped(cmd: &mut Command) -> std::process::Child {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
