@@ -1087,7 +1087,7 @@ mod lbs_tests {
     #[test]
     fn lb_and_lbs_together_are_an_error() {
         let e = errors(&format!("lb: {EDGE}\nlbs:\n  edge: {EDGE}\n"), &[]);
-        assert!(e.iter().any(|m| m.contains("environment.yaml:5: both `lb` and `lbs` are given")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("environment.yaml:7: both `lb` and `lbs` are given")), "{e:?}");
     }
 
     #[test]
@@ -1108,9 +1108,9 @@ mod lbs_tests {
             e.iter().any(|m| m.contains("ilb.yaml") && m.contains("must be rolled out one instance at a time")),
             "{e:?}"
         );
-        assert!(e.iter().any(|m| m.contains("environment.yaml:5: the check of lb `internal`")), "{e:?}");
-        assert!(e.iter().any(|m| m.contains("environment.yaml:6: lb `other` runs in app `ghost`")), "{e:?}");
-        assert!(e.iter().any(|m| m.contains("environment.yaml:7: lb `both` needs exactly one of")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("environment.yaml:6: the check of lb `internal`")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("environment.yaml:7: lb `other` runs in app `ghost`")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("environment.yaml:8: lb `both` needs exactly one of")), "{e:?}");
         let ok = errors(
             "lbs:\n  internal: {template: lb.j2, container: {app: ilb, path: /etc/h.cfg}, check: [haproxy, -c, -f, '{file}'], reload: ['true']}\n",
             &[("ilb", "update: {strategy: recreate}\n")],

@@ -27,6 +27,7 @@ mod etcd_secure;
 mod history;
 mod import;
 mod lb;
+mod lb_multi;
 mod logs;
 mod markdown;
 mod notify;
