@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use super::apply::{INDEX_TEMPLATE, var};
 use super::support::{
-    Load, Managed, TestEnv, app_yaml, docker_cli, get_web, managed_env, reconcile_cmd, spawn_piped, start_load,
-    start_load_at, wait_steady,
+    Load, Managed, TestEnv, app_yaml, apply_stamped, docker_cli, get_web, managed_env, start_load, start_load_at,
+    wait_steady,
 };
 use super::{stderr, stdout};
 
@@ -165,25 +165,8 @@ impl Multi {
 
     /// `apply` in the background, its stderr stamped with the seconds since `t0`.
     fn apply_async(&self, t0: Instant) -> JoinHandle<Output> {
-        let repo = self.repo();
-        let env = self.env.clone();
-        std::thread::spawn(move || {
-            let mut child = spawn_piped(&mut reconcile_cmd(&[
-                "apply", "--env", &env, "--repo", &repo, "--yes", "--timeout", "10s",
-            ]));
-            let err = child.stderr.take().unwrap();
-            let stamper = std::thread::spawn(move || {
-                let mut stamped = String::new();
-                for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
-                    let Ok(line) = line else { break };
-                    stamped.push_str(&format!("{:7.3}s {line}\n", t0.elapsed().as_secs_f64()));
-                }
-                stamped
-            });
-            let mut o = child.wait_with_output().unwrap();
-            o.stderr = stamper.join().unwrap().into_bytes();
-            o
-        })
+        let (repo, env) = (self.repo(), self.env.clone());
+        std::thread::spawn(move || apply_stamped(&repo, &env, t0))
     }
 }
 
@@ -192,7 +175,12 @@ fn get_at(address: &str, port: u16) -> Result<String, String> {
 }
 
 fn wait_serving(what: &str, address: &'static str, port: u16, prefix: &str) {
-    wait_steady(what, Duration::ZERO, || get_at(address, port), |last| last.as_deref().is_ok_and(|b| b.starts_with(prefix)));
+    wait_steady(
+        what,
+        Duration::ZERO,
+        || get_at(address, port),
+        |last| last.as_deref().is_ok_and(|b| b.starts_with(prefix)),
+    );
 }
 
 fn address(c: &Managed) -> &'static str {
@@ -277,7 +265,8 @@ fn a_file_lb_and_an_ha_pair_in_containers_roll_refuse_and_survive_a_killed_insta
     m.write_repo("4", "");
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
-    let survivor = start_load_at(address(&ilbs[0]), ilbs[0].port.unwrap(), READ_TIMEOUT, t0, Arc::clone(&stop), Arc::clone(&made));
+    let survivor =
+        start_load_at(address(&ilbs[0]), ilbs[0].port.unwrap(), READ_TIMEOUT, t0, Arc::clone(&stop), Arc::clone(&made));
     std::thread::sleep(Duration::from_millis(300));
     let apply = m.apply_async(t0);
     std::thread::sleep(Duration::from_millis(1500));
@@ -286,7 +275,13 @@ fn a_file_lb_and_an_ha_pair_in_containers_roll_refuse_and_survive_a_killed_insta
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     let r = survivor.join().unwrap();
-    eprintln!("with one LB instance killed: apply exit {:?}; {} ok, {} failed, {:?}", o.status.code(), r.ok, r.failed, r.versions);
+    eprintln!(
+        "with one LB instance killed: apply exit {:?}; {} ok, {} failed, {:?}",
+        o.status.code(),
+        r.ok,
+        r.failed,
+        r.versions
+    );
     assert_no_failures("through the surviving ilb", &r, &o);
     let o = m.apply(&[]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));

@@ -569,3 +569,23 @@ pub fn start_load_at(
         r
     })
 }
+
+/// `reconcile apply --yes --timeout 10s` of `env` in `repo`, with each line of its stderr
+/// (the plan, then one line per step) stamped with the seconds since `t0`, to set the
+/// steps against a load's failures.
+pub fn apply_stamped(repo: &str, env: &str, t0: Instant) -> Output {
+    let mut child =
+        spawn_piped(&mut reconcile_cmd(&["apply", "--env", env, "--repo", repo, "--yes", "--timeout", "10s"]));
+    let err = child.stderr.take().unwrap();
+    let stamper = std::thread::spawn(move || {
+        let mut stamped = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
+            let Ok(line) = line else { break };
+            stamped.push_str(&format!("{:7.3}s {line}\n", t0.elapsed().as_secs_f64()));
+        }
+        stamped
+    });
+    let mut o = child.wait_with_output().unwrap();
+    o.stderr = stamper.join().unwrap().into_bytes();
+    o
+}
