@@ -85,7 +85,7 @@ impl Fleet {
             env: "big".into(),
             hosts: env.spec.hosts.iter().map(|h| (h.name.clone(), HostObservation::default())).collect(),
             etcd: Some(EtcdObservation::default()),
-            lb: Some(None),
+            lbs: [("default".to_string(), None)].into(),
         };
         let first = plan::plan(&f.desired(false), &empty).unwrap();
         assert_eq!(first.summary.add, apps * REPLICAS);

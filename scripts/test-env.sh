@@ -350,6 +350,68 @@ ensure_images() {
     die "$IMAGE_REPO:1 and :2 have the same image ID"
 }
 
+# --- 4b. LB images (tests/it/lb_multi.rs: an LB inside managed containers) ------
+# reconcile-test/nginx:1 and reconcile-test/haproxy:1: `debootstrap --variant=minbase`
+# rootfs with the package (Debian's mirror, as configured in /etc/apt), docs, man pages
+# and locales stripped, then `docker import`ed on dockerd #1 and copied to #2
+# with save|load (same image ID everywhere). The rootfs tarballs are cached under
+# $LB_IMAGES_DIR, so a second run only checks the image IDs.
+LB_IMAGES_DIR=$LIB_DIR/images
+LB_IMAGES=(nginx haproxy)
+lb_image_package() { case $1 in nginx) echo nginx-light ;; haproxy) echo haproxy ;; esac; }
+lb_image_cmd() {
+  case $1 in
+    nginx) echo '["nginx", "-g", "daemon off;"]' ;;
+    haproxy) echo '["haproxy", "-W", "-db", "-f", "/etc/haproxy/haproxy.cfg"]' ;;
+  esac
+}
+
+make_lb_rootfs() {  # make_lb_rootfs NAME OUT.tar
+  local name=$1 out=$2 root pkg
+  pkg=$(lb_image_package "$name")
+  command -v debootstrap >/dev/null || {
+    say "installing debootstrap"
+    apt-get install -y -qq --no-install-recommends debootstrap >>"$LOG_DIR/apt.log" 2>&1 ||
+      die "apt-get install debootstrap failed (log: $LOG_DIR/apt.log)"
+  }
+  root=$(mktemp -d "$LB_IMAGES_DIR/rootfs-$name-XXXX")
+  mkdir -p "$LB_IMAGES_DIR/debs"
+  debootstrap --variant=minbase --include="$pkg,procps" --cache-dir="$LB_IMAGES_DIR/debs" \
+    bookworm "$root" http://deb.debian.org/debian >"$LOG_DIR/debootstrap-$name.log" 2>&1 ||
+    { rm -rf "$root"; die "debootstrap of $name failed (log: $LOG_DIR/debootstrap-$name.log)"; }
+  rm -rf "$root"/usr/share/{doc,man,info,locale} "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* \
+    "$root"/etc/nginx/sites-enabled/default
+  # the LB is configured by the rendered file alone (host networking: no default :80)
+  tar --numeric-owner -C "$root" -cf "$out.tmp" . && mv "$out.tmp" "$out"
+  rm -rf "$root"
+}
+
+ensure_lb_images() {
+  local name tag tar id1 id
+  mkdir -p "$LB_IMAGES_DIR"
+  rm -rf "$LB_IMAGES_DIR"/rootfs-*   # leftovers of an interrupted build
+  for name in "${LB_IMAGES[@]}"; do
+    tag=reconcile-test/$name:1
+    tar=$LB_IMAGES_DIR/$name.tar
+    id1=$(image_id "$DOCKER1" "$tag")
+    if [[ -z $id1 ]]; then
+      CHANGED=1
+      [[ -s $tar ]] || { say "building the $name rootfs (debootstrap, once; cached in $tar)"; make_lb_rootfs "$name" "$tar"; }
+      say "importing $tag on dockerd #1"
+      docker -H "$DOCKER1" import --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change "CMD $(lb_image_cmd "$name")" --message "reconcile test LB image ($name)" \
+        "$tar" "$tag" >/dev/null || die "docker import of $tag failed"
+      id1=$(image_id "$DOCKER1" "$tag")
+    fi
+    id=$(image_id "$DOCKER2" "$tag")
+    if [[ $id != "$id1" ]]; then
+      say "loading $tag into dockerd #2"
+      CHANGED=1
+      docker -H "$DOCKER1" save "$tag" | docker -H "$DOCKER2" load >/dev/null || die "copying $tag to dockerd #2 failed"
+    fi
+  done
+}
+
 # --- 5. etcd -----------------------------------------------------------------
 etcd_healthy() { curl -fsS --max-time 2 "$ETCD/health" 2>/dev/null | grep -q '"health":"true"'; }
 
@@ -1119,6 +1181,7 @@ case ${1:-up} in
     ensure_etcd_secure
     ensure_etcd_cluster
     ensure_images
+    ensure_lb_images
     ensure_ssh
     ensure_tls
     ensure_docker3
@@ -1133,6 +1196,7 @@ case ${1:-up} in
   stop) do_stop ;;
   etcd-cluster) ensure_etcd_cluster ;;   # restart killed members (tests/it/etcd_cluster.rs)
   etcdsec) ensure_packages; ensure_etcd_secure; ensure_etcd_cluster ;;   # only these, env file untouched
+  lb-images) ensure_lb_images ;;   # only the LB images (tests/it/lb_multi.rs)
   bench-daemons) do_bench_daemons "${2:-}" ;;
   bench-daemons-stop) stop_bench_daemons ;;
   *) die "usage: $0 [up|check|stop|etcd-cluster|etcdsec|bench-daemons N|bench-daemons-stop]" ;;

@@ -224,8 +224,10 @@ pub struct ObservedState {
     pub hosts: BTreeMap<String, HostObservation>,
     /// `None` when the environment has no etcd.
     pub etcd: Option<EtcdObservation>,
-    /// `None` when the environment has no LB; `Some(None)` when the LB file does not exist.
-    pub lb: Option<Option<String>>,
+    /// Per LB of the environment (`EnvironmentSpec::load_balancers`), its config as
+    /// observed: `None` when the file does not exist — or, for an LB in containers, when
+    /// its running instances do not all hold the same readable file (or none runs).
+    pub lbs: BTreeMap<String, Option<String>>,
 }
 
 /// The etcd key layout of the contract.
@@ -278,6 +280,16 @@ pub mod keys {
     /// redone) by the next plan.
     pub fn lb_reload_pending(prefix: &str, env: &str) -> String {
         format!("{}reload-pending", lb_dir(prefix, env))
+    }
+    /// The reload-pending mark of LB `lb`: [`lb_reload_pending`] for `default` (the
+    /// key an environment with one `lb:` always had), `<prefix>/<env>/lb/<lb>/reload-pending`
+    /// for the others.
+    pub fn lb_reload_pending_for(prefix: &str, env: &str, lb: &str) -> String {
+        if lb == crate::spec::types::DEFAULT_LB {
+            lb_reload_pending(prefix, env)
+        } else {
+            format!("{}{lb}/reload-pending", lb_dir(prefix, env))
+        }
     }
     /// `<prefix>/<env>/health/` — health marks written by `watch`.
     pub fn health_dir(prefix: &str, env: &str) -> String {

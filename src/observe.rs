@@ -2,12 +2,13 @@
 //! `ObservedState`. An unreachable host or etcd is an error naming it and the
 //! cause — never a state that silently lacks its instances.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::backend::{docker, etcd, lb};
-use crate::model::ObservedState;
+use crate::model::{HostObservation, ObservedState};
 use crate::spec::Env;
+use crate::spec::types::LbTarget;
 
 /// Limits for observation.
 #[derive(Debug, Clone, Copy)]
@@ -64,20 +65,47 @@ pub async fn observe(env: &Env, opts: Options) -> Result<ObservedState, ObserveE
         problems.push(e.to_string());
         None
     });
-    let lb = match &env.spec.lb {
-        None => None,
-        Some(spec) => match lb::read(&spec.path) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                problems.push(e.to_string());
-                None
+    let mut lbs = BTreeMap::new();
+    for (lb_name, spec) in env.spec.load_balancers() {
+        let read = match spec.target() {
+            Some(LbTarget::File(path)) => lb::read(path),
+            Some(LbTarget::Container { app, path }) => container_lb(env, &hosts, app, path, opts.timeout).await,
+            None => continue,
+        };
+        match read {
+            Ok(c) => {
+                lbs.insert(lb_name.to_string(), c);
             }
-        },
-    };
+            Err(e) => problems.push(format!("lb `{lb_name}`: {e}")),
+        }
+    }
     if !problems.is_empty() {
         return Err(ObserveError { env: name, problems });
     }
-    Ok(ObservedState { env: name, hosts, etcd, lb })
+    Ok(ObservedState { env: name, hosts, etcd, lbs })
+}
+
+/// The config of an LB in containers as its running instances hold it
+/// (`backend::lb::read_in`): only the hosts that run an instance of `app` are asked.
+async fn container_lb(
+    env: &Env,
+    hosts: &BTreeMap<String, HostObservation>,
+    app: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<Option<String>, lb::LbError> {
+    let mut clients = Vec::new();
+    for h in &env.spec.hosts {
+        let runs = hosts.get(&h.name).is_some_and(|o| o.instances.iter().any(|i| i.app == app && i.state.is_running()));
+        if runs {
+            let client = docker::connect(h, timeout)
+                .await
+                .map_err(|e| lb::LbError::Instances { app: app.to_string(), cause: e.to_string() })?;
+            clients.push((h.name.clone(), client));
+        }
+    }
+    let instances = lb::running_instances(&clients, &env.name, app).await?;
+    lb::read_in(&instances, path).await
 }
 
 // --- pull: always (issue 9) ---------------------------------------------------------

@@ -19,7 +19,7 @@ use crate::backend::{docker, etcd, lb, probe};
 use crate::plan::instance::InstanceSpec;
 use crate::plan::{Action, Plan};
 use crate::spec::Env;
-use crate::spec::types::{HealthSpec, LbSpec};
+use crate::spec::types::{HealthSpec, LbSpec, LbTarget};
 
 /// How much of a failed container's output is kept as evidence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,11 +83,24 @@ pub trait Effects: Sync {
     fn etcd_write(&self, writes: &[etcd::Write]) -> impl Future<Output = Result<(), StepError>> + Send;
     /// The `applied` entry and a `history/<nanos>` entry, fenced.
     fn record(&self, entry: &serde_json::Value) -> impl Future<Output = Result<(), StepError>> + Send;
-    /// The LB file's current content (`None`: absent or unreadable).
-    fn lb_read(&self) -> impl Future<Output = Result<Option<String>, StepError>> + Send;
-    /// Put `content` through the LB's check command and into place.
-    fn lb_write_checked(&self, content: &str) -> impl Future<Output = Result<(), StepError>> + Send;
-    fn lb_reload(&self) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// LB `lb`'s current config (`None`: absent or unreadable; for an LB in containers,
+    /// also when its running instances do not all hold the same one).
+    fn lb_read(&self, lb: &str) -> impl Future<Output = Result<Option<String>, StepError>> + Send;
+    /// Put `content` through LB `lb`'s check command and into place (in every running
+    /// instance of an LB in containers, checked in all of them first).
+    fn lb_write_checked(&self, lb: &str, content: &str) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Make LB `lb` load its config (in every running instance).
+    fn lb_reload(&self, lb: &str) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// An LB in containers: put `content` (checked already elsewhere, or the first
+    /// config) into container `id` on `host`, created but not started yet, so that it
+    /// starts serving with it.
+    fn lb_seed(
+        &self,
+        lb: &str,
+        host: &str,
+        id: &str,
+        content: &str,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
     /// `Some(lock key)` once the apply lock's lease can no longer be proven alive.
     fn lock_lost(&self) -> Option<String>;
     fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send;
@@ -100,7 +113,8 @@ pub struct Backends<'a> {
     /// `(prefix, env)` for the history records.
     records: Option<(String, String)>,
     lock: Option<&'a etcd::LockGuard>,
-    lb: Option<LbSpec>,
+    lbs: BTreeMap<String, LbSpec>,
+    env: String,
     /// [`Backends::pull`]'s failures, by app.
     pull_failed: BTreeMap<String, String>,
 }
@@ -121,7 +135,11 @@ impl<'a> Backends<'a> {
             Some(spec) => Some(Mutex::new(etcd::connect(spec, timeout).await?)),
             None => None,
         };
-        let hosts: BTreeSet<&str> = plan
+        let lbs: BTreeMap<String, LbSpec> =
+            env.spec.load_balancers().into_iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        // An LB in containers is written into its app's instances wherever they run.
+        let every_host = lbs.values().any(|l| l.container.is_some());
+        let mut hosts: BTreeSet<&str> = plan
             .actions
             .iter()
             .flat_map(|a| match a {
@@ -131,12 +149,15 @@ impl<'a> Backends<'a> {
                 _ => vec![],
             })
             .collect();
+        if every_host {
+            hosts.extend(env.spec.hosts.iter().map(|h| h.name.as_str()));
+        }
         let mut clients = BTreeMap::new();
         for h in env.spec.hosts.iter().filter(|h| hosts.contains(h.name.as_str())) {
             clients.insert(h.name.clone(), docker::connect(h, timeout).await.map_err(|e| e.to_string()));
         }
         let records = env.spec.etcd.as_ref().map(|s| (s.prefix.clone(), env.name.clone()));
-        Ok(Self { clients, etcd, records, lock, lb: env.spec.lb.clone(), pull_failed: BTreeMap::new() })
+        Ok(Self { clients, etcd, records, lock, lbs, env: env.name.clone(), pull_failed: BTreeMap::new() })
     }
 
     /// Every image the plan's new containers need, on their hosts, at once (`pull:
@@ -157,9 +178,32 @@ impl<'a> Backends<'a> {
         self.lock.map(etcd::LockGuard::fence)
     }
 
-    fn lb_spec(&self) -> Result<&LbSpec, StepError> {
-        self.lb.as_ref().ok_or_else(|| StepError::Task("the environment has no LB".into()))
+    fn lb_spec(&self, lb: &str) -> Result<&LbSpec, StepError> {
+        self.lbs.get(lb).ok_or_else(|| StepError::Task(format!("the environment has no LB `{lb}`")))
     }
+
+    /// LB `lb`'s target, and for an LB in containers its running instances (listed now).
+    async fn lb_target(&self, lb: &str) -> Result<(&LbSpec, Target), StepError> {
+        let spec = self.lb_spec(lb)?;
+        let target = match spec.target() {
+            Some(LbTarget::File(path)) => Target::File(path.to_string()),
+            Some(LbTarget::Container { app, path }) => {
+                // Unreachable hosts are skipped: their instances are not part of the pair now.
+                let hosts: Vec<(String, docker::Client)> =
+                    self.clients.iter().filter_map(|(h, c)| c.as_ref().ok().map(|c| (h.clone(), c.clone()))).collect();
+                let instances = lb::running_instances(&hosts, &self.env, app).await?;
+                Target::Containers { path: path.to_string(), instances }
+            }
+            None => return Err(StepError::Task(format!("LB `{lb}` has neither `path` nor `container`"))),
+        };
+        Ok((spec, target))
+    }
+}
+
+/// Where an LB's config goes, resolved for one call.
+enum Target {
+    File(String),
+    Containers { path: String, instances: Vec<lb::Instance> },
 }
 
 /// Run blocking LB work off the async workers (which also keep the lock's lease alive).
@@ -231,20 +275,41 @@ impl Effects for Backends<'_> {
             .map_err(|source| StepError::Etcd { what: "recording the apply in etcd", source })
     }
 
-    async fn lb_read(&self) -> Result<Option<String>, StepError> {
-        let path = self.lb_spec()?.path.clone();
-        blocking(move || lb::read(&path).ok().flatten()).await
+    async fn lb_read(&self, lb: &str) -> Result<Option<String>, StepError> {
+        match self.lb_target(lb).await?.1 {
+            Target::File(path) => blocking(move || lb::read(&path).ok().flatten()).await,
+            Target::Containers { path, instances } => Ok(lb::read_in(&instances, &path).await.ok().flatten()),
+        }
     }
 
-    async fn lb_write_checked(&self, content: &str) -> Result<(), StepError> {
-        let spec = self.lb_spec()?;
-        let (path, check, content) = (spec.path.clone(), spec.check.clone(), content.to_string());
-        Ok(blocking(move || lb::write_checked(&path, &content, check.as_deref())).await??)
+    async fn lb_write_checked(&self, lb: &str, content: &str) -> Result<(), StepError> {
+        let (spec, target) = self.lb_target(lb).await?;
+        let check = spec.check.clone();
+        match target {
+            Target::File(path) => {
+                let content = content.to_string();
+                Ok(blocking(move || lb::write_checked(&path, &content, check.as_deref())).await??)
+            }
+            Target::Containers { path, instances } => {
+                lb::write_checked_in(&instances, &path, content, check.as_deref()).await?;
+                Ok(())
+            }
+        }
     }
 
-    async fn lb_reload(&self) -> Result<(), StepError> {
-        let reload = self.lb_spec()?.reload.clone();
-        Ok(blocking(move || lb::reload(&reload)).await??)
+    async fn lb_reload(&self, lb: &str) -> Result<(), StepError> {
+        let (spec, target) = self.lb_target(lb).await?;
+        let reload = spec.reload.clone();
+        match target {
+            Target::File(_) => Ok(blocking(move || lb::reload(&reload)).await??),
+            Target::Containers { instances, .. } => Ok(lb::reload_in(&instances, &reload).await?),
+        }
+    }
+
+    async fn lb_seed(&self, lb: &str, host: &str, id: &str, content: &str) -> Result<(), StepError> {
+        let spec = self.lb_spec(lb)?;
+        let Some(LbTarget::Container { path, .. }) = spec.target() else { return Ok(()) };
+        Ok(docker::put_file(self.client(host)?, host, id, path, content.as_bytes()).await?)
     }
 
     fn lock_lost(&self) -> Option<String> {

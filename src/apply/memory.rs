@@ -25,9 +25,10 @@ struct Inner {
     /// Container id → name, of every container ever seen.
     names: BTreeMap<String, String>,
     etcd: BTreeMap<String, String>,
-    lb_file: Option<String>,
-    /// The content the LB loaded at its last reload.
-    lb_live: Option<String>,
+    /// Per LB, its config (as `ObservedState::lbs`).
+    lb_files: BTreeMap<String, Option<String>>,
+    /// Per LB, the content it loaded at its last reload.
+    lb_live: BTreeMap<String, Option<String>>,
     clock: i64,
     calls: Vec<String>,
     writes: usize,
@@ -65,14 +66,14 @@ impl Memory {
             .flat_map(|h| h.instances.iter().map(|i| (i.container_id.clone(), i.name.clone())))
             .collect();
         let etcd = observed.etcd.as_ref().map(|e| e.keys.clone()).unwrap_or_default();
-        let lb_file = observed.lb.clone().flatten();
+        let lb_files = observed.lbs.clone();
         let inner = Inner {
             state: observed.clone(),
             planned,
             names,
             etcd,
-            lb_live: lb_file.clone(),
-            lb_file,
+            lb_live: lb_files.clone(),
+            lb_files,
             clock: simulate::latest_created(observed),
             ..Inner::default()
         };
@@ -127,13 +128,24 @@ impl Memory {
         if let Some(e) = out.etcd.as_mut() {
             e.keys.clone_from(&i.etcd);
         }
-        out.lb = Some(i.lb_file.clone());
+        out.lbs.clone_from(&i.lb_files);
         out
     }
 
-    /// What the LB serves from (its content at the last reload).
+    /// What the default LB serves from (its content at the last reload).
     pub fn lb_live(&self) -> Option<String> {
-        self.lock().lb_live.clone()
+        self.lb_live_of(crate::spec::types::DEFAULT_LB)
+    }
+
+    /// What LB `lb` serves from.
+    pub fn lb_live_of(&self, lb: &str) -> Option<String> {
+        self.lock().lb_live.get(lb).cloned().flatten()
+    }
+
+    /// `lb <verb>` for the default LB (as the single LB was always recorded), else
+    /// `lb <name> <verb>`.
+    fn lb_call(lb: &str, verb: &str) -> String {
+        if lb == crate::spec::types::DEFAULT_LB { format!("lb {verb}") } else { format!("lb {lb} {verb}") }
     }
 
     /// The lock counts as lost once the writes reached the limit.
@@ -297,12 +309,12 @@ impl Effects for Memory {
         Ok(())
     }
 
-    async fn lb_read(&self) -> Result<Option<String>, StepError> {
-        Ok(self.lock().lb_file.clone())
+    async fn lb_read(&self, lb: &str) -> Result<Option<String>, StepError> {
+        Ok(self.lock().lb_files.get(lb).cloned().flatten())
     }
 
-    async fn lb_write_checked(&self, content: &str) -> Result<(), StepError> {
-        self.write("lb write".into());
+    async fn lb_write_checked(&self, lb: &str, content: &str) -> Result<(), StepError> {
+        self.write(Self::lb_call(lb, "write"));
         let mut i = self.lock();
         if let Some(bad) = i.lb_rejects.as_deref().filter(|b| content.contains(b)) {
             return Err(StepError::Lb(crate::backend::lb::LbError::CheckFailed {
@@ -311,14 +323,21 @@ impl Effects for Memory {
                 output: format!("rejected: {bad}"),
             }));
         }
-        i.lb_file = Some(content.to_string());
+        i.lb_files.insert(lb.to_string(), Some(content.to_string()));
         Ok(())
     }
 
-    async fn lb_reload(&self) -> Result<(), StepError> {
-        self.write("lb reload".into());
+    async fn lb_reload(&self, lb: &str) -> Result<(), StepError> {
+        self.write(Self::lb_call(lb, "reload"));
         let mut i = self.lock();
-        i.lb_live = i.lb_file.clone();
+        let file = i.lb_files.get(lb).cloned().flatten();
+        i.lb_live.insert(lb.to_string(), file);
+        Ok(())
+    }
+
+    async fn lb_seed(&self, lb: &str, _host: &str, id: &str, _content: &str) -> Result<(), StepError> {
+        let name = Self::name(&self.lock(), id);
+        self.write(Self::lb_call(lb, &format!("seed {name}")));
         Ok(())
     }
 

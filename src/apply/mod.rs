@@ -36,8 +36,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt as _;
 use tokio::sync::Mutex;
@@ -68,7 +67,7 @@ pub use effects::{Backends, Check, Effects, LogTail};
 pub use error::StepError;
 pub use records::HistoryKind;
 pub use session::{Hooks, Outcome, Pinning, Request, RunError, Target, observe_and_plan, run};
-pub use settings::{LB_DRAIN, LOCK_TTL, Options, lb_drain, lock, lock_ttl};
+pub use settings::{Drain, LB_DRAIN, LOCK_TTL, Options, lb_drain, lock, lock_ttl};
 
 /// What happened to one app.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -154,9 +153,9 @@ struct Shared<'a, E> {
     /// Serialises LB writes and reloads.
     lb_lock: Mutex<()>,
     /// Wait between an LB reload taking instances out of traffic and stopping them.
-    drain: Duration,
-    /// This apply has reloaded the LB: from then on the LB runs what the file says.
-    lb_reloaded: AtomicBool,
+    drain: Drain,
+    /// The LBs this apply has reloaded: from then on each runs what its config says.
+    lb_reloaded: std::sync::Mutex<BTreeSet<String>>,
     /// Where the instances' milestones are recorded (`apply --report`).
     timeline: Option<Arc<report::Timeline>>,
 }
@@ -200,7 +199,7 @@ pub async fn apply(
 /// Walk `job.plan` through `fx`: etcd config first, apps level by level, the rest of
 /// the registry and the final LB file, then the history record. Never fails as a
 /// whole: what went wrong is in the report.
-pub async fn execute<E: Effects>(fx: &E, job: Job<'_>, opts: Options, drain: Duration, progress: Progress) -> Report {
+pub async fn execute<E: Effects>(fx: &E, job: Job<'_>, opts: Options, drain: Drain, progress: Progress) -> Report {
     execute_recorded(fx, job, opts, drain, progress, None).await
 }
 
@@ -209,7 +208,7 @@ pub async fn execute_recorded<E: Effects>(
     fx: &E,
     job: Job<'_>,
     opts: Options,
-    drain: Duration,
+    drain: Drain,
     progress: Progress,
     timeline: Option<Arc<report::Timeline>>,
 ) -> Report {
@@ -228,7 +227,7 @@ pub async fn execute_recorded<E: Effects>(
         serving: Mutex::new(traffic::initial_serving(env, plan, observed)),
         lb_lock: Mutex::new(()),
         drain,
-        lb_reloaded: AtomicBool::new(false),
+        lb_reloaded: std::sync::Mutex::new(BTreeSet::new()),
         timeline,
     };
     let mut report = Report::default();
@@ -280,9 +279,7 @@ pub async fn execute_recorded<E: Effects>(
         if let Some(e) = shared.etcd_registry_rest(&failed).await {
             report.errors.push(e);
         }
-        if let Some(e) = shared.final_lb(failed.is_empty()).await {
-            report.errors.push(e);
-        }
+        report.errors.extend(shared.final_lb(failed.is_empty()).await);
         match shared.locked() {
             Ok(()) => shared.record(&mut report, started).await,
             Err(e) => report.errors.push(format!("not recorded in the history: {e}")),

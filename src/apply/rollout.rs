@@ -269,6 +269,7 @@ impl<E: Effects> Shared<'_, E> {
         let t0 = Instant::now();
         let asg = Assignment { app: id.app, ordinal: id.ordinal, host: new.host.clone(), port: new.port };
         let health = async {
+            self.seed_lbs(app, &new.host, &cid).await?;
             self.locked()?;
             self.fx.start(&new.host, &cid).await?;
             self.mark(Milestone::Created, &asg);

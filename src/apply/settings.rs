@@ -2,6 +2,7 @@
 //! and the LB drain wait (the environment's `lb.drain`, overridden by the process
 //! environment for tests and soak runs), and taking the apply lock.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::records::HistoryKind;
@@ -40,21 +41,49 @@ pub fn lock_ttl() -> Duration {
     duration_var(LOCK_TTL_VAR, LOCK_TTL, Duration::from_secs(2)).unwrap_or(LOCK_TTL)
 }
 
-/// The drain wait: `RECONCILE_LB_DRAIN` if set, else the environment's `lb.drain`, else
-/// [`LB_DRAIN`].
+/// The drain wait of each LB: `default` for an LB without its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drain {
+    pub default: Duration,
+    /// Per LB name, from its `drain`.
+    pub per_lb: BTreeMap<String, Duration>,
+}
+
+impl Drain {
+    /// LB `lb`'s wait.
+    pub fn of(&self, lb: &str) -> Duration {
+        self.per_lb.get(lb).copied().unwrap_or(self.default)
+    }
+}
+
+impl From<Duration> for Drain {
+    /// The same wait for every LB.
+    fn from(default: Duration) -> Self {
+        Self { default, per_lb: BTreeMap::new() }
+    }
+}
+
+/// The drain waits, per LB: `RECONCILE_LB_DRAIN` if set (for every LB), else the LB's
+/// `drain` (`lb.drain`, `lbs.<name>.drain`), else [`LB_DRAIN`].
 ///
 /// # Errors
-/// [`ApplyError::Setting`]: `lb.drain` or `RECONCILE_LB_DRAIN` is not a duration.
-pub fn lb_drain(env: &Env) -> Result<Duration, ApplyError> {
-    let default = match env.spec.lb.as_ref().and_then(|lb| lb.drain.as_deref()) {
-        Some(text) => crate::spec::units::duration(text).map_err(|e| ApplyError::Setting {
-            name: "lb.drain",
-            value: text.to_string(),
-            message: e.message,
-        })?,
-        None => LB_DRAIN,
-    };
-    duration_var(LB_DRAIN_VAR, default, Duration::ZERO)
+/// [`ApplyError::Setting`]: a `drain` or `RECONCILE_LB_DRAIN` is not a duration.
+pub fn lb_drain(env: &Env) -> Result<Drain, ApplyError> {
+    let mut per_lb = BTreeMap::new();
+    for (name, lb) in env.spec.load_balancers() {
+        if let Some(text) = lb.drain.as_deref() {
+            let d = crate::spec::units::duration(text).map_err(|e| ApplyError::Setting {
+                name: "lb.drain",
+                value: text.to_string(),
+                message: e.message,
+            })?;
+            per_lb.insert(name.to_string(), d);
+        }
+    }
+    if std::env::var_os(LB_DRAIN_VAR).is_some() {
+        return Ok(duration_var(LB_DRAIN_VAR, LB_DRAIN, Duration::ZERO)?.into());
+    }
+    Ok(Drain { default: LB_DRAIN, per_lb })
 }
 
 /// A duration from the process environment, `default` when unset.

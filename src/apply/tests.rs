@@ -71,7 +71,7 @@ fn empty() -> ObservedState {
         env: "t".into(),
         hosts: ["h1", "h2"].iter().map(|h| (h.to_string(), HostObservation::default())).collect(),
         etcd: Some(EtcdObservation::default()),
-        lb: Some(None),
+        lbs: [("default".to_string(), None)].into(),
     }
 }
 
@@ -101,7 +101,7 @@ async fn run(
         kind: HistoryKind::Apply,
     };
     let job = Job { env, files, plan: &p, specs: &specs, observed, secrets: &s };
-    let report = execute(&fx, job, opts, DRAIN, Arc::new(|_| {})).await;
+    let report = execute(&fx, job, opts, DRAIN.into(), Arc::new(|_| {})).await;
     (p, fx, report)
 }
 
@@ -162,8 +162,8 @@ async fn the_executor_ends_where_the_model_says_and_then_nothing_is_left_to_do()
     let real = fx.observed();
     assert_eq!(running(&real), running(&model));
     assert_eq!(real.etcd, model.etcd);
-    assert_eq!(real.lb, model.lb);
-    assert_eq!(fx.lb_live(), model.lb.clone().flatten(), "the LB serves the final file");
+    assert_eq!(real.lbs, model.lbs);
+    assert_eq!(fx.lb_live(), model.lbs.get("default").cloned().flatten(), "the LB serves the final file");
     // Converged: a second plan against the result has nothing to do.
     let (again, fx2, _) = run(&snap, &real, |m| m).await;
     assert!(again.actions.is_empty(), "{:#?}", again.actions);
@@ -318,7 +318,7 @@ async fn evidence_of_a_failed_container_is_bounded_and_masks_secrets() {
 #[tokio::test]
 async fn a_refused_lb_config_removes_the_new_instances_and_keeps_the_old_ones() {
     let before = deployed(&repo(1, "", "a")).await;
-    let before_lb = before.lb.clone().flatten().unwrap();
+    let before_lb = before.lbs.get("default").cloned().flatten().unwrap();
     // The check rejects any config with a web instance the old file does not have.
     let (p, _, _) = run(&repo(1, "", "b"), &before, |m| m).await;
     let [(old, new)] = replaces(&p, "web")[..] else { panic!() };

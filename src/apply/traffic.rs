@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::effects::Effects;
 use super::report::Milestone;
@@ -91,104 +90,150 @@ impl<E: Effects> Shared<'_, E> {
         Ok(())
     }
 
-    /// Rewrite and reload the LB for the current serving set, when the app is LB-backed.
-    /// `Ok(true)` when the LB was reloaded (its content changed).
-    pub(super) async fn lb_update(&self, app: &str) -> Result<bool, StepError> {
-        self.lb_update_with(app, false).await
+    /// The LBs that route `app` (`EnvironmentSpec::lb_for` of its `lb.via`).
+    fn lbs_routing(&self, app: &str) -> Vec<String> {
+        let Some(lb) = self.env.apps.get(app).and_then(|a| a.spec.lb.as_ref()) else { return vec![] };
+        self.env.spec.lb_for(lb.via.as_deref()).map(|l| vec![l.to_string()]).unwrap_or_default()
     }
 
-    /// [`Shared::lb_update`]; with `unsure`, also reload an unchanged file unless this
-    /// apply reloaded already.
-    async fn lb_update_with(&self, app: &str, unsure: bool) -> Result<bool, StepError> {
-        if self.env.spec.lb.is_none() || self.env.apps.get(app).is_none_or(|a| a.spec.lb.is_none()) {
-            return Ok(false);
+    /// The container LBs whose config lives in instances of `app`.
+    fn lbs_hosted_by(&self, app: &str) -> Vec<String> {
+        self.env
+            .spec
+            .load_balancers()
+            .into_iter()
+            .filter(|(_, spec)| spec.container.as_ref().is_some_and(|c| c.app == app))
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    /// Rewrite and reload every LB that routes `app`, for the current serving set.
+    /// `Ok(true)` when one was reloaded (its content changed).
+    pub(super) async fn lb_update(&self, app: &str) -> Result<bool, StepError> {
+        Ok(!self.lb_update_with(app, false).await?.is_empty())
+    }
+
+    /// [`Shared::lb_update`]; with `unsure`, also reload an unchanged config unless this
+    /// apply reloaded that LB already. The LBs that were reloaded.
+    async fn lb_update_with(&self, app: &str, unsure: bool) -> Result<Vec<String>, StepError> {
+        let mut reloaded = Vec::new();
+        let routing = self.lbs_routing(app);
+        if routing.is_empty() {
+            return Ok(reloaded);
         }
-        self.locked()?;
-        let _one_at_a_time = self.lb_lock.lock().await;
-        let (content, serving) = self.serving_lb_content().await?;
-        let force = unsure && !self.lb_reloaded.load(Ordering::SeqCst);
-        let reloaded = self.lb_write_and_reload(content, force).await?;
-        if reloaded {
-            self.lb_reloaded.store(true, Ordering::SeqCst);
+        for lb in routing {
+            self.locked()?;
+            let _one_at_a_time = self.lb_lock.lock().await;
+            let content = self.serving_lb_content(&lb).await?;
+            let force = unsure && !self.reloaded(&lb);
+            if self.lb_write_and_reload(&lb, content, force).await? {
+                reloaded.push(lb);
+            }
         }
-        self.served(&serving);
+        self.served().await;
         Ok(reloaded)
     }
 
-    /// The LB config for the instances serving now, and those instances.
-    async fn serving_lb_content(&self) -> Result<(String, Vec<Assignment>), StepError> {
-        let serving: Vec<Assignment> =
-            self.serving.lock().await.iter().filter(|a| self.env.apps.contains_key(&a.app)).cloned().collect();
-        Ok((plan::lb_content(self.env, Arc::clone(&self.files), &serving)?, serving))
+    /// Whether this apply reloaded LB `lb` already.
+    fn reloaded(&self, lb: &str) -> bool {
+        self.lb_reloaded.lock().is_ok_and(|s| s.contains(lb))
     }
 
-    /// The LB runs a config with `serving` now (`apply --report`).
-    fn served(&self, serving: &[Assignment]) {
+    /// The LBs run a config with what serves now (`apply --report`).
+    async fn served(&self) {
         if let Some(t) = &self.timeline {
-            t.serving(serving);
+            let serving: Vec<Assignment> = self.serving.lock().await.iter().cloned().collect();
+            t.serving(&serving);
         }
     }
 
-    /// After instances of `app` left the serving set: reload the LB and, when it was
-    /// reloaded, wait [`Shared::drain`] before anything is stopped — a reload is
-    /// asynchronous (nginx's old workers keep the old upstreams until they exit), so
-    /// stopping at once fails the requests still routed to the leaving instances.
-    ///
-    /// The first time in an apply this reloads even when the file already has the
-    /// wanted content: an apply killed between writing the file and reloading leaves a
-    /// right file and a running LB that still routes to the instances about to stop.
-    pub(super) async fn leave_traffic(&self, app: &str) -> Result<(), StepError> {
-        if self.lb_update_with(app, true).await? && !self.drain.is_zero() {
-            self.say(format!("lb: waiting {:?} for the reload to drain {app}'s leaving instances", self.drain));
-            self.fx.sleep(self.drain).await;
+    /// LB `lb`'s config for the instances serving now.
+    async fn serving_lb_content(&self, lb: &str) -> Result<String, StepError> {
+        let serving: Vec<Assignment> =
+            self.serving.lock().await.iter().filter(|a| self.env.apps.contains_key(&a.app)).cloned().collect();
+        Ok(plan::lb_content(self.env, Arc::clone(&self.files), lb, &serving)?)
+    }
+
+    /// A new container of an app that hosts LBs (`container: {app}`): before it starts,
+    /// it gets each LB's config for what serves now, so it serves (and passes its health
+    /// check) with the same config as its peers instead of the image's default.
+    pub(super) async fn seed_lbs(&self, app: &str, host: &str, id: &str) -> Result<(), StepError> {
+        for lb in self.lbs_hosted_by(app) {
+            self.locked()?;
+            let content = self.serving_lb_content(&lb).await?;
+            self.fx.lb_seed(&lb, host, id, &content).await?;
         }
         Ok(())
     }
 
-    /// The LB file after all apps: the plan's content when everything succeeded,
-    /// else the rendering of what serves now.
-    pub(super) async fn final_lb(&self, all_ok: bool) -> Option<String> {
-        self.env.spec.lb.as_ref()?;
-        if let Err(e) = self.locked() {
-            return Some(format!("lb: not updated: {e}"));
+    /// After instances of `app` left the serving set: reload its LBs and, for each LB
+    /// that was reloaded, wait its drain before anything is stopped — a reload is
+    /// asynchronous (nginx's old workers keep the old upstreams until they exit), so
+    /// stopping at once fails the requests still routed to the leaving instances.
+    ///
+    /// The first time in an apply this reloads even when the config already has the
+    /// wanted content: an apply killed between writing the file and reloading leaves a
+    /// right file and a running LB that still routes to the instances about to stop.
+    pub(super) async fn leave_traffic(&self, app: &str) -> Result<(), StepError> {
+        let reloaded = self.lb_update_with(app, true).await?;
+        let drain = reloaded.iter().map(|lb| self.drain.of(lb)).max().unwrap_or_default();
+        if !drain.is_zero() {
+            self.say(format!("lb: waiting {drain:?} for the reload to drain {app}'s leaving instances"));
+            self.fx.sleep(drain).await;
         }
+        Ok(())
+    }
+
+    /// Every LB's config after all apps: the plan's content when everything succeeded,
+    /// else the rendering of what serves now. One message per LB that failed.
+    pub(super) async fn final_lb(&self, all_ok: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        for lb in self.env.spec.load_balancers().into_keys() {
+            if let Err(e) = self.final_lb_of(lb, all_ok).await {
+                errors.push(if plan::is_default_lb(lb) { format!("lb: {e}") } else { format!("lb {lb}: {e}") });
+            }
+        }
+        errors
+    }
+
+    async fn final_lb_of(&self, lb: &str, all_ok: bool) -> Result<(), String> {
+        self.locked().map_err(|e| format!("not updated: {e}"))?;
         let _one_at_a_time = self.lb_lock.lock().await;
         let planned = self
             .plan
             .actions
             .iter()
-            .find_map(|a| if let Action::WriteLb { content, .. } = a { Some(content.clone()) } else { None })
+            .find_map(|a| match a {
+                Action::WriteLb { lb: l, content, .. } if l == lb => Some(content.clone()),
+                _ => None,
+            })
             .filter(|_| all_ok);
-        let (content, serving) = match planned {
-            // All apps succeeded: what serves now is what the plan's content holds.
-            Some(c) => (c, self.serving.lock().await.iter().cloned().collect()),
-            None => match self.serving_lb_content().await {
-                Ok(c) => c,
-                Err(e) => return Some(format!("lb: {e}")),
-            },
+        let content = match planned {
+            Some(c) => c,
+            None => self.serving_lb_content(lb).await.map_err(|e| e.to_string())?,
         };
         // The plan asks for a reload without a write when an earlier apply left one pending.
         let force =
-            self.plan.actions.iter().any(|a| matches!(a, Action::ReloadLb)) && !self.lb_reloaded.load(Ordering::SeqCst);
-        let result = self.lb_write_and_reload(content, force).await;
-        if result.is_ok() {
-            self.served(&serving);
-        }
-        result.err().map(|e| format!("lb: {e}"))
+            self.plan.actions.iter().any(|a| matches!(a, Action::ReloadLb { lb: l } if l == lb)) && !self.reloaded(lb);
+        self.lb_write_and_reload(lb, content, force).await.map_err(|e| e.to_string())?;
+        self.served().await;
+        Ok(())
     }
 
-    /// Write `content` to the LB file (checked) and reload, unless it is already there
+    /// Write `content` to LB `lb` (checked) and reload, unless it is already there
     /// (and `force` is false). `Ok(true)` when it reloaded.
     ///
-    /// `<prefix>/<env>/lb/reload-pending` is set before the file changes and deleted
-    /// once the reload succeeded: a crash in between leaves the mark, and the next plan
-    /// reloads.
-    async fn lb_write_and_reload(&self, content: String, force: bool) -> Result<bool, StepError> {
-        let same = self.fx.lb_read().await?.as_deref() == Some(content.as_str());
+    /// The LB's reload-pending mark (`<prefix>/<env>/lb/reload-pending` for `default`,
+    /// `<prefix>/<env>/lb/<name>/reload-pending` for the others) is set before the config
+    /// changes and deleted once the reload succeeded everywhere: a crash in between, or an
+    /// instance whose reload failed, leaves the mark, and the next plan reloads.
+    async fn lb_write_and_reload(&self, lb: &str, content: String, force: bool) -> Result<bool, StepError> {
+        let same = self.fx.lb_read(lb).await?.as_deref() == Some(content.as_str());
         if same && !force {
             return Ok(false);
         }
-        let pending = self.env.spec.etcd.as_ref().map(|spec| keys::lb_reload_pending(&spec.prefix, &self.env.name));
+        let pending =
+            self.env.spec.etcd.as_ref().map(|spec| keys::lb_reload_pending_for(&spec.prefix, &self.env.name, lb));
         let mark = |write: etcd::Write| async {
             self.fx.etcd_write(&[write]).await.map_err(|e| e.during("lb reload-pending mark"))
         };
@@ -199,10 +244,13 @@ impl<E: Effects> Shared<'_, E> {
         }
         if !same {
             self.locked()?;
-            self.fx.lb_write_checked(&content).await?;
+            self.fx.lb_write_checked(lb, &content).await?;
         }
         self.locked()?;
-        self.fx.lb_reload().await?;
+        self.fx.lb_reload(lb).await?;
+        if let Ok(mut s) = self.lb_reloaded.lock() {
+            s.insert(lb.to_string());
+        }
         if let Some(key) = pending {
             mark(etcd::Write::Delete { key }).await?;
         }

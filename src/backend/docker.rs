@@ -705,11 +705,15 @@ fn create_body(spec: &InstanceSpec, labels: &BTreeMap<String, String>) -> Contai
 /// A tar archive (to extract at `/`) with one regular file per entry: mode 0644, owner
 /// 0:0, no directory entries.
 fn files_archive(files: &BTreeMap<String, Rendered>) -> Result<Vec<u8>, String> {
+    archive_of(files.iter().map(|(path, content)| (path.as_str(), content.expose().as_bytes())))
+}
+
+/// [`files_archive`] over `(path, bytes)` pairs.
+fn archive_of<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Vec<u8>, String> {
     let mtime = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut tar = tar::Builder::new(Vec::new());
-    for (path, content) in files {
+    for (path, data) in files {
         let relative = archive_path(path)?;
-        let data = content.expose().as_bytes();
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
         header.set_mode(0o644);
@@ -743,6 +747,95 @@ fn archive_path(path: &str) -> Result<std::path::PathBuf, String> {
         return Err(format!("file `{path}`: not an absolute file path"));
     }
     Ok(out)
+}
+
+/// Write one file into container `id` (running or not) at the absolute `path`, as
+/// [`create_instance`] writes `files:` (one tar upload, mode 0644, owner 0:0). A container
+/// LB's config goes in this way (`backend::lb::write_checked_in`).
+///
+/// # Errors
+/// [`DockerError::Files`]: a bad path, or the upload failed (no such container, …).
+pub async fn put_file(docker: &Docker, host: &str, id: &str, path: &str, content: &[u8]) -> Result<(), DockerError> {
+    let files_error = |cause: String| DockerError::Files { host: host.to_string(), container: id.to_string(), cause };
+    let archive = archive_of([(path, content)]).map_err(files_error)?;
+    let options = UploadToContainerOptionsBuilder::default().path("/").build();
+    docker
+        .upload_to_container(id, Some(options), body_full(archive.into()))
+        .await
+        .map_err(|e| files_error(format!("upload of {path}: {}", cause(&e))))
+}
+
+/// The content of the regular file `path` in container `id` (Docker's archive
+/// download); `None` when it does not exist.
+///
+/// # Errors
+/// [`DockerError::Files`]: the download failed, the archive is unreadable, or `path` is
+/// not a regular file.
+pub async fn read_file(docker: &Docker, host: &str, id: &str, path: &str) -> Result<Option<Vec<u8>>, DockerError> {
+    use std::io::Read as _;
+    let files_error = |cause: String| DockerError::Files { host: host.to_string(), container: id.to_string(), cause };
+    let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::default().path(path).build();
+    let mut stream = docker.download_from_container(id, Some(options));
+    let mut archive = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => archive.extend_from_slice(&bytes),
+            Err(e) if status_of(&e) == Some(404) && archive.is_empty() => {
+                // 404 is both "no such file" and "no such container": tell them apart.
+                return match docker.inspect_container(id, None::<InspectContainerOptions>).await {
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(files_error(format!("download of {path}: {}", cause(&e)))),
+                };
+            }
+            Err(e) => return Err(files_error(format!("download of {path}: {}", cause(&e)))),
+        }
+    }
+    let mut tar = tar::Archive::new(archive.as_slice());
+    let mut entries = tar.entries().map_err(|e| files_error(format!("archive of {path}: {}", io_cause(&e))))?;
+    let Some(entry) = entries.next() else { return Ok(None) };
+    let mut entry = entry.map_err(|e| files_error(format!("archive of {path}: {}", io_cause(&e))))?;
+    if entry.header().entry_type() != tar::EntryType::Regular {
+        return Err(files_error(format!("{path} is not a regular file")));
+    }
+    let mut out = Vec::new();
+    entry.read_to_end(&mut out).map_err(|e| files_error(format!("archive of {path}: {}", io_cause(&e))))?;
+    Ok(Some(out))
+}
+
+/// [`exec`], also returning what the command printed (stdout and stderr interleaved,
+/// the first `max` bytes): a container LB's check and reload output goes into errors.
+///
+/// # Errors
+/// As [`exec`].
+pub async fn exec_output(
+    docker: &Docker,
+    host: &str,
+    id: &str,
+    cmd: &[String],
+    timeout: Duration,
+    max: usize,
+) -> Result<(ExecOutcome, String), DockerError> {
+    if cmd.is_empty() {
+        return Err(DockerError::Exec {
+            host: host.to_string(),
+            container: id.to_string(),
+            cause: "empty command".into(),
+        });
+    }
+    let mut out = Vec::new();
+    let work = exec_streaming(docker, host, id, cmd, |chunk| match chunk {
+        Ok(c) => {
+            let bytes = c.into_bytes();
+            out.extend_from_slice(&bytes[..bytes.len().min(max.saturating_sub(out.len()))]);
+            Ok(true)
+        }
+        Err(_) => Ok(false),
+    });
+    let outcome = match tokio::time::timeout(timeout, work).await {
+        Ok(result) => ExecOutcome::Exited(result?),
+        Err(_) => ExecOutcome::TimedOut,
+    };
+    Ok((outcome, String::from_utf8_lossy(&out).into_owned()))
 }
 
 /// Start a created container. Starting a running one is `Ok` (the daemon answers 304).

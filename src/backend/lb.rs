@@ -52,6 +52,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use super::docker;
+
 /// How long a check or reload command may run before it is killed and reported.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -96,6 +98,15 @@ pub enum LbError {
     EmptyCommand { what: &'static str },
     #[error("LB config path {path} does not name a file")]
     NotAFile { path: String },
+    /// An LB in containers: a Docker step on one instance failed.
+    #[error("LB in container `{container}` on host `{host}`: {cause}")]
+    Container { host: String, container: String, cause: String },
+    /// An LB in containers: its instances could not be listed.
+    #[error("LB in app `{app}`: {cause}")]
+    Instances { app: String, cause: String },
+    /// An LB in containers: the reload failed in some instances (the others reloaded).
+    #[error("LB reload `{command}` failed in {} of {total} instances (retried by the next apply):\n{}", .failed.len(), .failed.join("\n"))]
+    ReloadFailedIn { command: String, total: usize, failed: Vec<String> },
 }
 
 /// The current content of the LB file, `None` when it does not exist.
@@ -487,5 +498,189 @@ impl Capture {
             let _ = done.recv_timeout(PIPE_GRACE);
         }
         self.buf.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+// --- LBs inside managed containers (issue 10, item 2) -------------------------------
+//
+// `lbs: {NAME: {container: {app, path}}}`: the config lives at `path` in every running
+// instance of `app`, written through the Docker API (tar upload, as `files:`), checked and
+// reloaded with exec. **Invariant:** a candidate is uploaded to a side path and checked in
+// *every* instance before it replaces the config in any: a candidate one instance refuses
+// reaches none. An instance that stops running meanwhile (killed, host lost) is skipped
+// with a warning: it is no longer part of the pair, and the next apply, which starts it
+// again, writes it.
+
+/// One running instance of an LB app.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub client: docker::Client,
+    pub host: String,
+    /// Container id.
+    pub id: String,
+    /// Container name, for messages.
+    pub name: String,
+}
+
+/// The side path of a container LB's candidate: `dir/.name.reconcile-tmp`, as for a file
+/// LB (never loaded by an LB including `*.conf` or `*.cfg`).
+pub fn candidate_path(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/.{name}.reconcile-tmp"),
+        None => format!(".{path}.reconcile-tmp"),
+    }
+}
+
+/// The running instances of `app` of environment `env` on `hosts` (name, client), listed now.
+///
+/// # Errors
+/// [`LbError::Instances`]: a host's list call failed.
+pub async fn running_instances(
+    hosts: &[(String, docker::Client)],
+    env: &str,
+    app: &str,
+) -> Result<Vec<Instance>, LbError> {
+    let mut out = Vec::new();
+    for (host, client) in hosts {
+        let obs = docker::observe_host(host, client, env)
+            .await
+            .map_err(|e| LbError::Instances { app: app.to_string(), cause: e.to_string() })?;
+        out.extend(obs.instances.into_iter().filter(|i| i.app == app && i.state.is_running()).map(|i| Instance {
+            client: client.clone(),
+            host: host.clone(),
+            id: i.container_id,
+            name: i.name,
+        }));
+    }
+    Ok(out)
+}
+
+fn in_container(i: &Instance, e: impl std::fmt::Display) -> LbError {
+    LbError::Container { host: i.host.clone(), container: i.name.clone(), cause: e.to_string() }
+}
+
+/// The config at `path` as every instance holds it: `Some` only when all of them (at
+/// least one) hold the same readable UTF-8 file; otherwise `None`, which makes the plan
+/// write it.
+///
+/// # Errors
+/// [`LbError::Container`]: a download failed for another reason than a missing file.
+pub async fn read_in(instances: &[Instance], path: &str) -> Result<Option<String>, LbError> {
+    let mut seen: Option<String> = None;
+    for i in instances {
+        let bytes = docker::read_file(&i.client, &i.host, &i.id, path).await.map_err(|e| in_container(i, e))?;
+        let Some(text) = bytes.and_then(|b| String::from_utf8(b).ok()) else { return Ok(None) };
+        match &seen {
+            Some(s) if *s != text => return Ok(None),
+            _ => seen = Some(text),
+        }
+    }
+    Ok(seen)
+}
+
+/// Whether a failure on `i` is because it stopped running (then it is skipped).
+async fn gone(i: &Instance) -> bool {
+    let gone = docker::check_running(&i.client, &i.host, &i.id).await.is_err();
+    if gone {
+        tracing::warn!(host = i.host, container = i.name, "LB instance no longer running; skipped");
+    }
+    gone
+}
+
+/// Put `content` in place at `path` in every instance, checked first in all of them
+/// (`check` with `{file}` replaced by the side path [`candidate_path`]; validate requires
+/// `{file}` for container LBs). Returns the instances that hold the new config (those
+/// that stopped running meanwhile are skipped).
+///
+/// # Errors
+/// [`LbError::CheckFailed`] naming the instance that refused it (nothing replaced
+/// anywhere); [`LbError::Container`] when an upload or exec failed on a running instance.
+pub async fn write_checked_in(
+    instances: &[Instance],
+    path: &str,
+    content: &str,
+    check: Option<&[String]>,
+) -> Result<Vec<Instance>, LbError> {
+    if check.is_some_and(<[String]>::is_empty) {
+        return Err(LbError::EmptyCommand { what: "check" });
+    }
+    let candidate = candidate_path(path);
+    let mut live = Vec::new();
+    // 1. The candidate beside the config, in every instance.
+    for i in instances {
+        match docker::put_file(&i.client, &i.host, &i.id, &candidate, content.as_bytes()).await {
+            Ok(()) => live.push(i.clone()),
+            Err(_) if gone(i).await => {}
+            Err(e) => return Err(in_container(i, e)),
+        }
+    }
+    // 2. Checked in every instance before any is touched.
+    if let Some(argv) = check {
+        let argv: Vec<String> = argv.iter().map(|a| a.replace(FILE_PLACEHOLDER, &candidate)).collect();
+        let mut checked = Vec::new();
+        for i in live {
+            match docker::exec_output(&i.client, &i.host, &i.id, &argv, COMMAND_TIMEOUT, MAX_OUTPUT).await {
+                Ok((docker::ExecOutcome::Exited(0), _)) => checked.push(i),
+                Ok((docker::ExecOutcome::Exited(code), output)) => {
+                    return Err(LbError::CheckFailed {
+                        path: format!("{path} (container `{}` on host `{}`)", i.name, i.host),
+                        command: argv_text(&argv),
+                        output: format!("exit code {code}\n{output}"),
+                    });
+                }
+                Ok((docker::ExecOutcome::TimedOut, output)) => {
+                    return Err(LbError::Timeout { command: argv_text(&argv), after: COMMAND_TIMEOUT, output });
+                }
+                Err(_) if gone(&i).await => {}
+                Err(e) => return Err(in_container(&i, e)),
+            }
+        }
+        live = checked;
+    }
+    // 3. Only now the config itself, everywhere.
+    let mut written = Vec::new();
+    for i in live {
+        match docker::put_file(&i.client, &i.host, &i.id, path, content.as_bytes()).await {
+            Ok(()) => written.push(i),
+            Err(_) if gone(&i).await => {}
+            Err(e) => return Err(in_container(&i, e)),
+        }
+    }
+    Ok(written)
+}
+
+/// Run `command` (argv) in every instance; all are tried.
+///
+/// # Errors
+/// [`LbError::ReloadFailedIn`] listing each running instance where it failed;
+/// [`LbError::EmptyCommand`].
+pub async fn reload_in(instances: &[Instance], command: &[String]) -> Result<(), LbError> {
+    if command.is_empty() {
+        return Err(LbError::EmptyCommand { what: "reload" });
+    }
+    let mut failed = Vec::new();
+    for i in instances {
+        let why = match docker::exec_output(&i.client, &i.host, &i.id, command, COMMAND_TIMEOUT, MAX_OUTPUT).await {
+            Ok((docker::ExecOutcome::Exited(0), _)) => continue,
+            Ok((docker::ExecOutcome::Exited(code), output)) => format!("exit code {code}: {}", output.trim()),
+            Ok((docker::ExecOutcome::TimedOut, _)) => format!("did not finish within {COMMAND_TIMEOUT:?}"),
+            Err(_) if gone(i).await => continue,
+            Err(e) => e.to_string(),
+        };
+        failed.push(format!("  - container `{}` on host `{}`: {why}", i.name, i.host));
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(LbError::ReloadFailedIn { command: argv_text(command), total: instances.len(), failed })
+    }
+}
+
+#[cfg(test)]
+mod container_tests {
+    #[test]
+    fn the_candidate_sits_beside_the_config_under_a_name_no_lb_loads() {
+        assert_eq!(super::candidate_path("/etc/haproxy/haproxy.cfg"), "/etc/haproxy/.haproxy.cfg.reconcile-tmp");
+        assert_eq!(super::candidate_path("x.conf"), ".x.conf.reconcile-tmp");
     }
 }

@@ -41,7 +41,7 @@ fn empty(env: &Env) -> ObservedState {
         env: env.name.clone(),
         hosts: env.spec.hosts.iter().map(|h| (h.name.clone(), HostObservation::default())).collect(),
         etcd: env.spec.etcd.as_ref().map(|_| EtcdObservation::default()),
-        lb: env.spec.lb.as_ref().map(|_| None),
+        lbs: env.spec.load_balancers().into_keys().map(|k| (k.to_string(), None)).collect(),
     }
 }
 
@@ -70,8 +70,8 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
             if henv.spec.etcd.is_some() && s.etcd.is_none() {
                 s.etcd = Some(EtcdObservation::default());
             }
-            if henv.spec.lb.is_some() && s.lb.is_none() {
-                s.lb = Some(None);
+            for lb in henv.spec.load_balancers().into_keys() {
+                s.lbs.entry(lb.to_string()).or_default();
             }
             s
         }

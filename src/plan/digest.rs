@@ -163,7 +163,7 @@ mod tests {
             env: "t".into(),
             hosts: BTreeMap::from([("h1".to_string(), HostObservation::default())]),
             etcd: None,
-            lb: None,
+            lbs: Default::default(),
         };
         let plan_with = |pull: &str, observed: &ObservedState, digest: Option<&str>| {
             let s = snap(pull);

@@ -55,8 +55,8 @@ pub struct Carried<'a> {
     pub staying: BTreeSet<&'a str>,
     /// Health marks: container name → key.
     pub marks: &'a BTreeMap<String, String>,
-    /// The reload-pending key.
-    pub pending: String,
+    /// The reload-pending keys (one per LB).
+    pub pending: Vec<String>,
 }
 
 /// Writes and deletes that turn `observed` into `desired` plus the carried keys.
@@ -67,8 +67,8 @@ pub fn diff(mut desired: BTreeMap<String, String>, observed: &EtcdObservation, c
         }
     }
     // The reload-pending mark is apply's own bookkeeping: apply deletes it after a reload.
-    if let Some(v) = observed.keys.get(&carried.pending) {
-        desired.insert(carried.pending.clone(), v.clone());
+    for (key, v) in carried.pending.iter().filter_map(|k| observed.keys.get_key_value(k)) {
+        desired.insert(key.clone(), v.clone());
     }
     let mut actions = Vec::new();
     for (k, v) in &desired {
@@ -97,7 +97,7 @@ mod tests {
     fn only_differing_keys_are_written_and_only_unwanted_ones_deleted() {
         let observed = EtcdObservation { keys: kv(&[("/a", "1"), ("/b", "old"), ("/gone", "x")]) };
         let marks = BTreeMap::new();
-        let carried = Carried { staying: BTreeSet::new(), marks: &marks, pending: "/pending".into() };
+        let carried = Carried { staying: BTreeSet::new(), marks: &marks, pending: vec!["/pending".into()] };
         let actions = diff(kv(&[("/a", "1"), ("/b", "new"), ("/c", "3")]), &observed, &carried);
         assert_eq!(
             actions,
@@ -114,7 +114,7 @@ mod tests {
         let observed =
             EtcdObservation { keys: kv(&[("/h/stays", "m1"), ("/h/goes", "m2"), ("/pending", "t"), ("/a", "1")]) };
         let marks = kv(&[("stays", "/h/stays"), ("goes", "/h/goes")]);
-        let carried = Carried { staying: ["stays"].into(), marks: &marks, pending: "/pending".into() };
+        let carried = Carried { staying: ["stays"].into(), marks: &marks, pending: vec!["/pending".into()] };
         let actions = diff(kv(&[("/a", "1")]), &observed, &carried);
         assert_eq!(actions, [Action::DeleteKey { key: "/h/goes".into(), old: "m2".into() }]);
     }

@@ -45,13 +45,16 @@ pub fn fingerprint(o: &ObservedState) -> String {
             h.update(b"\n");
         }
     }
-    match &o.lb {
-        Some(Some(c)) => {
-            h.update(b"\0lb\0");
-            h.update(c.as_bytes());
+    for (name, lb) in &o.lbs {
+        // The default LB hashes as the single LB always did (saved plans stay valid).
+        let tag = if name == crate::spec::types::DEFAULT_LB { String::new() } else { format!(":{name}") };
+        match lb {
+            Some(c) => {
+                h.update(format!("\0lb{tag}\0").as_bytes());
+                h.update(c.as_bytes());
+            }
+            None => h.update(format!("\0lb{tag}-missing\0").as_bytes()),
         }
-        Some(None) => h.update(b"\0lb-missing\0"),
-        None => {}
     }
     hex(&h.finalize())
 }
@@ -84,7 +87,7 @@ mod tests {
             env: "t".into(),
             hosts: [("h1".to_string(), HostObservation { instances: vec![c] })].into(),
             etcd: Some(EtcdObservation { keys: [("/k".to_string(), "v".to_string())].into() }),
-            lb: Some(Some("lb".into())),
+            lbs: [("default".to_string(), Some("lb".to_string()))].into(),
         }
     }
 
@@ -172,7 +175,10 @@ mod tests {
         o.etcd.as_mut().unwrap().keys.insert("/k".into(), "w".into());
         assert_ne!(fingerprint(&o), base);
         let mut o = observed();
-        o.lb = Some(None);
+        o.lbs.insert("default".into(), None);
         assert_ne!(fingerprint(&o), base);
+        let mut o = observed();
+        o.lbs.insert("edge".into(), Some("lb".into()));
+        assert_ne!(fingerprint(&o), base, "another LB with the same content");
     }
 }

@@ -40,7 +40,7 @@ use serde_json::Value;
 
 pub use changes::changes;
 pub use fingerprint::fingerprint;
-pub use lb::lb_content;
+pub use lb::{is_default_lb, lb_content};
 pub use traffic::{health_marks, out_of_traffic};
 
 use crate::model::{InstanceId, ObservedInstance, ObservedState, keys, labels as keys_labels};
@@ -91,10 +91,20 @@ pub enum Action {
     PutKey { key: String, value: String, old: Option<String> },
     /// Delete an etcd key.
     DeleteKey { key: String, old: String },
-    /// Write the LB config file (checked before it replaces the old one).
-    WriteLb { path: String, content: String, old: Option<String> },
-    /// Make the LB load its config.
-    ReloadLb,
+    /// Write LB `lb`'s config (checked before it replaces the old one): the file at
+    /// `path`, or for an LB in containers `<path> in <app>`, into every running instance.
+    WriteLb {
+        #[serde(default = "lb::default_lb", skip_serializing_if = "lb::is_default_lb")]
+        lb: String,
+        path: String,
+        content: String,
+        old: Option<String>,
+    },
+    /// Make LB `lb` load its config (every instance of an LB in containers).
+    ReloadLb {
+        #[serde(default = "lb::default_lb", skip_serializing_if = "lb::is_default_lb")]
+        lb: String,
+    },
 }
 
 impl Action {
@@ -193,7 +203,7 @@ impl Summary {
                 Action::PutKey { .. } => s.etcd_put += 1,
                 Action::DeleteKey { .. } => s.etcd_delete += 1,
                 Action::WriteLb { .. } => s.lb_write = true,
-                Action::ReloadLb => s.lb_reload = true,
+                Action::ReloadLb { .. } => s.lb_reload = true,
             }
         }
         s
@@ -241,8 +251,8 @@ pub struct Desired<'a> {
 pub enum PlanError {
     #[error("app `{app}`: {message}")]
     Template { app: String, message: String },
-    #[error("lb template: {message}")]
-    LbTemplate { message: String },
+    #[error("lb `{lb}`: template: {message}")]
+    LbTemplate { lb: String, message: String },
     #[error("{0}")]
     Placement(String),
     #[error("host `{host}`: invalid port pool: {message}")]
@@ -311,17 +321,26 @@ pub fn plan_holding(
         _ => BTreeMap::new(),
     };
     let serving = traffic::serving(&decided.finals, &decided.kept, &marks);
-    let mut reload_pending = false;
+    let lbs = env.spec.load_balancers();
+    let mut reload_pending = BTreeSet::new();
     if let (Some(spec), Some(obs)) = (&env.spec.etcd, &observed.etcd) {
         let desired = etcd::etcd_keys(&cx, &spec.prefix, &spec.registry_prefix, &serving)?;
-        let pending = keys::lb_reload_pending(&spec.prefix, &env.name);
-        reload_pending = obs.keys.contains_key(&pending);
+        let pending: Vec<String> =
+            lbs.keys().map(|lb| keys::lb_reload_pending_for(&spec.prefix, &env.name, lb)).collect();
+        for (lb, key) in lbs.keys().zip(&pending) {
+            if obs.keys.contains_key(key) {
+                reload_pending.insert(*lb);
+            }
+        }
         let staying = decided.kept.values().map(String::as_str).collect();
         actions.extend(etcd::diff(desired, obs, &etcd::Carried { staying, marks: &marks, pending }));
     }
-    if let (Some(spec), Some(current)) = (&env.spec.lb, &observed.lb) {
-        let content = lb_content(env, Arc::clone(&d.files), &serving)?;
-        actions.extend(lb::lb_actions(&spec.path, content, current.as_ref(), reload_pending));
+    for (name, spec) in &lbs {
+        if let Some(current) = observed.lbs.get(*name) {
+            let content = lb_content(env, Arc::clone(&d.files), name, &serving)?;
+            let pending = reload_pending.contains(name);
+            actions.extend(lb::lb_actions(name, &spec.describe(), content, current.as_ref(), pending));
+        }
     }
     let summary = Summary::of(&actions);
     let plan = Plan {
@@ -355,8 +374,8 @@ fn action_key(a: &Action) -> (u8, String, u32, String) {
         | Action::Start { app, instance, .. } => (0, app.clone(), ord(instance), String::new()),
         Action::Remove { app, instance, old, .. } => (0, app.clone(), ord(instance), old.container_id.clone()),
         Action::PutKey { key, .. } | Action::DeleteKey { key, .. } => (1, key.clone(), 0, String::new()),
-        Action::WriteLb { .. } => (2, String::new(), 0, String::new()),
-        Action::ReloadLb => (3, String::new(), 0, String::new()),
+        Action::WriteLb { lb, .. } => (2, lb.clone(), 0, String::new()),
+        Action::ReloadLb { lb } => (2, lb.clone(), 1, String::new()),
     }
 }
 

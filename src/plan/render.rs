@@ -120,7 +120,7 @@ fn pretty(v: &str) -> String {
 fn sections(plan: &Plan, st: &Style) -> Vec<(String, Vec<String>)> {
     let mut apps: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut etcd = Vec::new();
-    let mut lb = Vec::new();
+    let mut lbs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for a in &plan.actions {
         match a {
             Action::Create { app, instance, reason, new } => apps.entry(app).or_default().push(st.add(&format!(
@@ -185,19 +185,22 @@ fn sections(plan: &Plan, st: &Style) -> Vec<(String, Vec<String>)> {
                 }
             }
             Action::DeleteKey { key, old } => etcd.push(st.del(&format!("- {key} (was {:?})", truncate(old, 80)))),
-            Action::WriteLb { path, content, old } => {
-                lb.push(st.change(&format!("~ write {path}{}", if old.is_none() { " (new file)" } else { "" })));
-                lb.extend(unified(old.as_deref().unwrap_or(""), content).lines().map(|l| format!("    {l}")));
+            Action::WriteLb { lb, path, content, old } => {
+                let lines = lbs.entry(lb).or_default();
+                lines.push(st.change(&format!("~ write {path}{}", if old.is_none() { " (new file)" } else { "" })));
+                lines.extend(unified(old.as_deref().unwrap_or(""), content).lines().map(|l| format!("    {l}")));
             }
-            Action::ReloadLb => lb.push(st.change("~ reload")),
+            Action::ReloadLb { lb } => lbs.entry(lb).or_default().push(st.change("~ reload")),
         }
     }
     let mut out: Vec<(String, Vec<String>)> = apps.into_iter().map(|(k, v)| (format!("app {k}"), v)).collect();
     if !etcd.is_empty() {
         out.push(("etcd".into(), etcd));
     }
-    if !lb.is_empty() {
-        out.push(("lb".into(), lb));
+    // One section per LB: `lb edge`, `lb internal`; the single default LB is just `lb`.
+    for (name, lines) in lbs {
+        let title = if super::lb::is_default_lb(name) { "lb".to_string() } else { format!("lb {name}") };
+        out.push((title, lines));
     }
     out
 }
@@ -533,8 +536,8 @@ mod tests {
         }
         if lb_lines > 0 {
             let content: String = (0..lb_lines).map(|i| format!("server s{i} 127.0.0.1:{}\n", 20_000 + i)).collect();
-            actions.push(Action::WriteLb { path: "/etc/lb.cfg".into(), content, old: None });
-            actions.push(Action::ReloadLb);
+            actions.push(Action::WriteLb { lb: "default".into(), path: "/etc/lb.cfg".into(), content, old: None });
+            actions.push(Action::ReloadLb { lb: "default".into() });
         }
         Plan {
             format_version: 1,

@@ -38,8 +38,10 @@ pub fn simulate(plan: &Plan, observed: &ObservedState, commit: &str) -> Observed
                     e.keys.remove(key);
                 }
             }
-            Action::WriteLb { content, .. } => out.lb = Some(Some(content.clone())),
-            Action::ReloadLb => {}
+            Action::WriteLb { lb, content, .. } => {
+                out.lbs.insert(lb.clone(), Some(content.clone()));
+            }
+            Action::ReloadLb { .. } => {}
         }
     }
     sort_instances(&mut out);

@@ -41,7 +41,7 @@ fn empty_observed() -> ObservedState {
         env: "t".into(),
         hosts: ["h1", "h2", "h3"].iter().map(|h| (h.to_string(), HostObservation::default())).collect(),
         etcd: Some(EtcdObservation::default()),
-        lb: Some(None),
+        lbs: [("default".to_string(), None)].into(),
     }
 }
 
@@ -230,7 +230,7 @@ proptest! {
                     // Only the app's desired copy, and its registry entries when its ports move.
                     prop_assert!(key.contains(&format!("/apps/{app}")) || key.contains(&format!("/{app}_t/")), "{}", key);
                 }
-                Action::WriteLb { .. } | Action::ReloadLb => prop_assert!(i == 0, "LB changed for a non-LB app"),
+                Action::WriteLb { .. } | Action::ReloadLb { .. } => prop_assert!(i == 0, "LB changed for a non-LB app"),
                 other => prop_assert_eq!(other.app(), Some(app.as_str())),
             }
         }
@@ -375,6 +375,6 @@ fn a_pending_lb_reload_is_planned_and_its_mark_kept_for_apply() {
     let key = keys::lb_reload_pending("/reconcile", "t");
     o.etcd.as_mut().unwrap().keys.insert(key, "2026-11-29T00:00:00Z".into());
     let p = plan_for(&snap, &s, &o);
-    assert_eq!(p.actions, vec![Action::ReloadLb], "{:#?}", p.actions);
+    assert_eq!(p.actions, vec![Action::ReloadLb { lb: "default".into() }], "{:#?}", p.actions);
     assert!(p.summary.lb_reload && !p.summary.lb_write);
 }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::load::{Env, Merged};
 use super::template::{PathProblem, TemplateError, Templates};
-use super::types::{AppSpec, SecretSource, Strategy};
+use super::types::{AppSpec, LbChoice, SecretSource, Strategy};
 use super::units::{self, Invalid};
 use super::yaml::escape;
 use crate::diag::Diagnostic;
@@ -31,9 +31,7 @@ pub fn check(env: &Env, files: &Arc<BTreeMap<String, Vec<u8>>>, display: &dyn Fn
     let mut c = Checker { env, out: Vec::new(), display, files };
     let templates = Templates::new(env.dirs.clone(), Arc::clone(files));
     let hosts = c.hosts();
-    if let Some(Err(e)) = env.spec.lb.as_ref().and_then(|lb| lb.drain.as_deref()).map(units::duration) {
-        c.invalid(&env.doc, "/lb/drain", e);
-    }
+    c.load_balancers();
     c.notifications();
     c.apps(&hosts);
     c.secrets_and_etcd();
@@ -225,7 +223,7 @@ impl Checker<'_> {
 
     fn apps(&mut self, hosts: &[HostSlot]) {
         let env = self.env;
-        let mut routes: BTreeMap<(String, String), String> = BTreeMap::new();
+        let mut routes: BTreeMap<(String, String, String), String> = BTreeMap::new();
         for (name, app) in &env.apps {
             let s = &app.spec;
             let d = &app.doc;
@@ -309,18 +307,14 @@ impl Checker<'_> {
                             .hint("add `port:` so the LB knows where instances listen"),
                     );
                 }
-                if env.spec.lb.is_none() {
-                    self.at(
-                        d,
-                        "/lb",
-                        Diagnostic::error(
-                            "lb",
-                            format!("app `{name}` asks for the LB, but environment `{}` has no `lb`", env.name),
-                        )
-                        .hint("add an lb section to environment.yaml, or remove `lb` from the app"),
-                    );
-                }
-                if let Some(other) = routes.insert((lb.host.clone(), lb.path.clone()), name.clone()) {
+                let chosen = match env.spec.lb_for(lb.via.as_deref()) {
+                    Ok(chosen) => chosen.to_string(),
+                    Err(why) => {
+                        self.lb_choice(d, name, why);
+                        String::new()
+                    }
+                };
+                if let Some(other) = routes.insert((chosen, lb.host.clone(), lb.path.clone()), name.clone()) {
                     self.at(
                         d,
                         "/lb",
@@ -561,13 +555,14 @@ impl Checker<'_> {
                 }
             }
         }
-        if let Some(lb) = &env.spec.lb
-            && self.template_path(&env.doc, "/lb/template", t, &lb.template)
-        {
-            let mut ctx = base.clone();
-            ctx["apps"] = lb_apps(env, hosts, assignments);
-            if let Err(e) = t.render_file(&lb.template, &ctx) {
-                self.template_error(&env.doc, "/lb/template", e);
+        for (name, lb) in env.spec.load_balancers() {
+            let ptr = format!("{}/template", lb_pointer(env, name));
+            if self.template_path(&env.doc, &ptr, t, &lb.template) {
+                let mut ctx = base.clone();
+                ctx["apps"] = lb_apps_via(env, hosts, assignments, name);
+                if let Err(e) = t.render_file(&lb.template, &ctx) {
+                    self.template_error(&env.doc, &ptr, e);
+                }
             }
         }
     }
@@ -838,6 +833,125 @@ pub fn lb_apps(env: &Env, hosts: &[HostSlot], assignments: &[Assignment]) -> Val
     Value::Array(apps)
 }
 
+/// Where LB `name` is written: `/lb` (the single `lb:`) or `/lbs/<name>`.
+fn lb_pointer(env: &Env, name: &str) -> String {
+    if env.spec.lb.is_some() && env.spec.lbs.is_empty() { "/lb".into() } else { format!("/lbs/{}", escape(name)) }
+}
+
+// --- several named LBs, LBs in containers (issue 10) ----------------------------------
+
+impl Checker<'_> {
+    /// `lb` xor `lbs`; per LB: `path` xor `container`, its drain, and for an LB in
+    /// containers an app of this environment rolled out `recreate`, one at a time, and a
+    /// check that names `{file}` (the candidate is checked at a side path in every instance).
+    fn load_balancers(&mut self) {
+        let env = self.env;
+        if env.spec.lb.is_some() && !env.spec.lbs.is_empty() {
+            self.at(
+                &env.doc,
+                "/lbs",
+                Diagnostic::error("lb", "both `lb` and `lbs` are given").hint(
+                    "`lb:` means `lbs: {default: …}`: move it into `lbs` under the name `default`, or use only `lb`",
+                ),
+            );
+        }
+        for (name, lb) in env.spec.load_balancers() {
+            let ptr = lb_pointer(env, name);
+            if let Some(Err(e)) = lb.drain.as_deref().map(units::duration) {
+                self.invalid(&env.doc, &format!("{ptr}/drain"), e);
+            }
+            if lb.target().is_none() {
+                self.at(
+                    &env.doc,
+                    &ptr,
+                    Diagnostic::error("lb", format!("lb `{name}` needs exactly one of `path` and `container`"))
+                        .hint("`path:` for a config file on the machine that runs reconcile, `container: {app, path}` for an LB inside managed containers"),
+                );
+            }
+            let Some(c) = &lb.container else { continue };
+            let cptr = format!("{ptr}/container/app");
+            match env.apps.get(&c.app) {
+                None => {
+                    let apps: Vec<&str> = env.apps.keys().map(String::as_str).collect();
+                    self.at(
+                        &env.doc,
+                        &cptr,
+                        Diagnostic::error(
+                            "lb",
+                            format!(
+                                "lb `{name}` runs in app `{}`, which environment `{}` does not have",
+                                c.app, env.name
+                            ),
+                        )
+                        .hint(format!(
+                            "add apps/{}.yaml, or name one of: {}",
+                            c.app,
+                            apps.join(", ")
+                        )),
+                    );
+                }
+                Some(app) if app.spec.update.strategy != Strategy::Recreate || app.spec.update.batch != 1 => {
+                    self.at(
+                        &app.doc,
+                        "/update",
+                        Diagnostic::error("lb", format!("app `{}` runs lb `{name}`, so it must be rolled out one instance at a time", c.app))
+                            .hint("set `update: {strategy: recreate, batch: 1}`: the LB instances use the same address and port, and the pair must never go down together"),
+                    );
+                }
+                Some(_) => {}
+            }
+            if lb.check.as_ref().is_some_and(|argv| !argv.iter().any(|a| a.contains("{file}"))) {
+                self.at(
+                    &env.doc,
+                    &format!("{ptr}/check"),
+                    Diagnostic::error("lb", format!("the check of lb `{name}` (in containers) must name the candidate as `{{file}}`"))
+                        .hint("the candidate is checked at a side path in every instance before any is replaced, e.g. [haproxy, -c, -f, \"{file}\"] or [nginx, -t, -c, \"{file}\"]"),
+                );
+            }
+        }
+    }
+
+    /// Why app `name`'s LB cannot be chosen, at its `lb`.
+    fn lb_choice(&mut self, d: &Merged, name: &str, why: LbChoice) {
+        let env = self.env;
+        let (ptr, diag) = match why {
+            LbChoice::NoLb => (
+                "/lb",
+                Diagnostic::error("lb", format!("app `{name}` asks for the LB, but environment `{}` has no `lb`", env.name))
+                    .hint("add an lb section to environment.yaml, or remove `lb` from the app"),
+            ),
+            LbChoice::Unknown { via, choices } => (
+                "/lb/via",
+                Diagnostic::error("lb", format!("app `{name}` is routed via `{via}`, but environment `{}` has no LB `{via}`", env.name))
+                    .hint(format!("name one of its LBs: {}", choices.join(", "))),
+            ),
+            LbChoice::Ambiguous { choices } => (
+                "/lb",
+                Diagnostic::error("lb", format!("app `{name}` does not say which LB routes it, and environment `{}` has several, none named `default`", env.name))
+                    .hint(format!("add `via:` to the app's lb with one of: {}", choices.join(", "))),
+            ),
+        };
+        self.at(d, ptr, diag);
+    }
+}
+
+/// [`lb_apps`] of the apps routed through LB `lb` only (`EnvironmentSpec::lb_for` of
+/// each app's `lb.via`): each LB's template sees its own apps.
+pub fn lb_apps_via(env: &Env, hosts: &[HostSlot], assignments: &[Assignment], lb: &str) -> Value {
+    let routed = |name: &str| {
+        env.apps
+            .get(name)
+            .and_then(|a| a.spec.lb.as_ref())
+            .is_some_and(|l| env.spec.lb_for(l.via.as_deref()).is_ok_and(|chosen| chosen == lb))
+    };
+    match lb_apps(env, hosts, assignments) {
+        Value::Array(apps) => Value::Array(
+            apps.into_iter().filter(|a| a.get("name").and_then(Value::as_str).is_some_and(routed)).collect(),
+        ),
+        other => other,
+    }
+}
+
 /// A position in a template from minijinja's 1-based line and byte range.
 fn position_in(text: &str, line: usize, range: Option<std::ops::Range<usize>>) -> super::yaml::Pos {
     let line_start = if line <= 1 { 0 } else { text.match_indices('\n').nth(line - 2).map_or(0, |(i, _)| i + 1) };
@@ -1009,5 +1123,75 @@ mod container_field_tests {
             bad[2].starts_with("environments/t/apps/a.yaml:7:") && bad[2].contains("`reconcile.env` is reserved"),
             "{bad:#?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod lbs_tests {
+    use std::collections::BTreeMap;
+
+    use crate::spec::{RepoSnapshot, validate};
+
+    const HOSTS: &str = "apiVersion: reconcile/v1\nkind: Environment\nname: t\n\
+        hosts: [{name: h1, docker: 'unix:///a.sock', address: 127.0.0.1, ports: 20000-20999}]\n";
+    const EDGE: &str = "{template: lb.j2, path: /tmp/edge.conf, reload: ['true']}";
+
+    /// The error messages (with line) of validating `env` (appended to the hosts) and apps.
+    fn errors(env: &str, apps: &[(&str, &str)]) -> Vec<String> {
+        let mut files = BTreeMap::new();
+        files.insert("environments/t/environment.yaml".to_string(), format!("{HOSTS}{env}").into_bytes());
+        files.insert("environments/t/lb.j2".to_string(), b"{% for a in apps %}{{ a.name }}\n{% endfor %}".to_vec());
+        for (name, extra) in apps {
+            let doc =
+                format!("apiVersion: reconcile/v1\nkind: App\nname: {name}\nimage: img/{name}:1\nport: 8080\n{extra}");
+            files.insert(format!("environments/t/apps/{name}.yaml"), doc.into_bytes());
+        }
+        let (_, diags) = validate(&RepoSnapshot { files, origin: Default::default() }, Some("t")).unwrap();
+        diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| format!("{}:{}: {}", d.file.as_deref().unwrap_or(""), d.line.unwrap_or(0), d.message))
+            .collect()
+    }
+
+    #[test]
+    fn named_lbs_with_via_validate() {
+        let env = format!("lbs:\n  edge: {EDGE}\n  internal: {EDGE}\n");
+        let e = errors(&env, &[("web", "lb: {via: edge, host: a}\n"), ("api", "lb: {via: internal, host: a}\n")]);
+        assert_eq!(e, Vec::<String>::new(), "the same host and path on two LBs is fine");
+    }
+
+    #[test]
+    fn lb_and_lbs_together_are_an_error() {
+        let e = errors(&format!("lb: {EDGE}\nlbs:\n  edge: {EDGE}\n"), &[]);
+        assert!(e.iter().any(|m| m.contains("environment.yaml:7: both `lb` and `lbs` are given")), "{e:?}");
+    }
+
+    #[test]
+    fn an_app_without_via_among_several_lbs_names_the_choices() {
+        let env = format!("lbs:\n  edge: {EDGE}\n  internal: {EDGE}\n");
+        let e = errors(&env, &[("web", "lb: {host: a}\n"), ("api", "lb: {via: nope, host: b}\n")]);
+        assert!(e.iter().any(|m| m.contains("web.yaml:6: app `web` does not say which LB routes it")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("api.yaml:6: app `api` is routed via `nope`")), "{e:?}");
+    }
+
+    #[test]
+    fn a_container_lb_needs_its_app_rolled_one_at_a_time_and_a_file_check() {
+        let env = "lbs:\n  internal: {template: lb.j2, container: {app: ilb, path: /etc/h.cfg}, check: [haproxy, -c], reload: ['true']}\n  \
+                   other: {template: lb.j2, container: {app: ghost, path: /etc/h.cfg}, reload: ['true']}\n  \
+                   both: {template: lb.j2, path: /x, container: {app: ilb, path: /etc/h.cfg}, reload: ['true']}\n";
+        let e = errors(env, &[("ilb", "")]);
+        assert!(
+            e.iter().any(|m| m.contains("ilb.yaml") && m.contains("must be rolled out one instance at a time")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|m| m.contains("environment.yaml:6: the check of lb `internal`")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("environment.yaml:7: lb `other` runs in app `ghost`")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("environment.yaml:8: lb `both` needs exactly one of")), "{e:?}");
+        let ok = errors(
+            "lbs:\n  internal: {template: lb.j2, container: {app: ilb, path: /etc/h.cfg}, check: [haproxy, -c, -f, '{file}'], reload: ['true']}\n",
+            &[("ilb", "update: {strategy: recreate}\n")],
+        );
+        assert_eq!(ok, Vec::<String>::new());
     }
 }

@@ -31,6 +31,9 @@ pub struct EnvironmentSpec {
     pub etcd: Option<EtcdSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lb: Option<LbSpec>,
+    // --- several named LBs (issue 10, item 1): `lb:` alone means `lbs: {default: …}` ---
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lbs: BTreeMap<String, LbSpec>,
     // -- etcdsec: age recipients --
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age: Option<AgeSpec>,
@@ -242,13 +245,101 @@ fn default_prefix() -> String {
 #[serde(deny_unknown_fields)]
 pub struct LbSpec {
     pub template: String,
-    pub path: String,
+    /// A file LB: the config file on the machine that runs `reconcile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// An LB inside every running instance of a managed app (exactly one of `path`
+    /// and `container`; the schema and validate say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<LbContainer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<Vec<String>>,
     pub reload: Vec<String>,
     /// Wait after a reload that took instances out of traffic, before stopping them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<String>,
+}
+
+/// Where a container LB's config lives: `path` inside every running instance of `app`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbContainer {
+    pub app: String,
+    pub path: String,
+}
+
+/// The name `lb:` (the single LB of the contract) has among `lbs`.
+pub const DEFAULT_LB: &str = "default";
+
+/// Where an LB's config goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbTarget<'a> {
+    /// A file on the machine that runs `reconcile`.
+    File(&'a str),
+    /// `path` inside every running instance of `app`.
+    Container { app: &'a str, path: &'a str },
+}
+
+impl LbSpec {
+    /// The file or the containers (`None` only for a spec validate refuses: neither or both).
+    pub fn target(&self) -> Option<LbTarget<'_>> {
+        match (&self.path, &self.container) {
+            (Some(p), None) => Some(LbTarget::File(p)),
+            (None, Some(c)) => Some(LbTarget::Container { app: &c.app, path: &c.path }),
+            _ => None,
+        }
+    }
+    /// How the target reads in plans and messages: the path, or `<path> in <app>`.
+    pub fn describe(&self) -> String {
+        match self.target() {
+            Some(LbTarget::File(p)) => p.to_string(),
+            Some(LbTarget::Container { app, path }) => format!("{path} in {app}"),
+            None => "(no target)".into(),
+        }
+    }
+}
+
+/// Why an app's LB cannot be chosen (validate reports it; the planner skips the app).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LbChoice {
+    /// The environment has no LB at all.
+    NoLb,
+    /// `via` names no LB.
+    Unknown { via: String, choices: Vec<String> },
+    /// No `via`, several LBs and none named `default`.
+    Ambiguous { choices: Vec<String> },
+}
+
+impl EnvironmentSpec {
+    /// The environment's LBs by name: `lbs`, or `lb` as `default` (validate refuses both).
+    pub fn load_balancers(&self) -> BTreeMap<&str, &LbSpec> {
+        let mut out: BTreeMap<&str, &LbSpec> = self.lbs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        if let Some(lb) = &self.lb {
+            out.entry(DEFAULT_LB).or_insert(lb);
+        }
+        out
+    }
+
+    /// The LB that routes an app with `lb: {via}`: `via` itself; without it, the only LB,
+    /// else the one named `default`.
+    ///
+    /// # Errors
+    /// [`LbChoice`]: no LB, an unknown name, or several LBs and no `default`.
+    pub fn lb_for(&self, via: Option<&str>) -> Result<&str, LbChoice> {
+        let lbs = self.load_balancers();
+        let choices = || lbs.keys().map(|k| (*k).to_string()).collect::<Vec<_>>();
+        match via {
+            Some(v) => lbs
+                .get_key_value(v)
+                .map(|(k, _)| *k)
+                .ok_or_else(|| LbChoice::Unknown { via: v.into(), choices: choices() }),
+            None if lbs.is_empty() => Err(LbChoice::NoLb),
+            None if lbs.len() == 1 => Ok(lbs.keys().next().copied().unwrap_or(DEFAULT_LB)),
+            None => {
+                lbs.get_key_value(DEFAULT_LB).map(|(k, _)| *k).ok_or_else(|| LbChoice::Ambiguous { choices: choices() })
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -393,6 +484,10 @@ pub struct FileSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppLb {
+    /// The LB that routes the app (`EnvironmentSpec::lb_for`); not serialised when
+    /// absent, so desired copies and spec hashes of existing apps stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     pub host: String,
     #[serde(default = "root_path")]
     pub path: String,
@@ -431,4 +526,58 @@ pub enum Strategy {
     Rolling,
     Recreate,
     Canary,
+}
+
+#[cfg(test)]
+mod lb_choice_tests {
+    use super::*;
+
+    fn env(lb: bool, lbs: &[&str]) -> EnvironmentSpec {
+        let spec = LbSpec {
+            template: "t".into(),
+            path: Some("/x".into()),
+            container: None,
+            check: None,
+            reload: vec!["true".into()],
+            drain: None,
+        };
+        EnvironmentSpec {
+            api_version: "reconcile/v1".into(),
+            kind: "Environment".into(),
+            name: "e".into(),
+            extends: None,
+            is_abstract: false,
+            vars: Default::default(),
+            secrets: BTreeMap::new(),
+            hosts: vec![],
+            etcd: None,
+            lb: lb.then(|| spec.clone()),
+            lbs: lbs.iter().map(|n| (n.to_string(), spec.clone())).collect(),
+            age: None,
+            notifications: vec![],
+            registries: vec![],
+        }
+    }
+
+    #[test]
+    fn without_via_the_only_lb_or_the_default_one_routes() {
+        assert_eq!(env(true, &[]).lb_for(None), Ok("default"));
+        assert_eq!(env(false, &["edge"]).lb_for(None), Ok("edge"));
+        assert_eq!(env(false, &["default", "edge"]).lb_for(None), Ok("default"));
+        assert_eq!(
+            env(false, &["edge", "internal"]).lb_for(None),
+            Err(LbChoice::Ambiguous { choices: vec!["edge".into(), "internal".into()] })
+        );
+        assert_eq!(env(false, &[]).lb_for(None), Err(LbChoice::NoLb));
+    }
+
+    #[test]
+    fn via_names_one_lb_or_fails_with_the_choices() {
+        assert_eq!(env(false, &["edge", "internal"]).lb_for(Some("internal")), Ok("internal"));
+        assert_eq!(env(true, &[]).lb_for(Some("default")), Ok("default"));
+        assert_eq!(
+            env(false, &["edge"]).lb_for(Some("egde")),
+            Err(LbChoice::Unknown { via: "egde".into(), choices: vec!["edge".into()] })
+        );
+    }
 }

@@ -528,7 +528,7 @@ fn an_lb_reload_that_did_not_happen_is_redone_by_the_next_apply() {
     // The next plan (the file already right) reloads; apply does it and clears the mark.
     std::fs::write(&env_file, &real_env).unwrap();
     let p = s.plan_json();
-    assert_eq!(p.actions, vec![reconcile::plan::Action::ReloadLb], "{:#?}", p.actions);
+    assert_eq!(p.actions, vec![reconcile::plan::Action::ReloadLb { lb: "default".into() }], "{:#?}", p.actions);
     let o = s.apply(&[]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(etcd_get(&pending), "", "the mark is gone after the reload");

@@ -21,9 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::apply::{INDEX_TEMPLATE, http_get_at, var};
-use super::support::{
-    Daemon, TestEnv, get_web, managed_env, reconcile_cmd, registry_under, spawn_piped, start_load, wait_steady,
-};
+use super::support::{Daemon, TestEnv, get_web, managed_env, registry_under, start_load, wait_steady};
 use super::{stderr, stdout};
 
 const LB_PORT: u16 = 28130;
@@ -151,29 +149,7 @@ impl HaStack {
     /// `apply`, with each line of its stderr (the plan, then one line per step) stamped
     /// with the seconds since `t0`, to set the steps against the load's failures.
     fn apply_stamped(&self, t0: Instant) -> Output {
-        let repo = self.repo();
-        let mut child = spawn_piped(&mut reconcile_cmd(&[
-            "apply",
-            "--env",
-            &self.env,
-            "--repo",
-            &repo,
-            "--yes",
-            "--timeout",
-            "10s",
-        ]));
-        let err = child.stderr.take().unwrap();
-        let stamper = std::thread::spawn(move || {
-            let mut stamped = String::new();
-            for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
-                let Ok(line) = line else { break };
-                stamped.push_str(&format!("{:7.3}s {line}\n", t0.elapsed().as_secs_f64()));
-            }
-            stamped
-        });
-        let mut o = child.wait_with_output().unwrap();
-        o.stderr = stamper.join().unwrap().into_bytes();
-        o
+        super::support::apply_stamped(&self.repo(), &self.env, t0)
     }
 
     /// `address:port` of every `server` line of the LB file.

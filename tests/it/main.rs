@@ -29,6 +29,7 @@ mod history;
 mod import;
 mod lb;
 mod leak;
+mod lb_multi;
 mod logs;
 mod maintenance;
 mod markdown;

@@ -59,8 +59,13 @@ fn big_plan(apps: usize) -> Plan {
     }
     let server =
         |v: usize| (0..apps).map(|a| format!("  server svc-{a} 127.0.0.1:{}\n", 20_000 + v)).collect::<String>();
-    actions.push(Action::WriteLb { path: "/etc/haproxy.cfg".into(), content: server(1), old: Some(server(0)) });
-    actions.push(Action::ReloadLb);
+    actions.push(Action::WriteLb {
+        lb: "default".into(),
+        path: "/etc/haproxy.cfg".into(),
+        content: server(1),
+        old: Some(server(0)),
+    });
+    actions.push(Action::ReloadLb { lb: "default".into() });
     Plan {
         format_version: 1,
         env: "prod".into(),

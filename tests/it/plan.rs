@@ -28,7 +28,7 @@ fn empty(env: &spec::Env) -> ObservedState {
         env: env.name.clone(),
         hosts: env.spec.hosts.iter().map(|h| (h.name.clone(), HostObservation::default())).collect(),
         etcd: env.spec.etcd.as_ref().map(|_| EtcdObservation::default()),
-        lb: env.spec.lb.as_ref().map(|_| None),
+        lbs: env.spec.load_balancers().into_keys().map(|k| (k.to_string(), None)).collect(),
     }
 }
 

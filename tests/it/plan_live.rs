@@ -118,7 +118,7 @@ impl World {
                     );
                 }
                 Action::WriteLb { path, content, .. } => std::fs::write(path, content).unwrap(),
-                Action::ReloadLb => {}
+                Action::ReloadLb { .. } => {}
                 other => panic!("unexpected action on a fresh environment: {other:?}"),
             }
         }

@@ -523,11 +523,31 @@ pub fn start_load(
     stop: Arc<AtomicBool>,
     made: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<Load> {
+    start_load_at("127.0.0.1", port, read, t0, stop, made)
+}
+
+/// Spawn `cmd` with stdin closed and its output piped.
+pub fn spawn_piped(cmd: &mut Command) -> std::process::Child {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+// ------------------------------------------------------------------ several LBs (tests/it/lb_multi.rs)
+
+/// [`start_load`] against `address:port` (a loopback address): the LB instances of an HA
+/// pair listen on their hosts' addresses.
+pub fn start_load_at(
+    address: &'static str,
+    port: u16,
+    read: Duration,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    made: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Load> {
     std::thread::spawn(move || {
         let mut r = Load::default();
         while !stop.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(120) && r.ok + r.failed < 100_000 {
             let at = t0.elapsed().as_secs_f64();
-            let answer = get_web("127.0.0.1", port, Some(Duration::from_secs(1)), read);
+            let answer = get_web(address, port, Some(Duration::from_secs(1)), read);
             made.fetch_add(1, Ordering::SeqCst);
             match answer {
                 Ok(body) => {
@@ -550,9 +570,24 @@ pub fn start_load(
     })
 }
 
-/// Spawn `cmd` with stdin closed and its output piped.
-pub fn spawn_piped(cmd: &mut Command) -> std::process::Child {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+/// `reconcile apply --yes --timeout 10s` of `env` in `repo`, with each line of its stderr
+/// (the plan, then one line per step) stamped with the seconds since `t0`, to set the
+/// steps against a load's failures.
+pub fn apply_stamped(repo: &str, env: &str, t0: Instant) -> Output {
+    let mut child =
+        spawn_piped(&mut reconcile_cmd(&["apply", "--env", env, "--repo", repo, "--yes", "--timeout", "10s"]));
+    let err = child.stderr.take().unwrap();
+    let stamper = std::thread::spawn(move || {
+        let mut stamped = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)) {
+            let Ok(line) = line else { break };
+            stamped.push_str(&format!("{:7.3}s {line}\n", t0.elapsed().as_secs_f64()));
+        }
+        stamped
+    });
+    let mut o = child.wait_with_output().unwrap();
+    o.stderr = stamper.join().unwrap().into_bytes();
+    o
 }
 
 // ------------------------------------------------------------------ secured: watch processes, one-host repos
