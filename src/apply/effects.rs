@@ -250,9 +250,9 @@ impl Effects for Backends<'_> {
             docker::cmd_runner(client.clone(), host.to_string(), id.to_string(), argv)
         })?;
         let schedule = probe::Schedule::from_spec(health)?;
-        probe::wait_healthy(&probe, &schedule, || docker::still_running(client, host, id))
-            .await
-            .map_err(|cause| StepError::Unhealthy { host: host.to_string(), container: id.to_string(), cause })
+        probe::wait_healthy(&probe, &schedule, || docker::still_running(client, host, id)).await.map_err(|cause| {
+            StepError::Unhealthy { host: host.to_string(), container: id.to_string(), cause: Box::new(cause) }
+        })
     }
 
     async fn logs_tail(&self, host: &str, id: &str, tail: LogTail) -> Result<String, StepError> {

@@ -30,7 +30,7 @@ pub enum StepError {
     Task(String),
     /// The health check of `container` on `host` did not pass.
     #[error("{cause}")]
-    Unhealthy { host: String, container: String, cause: crate::backend::probe::HealthError },
+    Unhealthy { host: String, container: String, cause: Box<crate::backend::probe::HealthError> },
     /// The health spec cannot be turned into a probe (validate reports this earlier).
     #[error("{0}")]
     BadHealth(#[from] crate::backend::probe::ProbeError),

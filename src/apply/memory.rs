@@ -252,7 +252,7 @@ impl Effects for Memory {
             return Err(StepError::Unhealthy {
                 host: host.to_string(),
                 container: id.to_string(),
-                cause: HealthError::GaveUp {
+                cause: Box::new(HealthError::GaveUp {
                     attempts: 3,
                     failures: 3,
                     last: ProbeFailure::Status {
@@ -261,7 +261,7 @@ impl Effects for Memory {
                         status: 503,
                         phrase: String::new(),
                     },
-                },
+                }),
             });
         }
         Ok(())

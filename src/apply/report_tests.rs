@@ -36,7 +36,7 @@ async fn run_timed(
         kind: HistoryKind::Apply,
     };
     let job = Job { env, files, plan: &p, specs: &specs, observed, secrets: &s };
-    let done = execute_recorded(&*fx, job, opts, DRAIN, Arc::new(|_| {}), Some(Arc::clone(&timeline))).await;
+    let done = execute_recorded(&*fx, job, opts, DRAIN.into(), Arc::new(|_| {}), Some(Arc::clone(&timeline))).await;
     let events = timeline.events();
     let r = report::build(&report::Facts {
         env,

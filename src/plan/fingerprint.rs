@@ -121,7 +121,7 @@ mod tests {
                 h.update(b"\n");
             }
         }
-        match &o.lb {
+        match o.lbs.get(crate::spec::types::DEFAULT_LB) {
             Some(Some(c)) => {
                 h.update(b"\0lb\0");
                 h.update(c.as_bytes());
@@ -140,7 +140,7 @@ mod tests {
             lb in proptest::option::of(proptest::option::of("[ab]{0,2}")),
         ) {
             let mut o = observed();
-            o.lb = lb;
+            o.lbs = lb.map(|c| (crate::spec::types::DEFAULT_LB.to_string(), c)).into_iter().collect();
             let states = [ContainerState::Running, ContainerState::Exited, ContainerState::Created];
             for (id, host, app, state, port) in rows {
                 let mut c = o.hosts["h1"].instances[0].clone();

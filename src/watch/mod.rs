@@ -23,8 +23,8 @@
 
 pub mod health;
 pub mod metrics;
-pub mod page;
 pub mod notify;
+pub mod page;
 pub mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet};
