@@ -114,7 +114,8 @@ impl<E: Effects> Shared<'_, E> {
     async fn serving_lb_content(&self) -> Result<String, StepError> {
         let serving: Vec<Assignment> =
             self.serving.lock().await.iter().filter(|a| self.env.apps.contains_key(&a.app)).cloned().collect();
-        Ok(plan::lb_content(self.env, Arc::clone(&self.files), &serving)?)
+        let canaries = super::canary::serving_canaries(self.plan);
+        Ok(plan::lb_content_with(self.env, Arc::clone(&self.files), &serving, &canaries)?)
     }
 
     /// After instances of `app` left the serving set: reload the LB and, when it was

@@ -85,8 +85,21 @@ pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
     };
     let mut hooks = Confirm { args, saved: saved.as_ref() };
     let outcome = rt.block_on(apply::run(target, req, &mut hooks, progress_sink()))?;
+    let ok_kind = if kind == apply::HistoryKind::Rollback { EventKind::Rollback } else { EventKind::ApplySucceeded };
+    finish(&rt, &outcome, ok_kind)
+}
+
+/// Report an apply's outcome (stdout, and stderr when it failed), notify, and give the
+/// exit code: 0 when everything was done, else 1.
+///
+/// # Errors
+/// stdout cannot be written.
+pub fn finish(rt: &tokio::runtime::Runtime, outcome: &apply::Outcome, ok_kind: EventKind) -> anyhow::Result<ExitCode> {
     let (p, Some(report)) = (&outcome.plan, &outcome.report) else {
         eprintln!("nothing to do");
+        for step in &outcome.plan.canaries {
+            println!("{}", apply::canary::outcome_line(step, &outcome.plan.env));
+        }
         return Ok(ExitCode::Ok);
     };
     let mut out = std::io::stdout().lock();
@@ -100,12 +113,14 @@ pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
         writeln!(out, "error: {e}")?;
     }
     writeln!(out, "apply {}: {}", if report.ok() { "complete" } else { "incomplete" }, p.summary)?;
+    for step in p.canaries.iter().filter(|s| report.apps.get(&s.app).is_none_or(|o| o.error.is_none())) {
+        writeln!(out, "{}", apply::canary::outcome_line(step, &p.env))?;
+    }
     drop(out);
     let apps: Vec<(String, Option<String>)> =
         report.apps.iter().map(|(a, o)| (a.clone(), o.error.as_ref().map(ToString::to_string))).collect();
-    let ok_kind = if kind == apply::HistoryKind::Rollback { EventKind::Rollback } else { EventKind::ApplySucceeded };
     let t = &outcome.target;
-    super::notify::after_apply(&rt, &t.env, &t.secrets, p, &apps, &report.errors, ok_kind);
+    super::notify::after_apply(rt, &t.env, &t.secrets, p, &apps, &report.errors, ok_kind);
     if !report.ok() {
         // The report (stdout) has the details; CI logs that only keep stderr still see why.
         let failed: Vec<String> = report
@@ -171,7 +186,7 @@ fn check_and_confirm(args: &Args, saved: Option<&Plan>, p: &Plan, env_name: &str
 /// Where progress lines go: on a terminal, an indicatif spinner showing the latest
 /// step (pull progress included) with finished steps printed above it; otherwise
 /// (CI, pipes) plain lines on stderr.
-fn progress_sink() -> apply::Progress {
+pub fn progress_sink() -> apply::Progress {
     if !super::stderr_is_tty() {
         return Arc::new(|line: String| eprintln!("{line}"));
     }

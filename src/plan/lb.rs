@@ -23,6 +23,20 @@ pub fn lb_content(
     files: Arc<BTreeMap<String, Vec<u8>>>,
     serving: &[Assignment],
 ) -> Result<String, PlanError> {
+    lb_content_with(env, files, serving, &std::collections::BTreeSet::new())
+}
+
+/// [`lb_content`], where the instances in `canaries` are canaries: the template's
+/// `instance.canary` and `instance.weight` (`plan::canary::weigh`).
+///
+/// # Errors
+/// As [`lb_content`].
+pub fn lb_content_with(
+    env: &Env,
+    files: Arc<BTreeMap<String, Vec<u8>>>,
+    serving: &[Assignment],
+    canaries: &std::collections::BTreeSet<Assignment>,
+) -> Result<String, PlanError> {
     let Some(lb) = &env.spec.lb else {
         return Err(PlanError::LbTemplate { message: "the environment has no lb".into() });
     };
@@ -30,7 +44,9 @@ pub fn lb_content(
     let names: Vec<String> = env.spec.secrets.keys().cloned().collect();
     let ctx = contexts(&env.name, &env.spec.vars, &BTreeMap::new(), &names);
     let slots = host_slots(env)?;
-    let apps = minijinja::Value::from(minijinja::value::Serde(lb_apps(env, &slots, serving)));
+    let mut apps = lb_apps(env, &slots, serving);
+    super::canary::weigh(&mut apps, env, canaries);
+    let apps = minijinja::Value::from(minijinja::value::Serde(apps));
     let c = minijinja::context! { apps => apps, ..ctx.masked };
     t.render_value(&lb.template, &c).map_err(|e| PlanError::LbTemplate { message: e.message })
 }

@@ -48,6 +48,7 @@ pub fn reason_text(r: &Reason) -> String {
         Reason::Duplicate => "duplicate of the instance (interrupted replace)".into(),
         Reason::Unrecognised => "managed label without app/instance".into(),
         Reason::ImageDigest { digest } => format!("image tag now points to {digest}"),
+        Reason::Canary { why } => format!("canary: {why}"),
     }
 }
 
@@ -192,6 +193,10 @@ fn sections(plan: &Plan, st: &Style) -> Vec<(String, Vec<String>)> {
     }
     if !lb.is_empty() {
         out.push(("lb".into(), lb));
+    }
+    let canaries = super::canary::lines(&plan.canaries, &plan.env);
+    if !canaries.is_empty() {
+        out.push(("canaries".into(), canaries));
     }
     out
 }
@@ -492,6 +497,7 @@ mod tests {
             against: String::new(),
             summary: Summary::of(&actions),
             actions,
+            canaries: Vec::new(),
         }
     }
 

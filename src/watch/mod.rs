@@ -18,6 +18,7 @@
 //!   lock, so watch never interleaves with a manual `apply`; `dry_run` only reports.
 //! - Shutdown: the current run finishes, the leader key is released, `run` returns.
 
+mod canary;
 pub mod health;
 pub mod metrics;
 pub mod schedule;
@@ -411,7 +412,7 @@ impl Watcher {
         let Some(report) = &outcome.report else {
             if p.summary.is_empty() {
                 self.synced(&target.origin);
-                return (RunResult::Ok, next_wake);
+                return self.canary_step(outcome, next_wake).await;
             }
             return (RunResult::DryRun, next_wake);
         };
@@ -437,7 +438,8 @@ impl Watcher {
             return self.fail("apply", format!("apply incomplete: {} {errors}", p.summary));
         }
         self.synced(&target.origin);
-        (RunResult::Ok, self.backoff.held(Instant::now()).values().min().copied().or(next_wake))
+        let wake = self.backoff.held(Instant::now()).values().min().copied().or(next_wake);
+        self.canary_step(outcome, wake).await
     }
 
     /// Load the repo (at `commit`, else the watched ref) off the async threads.
