@@ -8,8 +8,6 @@
 //! a canary that fails its health check, or that the LB refuses, is removed again and
 //! never recorded.
 
-use std::time::Duration;
-
 use super::effects::Effects;
 use super::rollout::Replace;
 use super::{Shared, StepError};
@@ -44,11 +42,7 @@ impl<E: Effects> Shared<'_, E> {
         if let Err(e) = self.lb_update(app).await {
             // The LB refused the config with the canaries: they leave again, the old
             // instances serve on.
-            for (asg, id, _) in &up {
-                self.register(asg, false).await?;
-                self.locked()?;
-                let _ = self.fx.stop_and_remove(&asg.host, id, Duration::from_secs(2)).await;
-            }
+            self.withdraw(up.iter().map(|(asg, id, _)| (asg, id.as_str()))).await?;
             return Err(StepError::LbRefused { cause: Box::new(e) });
         }
         if let Some(e) = first_err {

@@ -214,12 +214,7 @@ impl<E: Effects> Shared<'_, E> {
             if recreate {
                 return Err(e);
             }
-            for (asg, id, ..) in &up {
-                self.register(asg, false).await?;
-                // Best effort: a leftover is a duplicate the next plan removes.
-                self.locked()?;
-                let _ = self.fx.stop_and_remove(&asg.host, id, Duration::from_secs(2)).await;
-            }
+            self.withdraw(up.iter().map(|(asg, id, ..)| (asg, id.as_str()))).await?;
             return Err(StepError::LbRefused { cause: Box::new(e) });
         }
         if let Some(e) = first_err {
@@ -246,6 +241,18 @@ impl<E: Effects> Shared<'_, E> {
             );
             self.say(line.clone());
             done.push(line);
+        }
+        Ok(())
+    }
+
+    /// New containers the LB refused: out of the registry and removed again (the old
+    /// ones keep serving).
+    pub(super) async fn withdraw(&self, up: impl Iterator<Item = (&Assignment, &str)>) -> Result<(), StepError> {
+        for (asg, id) in up {
+            self.register(asg, false).await?;
+            // Best effort: a leftover is a duplicate the next plan removes.
+            self.locked()?;
+            let _ = self.fx.stop_and_remove(&asg.host, id, Duration::from_secs(2)).await;
         }
         Ok(())
     }

@@ -72,21 +72,27 @@ pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
     let reference = saved.as_ref().and_then(|p| p.origin.commit.clone().filter(|_| !p.origin.dirty));
     let target = load_target(&args.repo, &env_name, reference.as_deref())?;
     let rt = runtime()?;
-    let req = apply::Request {
-        opts: Options {
-            parallelism: args.observe.parallelism.max(1),
-            timeout: args.observe.timeout,
-            lock_timeout: args.lock_timeout,
-            kind,
-        },
-        observe: args.observe.options(),
-        pinning: if kind == apply::HistoryKind::Rollback { apply::Pinning::Set } else { apply::Pinning::Refuse },
-        lock: true,
-    };
+    let pinning = if kind == apply::HistoryKind::Rollback { apply::Pinning::Set } else { apply::Pinning::Refuse };
+    let req = request(&args.observe, args.lock_timeout, kind, pinning);
     let mut hooks = Confirm { args, saved: saved.as_ref() };
     let outcome = rt.block_on(apply::run(target, req, &mut hooks, progress_sink()))?;
     let ok_kind = if kind == apply::HistoryKind::Rollback { EventKind::Rollback } else { EventKind::ApplySucceeded };
     finish(&rt, &outcome, ok_kind)
+}
+
+/// An apply under the lock with the command line's observe options, recorded as `kind`.
+pub fn request(
+    observe: &ObserveArgs,
+    lock_timeout: Duration,
+    kind: apply::HistoryKind,
+    pinning: apply::Pinning,
+) -> apply::Request {
+    apply::Request {
+        opts: Options { parallelism: observe.parallelism.max(1), timeout: observe.timeout, lock_timeout, kind },
+        observe: observe.options(),
+        pinning,
+        lock: true,
+    }
 }
 
 /// Report an apply's outcome (stdout, and stderr when it failed), notify, and give the

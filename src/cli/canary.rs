@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::common::{ObserveArgs, load_target, parse_duration, runtime};
 use super::{ExitCode, RepoArgs};
-use crate::apply::{self, Options};
+use crate::apply;
 use crate::model::ObservedState;
 use crate::notify::EventKind;
 use crate::plan::canary::Mode;
@@ -47,17 +47,7 @@ pub fn exec(args: &Args, what: What) -> anyhow::Result<ExitCode> {
         What::Abort => (Mode::Abort(args.app.clone()), apply::HistoryKind::Abort, EventKind::CanaryAborted),
     };
     let rt = runtime()?;
-    let req = apply::Request {
-        opts: Options {
-            parallelism: args.observe.parallelism.max(1),
-            timeout: args.observe.timeout,
-            lock_timeout: args.lock_timeout,
-            kind,
-        },
-        observe: args.observe.options(),
-        pinning: apply::Pinning::Refuse,
-        lock: true,
-    };
+    let req = super::apply::request(&args.observe, args.lock_timeout, kind, apply::Pinning::Refuse);
     let mut hooks = Ending { mode };
     let outcome = rt.block_on(apply::run(target, req, &mut hooks, super::apply::progress_sink()))?;
     super::apply::finish(&rt, &outcome, ok_kind)
