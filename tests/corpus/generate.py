@@ -201,13 +201,6 @@ CASES.update({
     "pull-invalid": (sub(API, "replicas: 3", "replicas: 3\npull: sometimes"), f"{API}:6", "pull"),
 })
 
-# --- canary releases (issue 10) ---
-CASES.update({
-    "canary-traffic-without-canary": (sub(API, "replicas: 3", "replicas: 3\nupdate: {strategy: rolling, traffic: 10%}"), f"{API}:6", "`traffic` applies only to strategy: canary"),
-    "canary-traffic-not-a-share": (sub(API, "replicas: 3", "replicas: 3\nupdate: {strategy: canary, canary: 1, traffic: 0%}"), f"{API}:6", "is not a share from 1% to 99%"),
-    "canary-auto-promote-invalid": (sub(API, "replicas: 3", "replicas: 3\nupdate: {strategy: canary, canary: 1, auto_promote: soon}"), f"{API}:6", "invalid duration"),
-    "canary-without-etcd": (both(sub(API, "replicas: 3", "replicas: 3\nupdate: {strategy: canary, canary: 1}"), sub("environments/base/environment.yaml", "etcd:\n  endpoints: [http://127.0.0.1:23790]\n", ""), sub(BAPI, "registry: true", "registry: false")), f"{API}:6", "has no `etcd`"),
-})
 
 
 def write(root, files):
