@@ -215,6 +215,30 @@ pub struct Pin {
     pub time: String,
 }
 
+/// A running canary (`<prefix>/<env>/canary/<app>`): written by apply once the canaries
+/// are healthy and serving beside the old instances, deleted by promote and abort.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryRecord {
+    /// The commit the canaries were created from.
+    pub commit: Option<String>,
+    /// The spec-hash of the first canary (each canary's own is in `instances`: the hash
+    /// covers its port).
+    pub spec_hash: String,
+    pub instances: Vec<CanaryInstance>,
+    /// RFC 3339: when the canaries started serving.
+    pub since: String,
+}
+
+/// One canary container: the new version of instance `instance`, beside its old container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryInstance {
+    pub instance: String,
+    pub container: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub spec_hash: String,
+}
+
 /// Everything observed for one environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedState {
@@ -290,6 +314,14 @@ pub mod keys {
         } else {
             format!("{}{lb}/reload-pending", lb_dir(prefix, env))
         }
+    }
+    /// `<prefix>/<env>/canary/` — running canaries.
+    pub fn canary_dir(prefix: &str, env: &str) -> String {
+        format!("{}/canary/", base(prefix, env))
+    }
+    /// `<prefix>/<env>/canary/<app>` — a [`CanaryRecord`](super::CanaryRecord).
+    pub fn canary(prefix: &str, env: &str, app: &str) -> String {
+        format!("{}{app}", canary_dir(prefix, env))
     }
     /// `<prefix>/<env>/health/` — health marks written by `watch`.
     pub fn health_dir(prefix: &str, env: &str) -> String {

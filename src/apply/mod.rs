@@ -49,6 +49,7 @@ use crate::plan::instance::InstanceSpec;
 use crate::secret::Secret;
 use crate::spec::Env;
 
+pub mod canary;
 pub mod effects;
 mod error;
 #[cfg(test)]

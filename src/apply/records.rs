@@ -24,6 +24,10 @@ pub enum HistoryKind {
     Watch,
     /// `reconcile rollback --release`: the pin was deleted, nothing applied.
     Release,
+    /// `reconcile promote`: a canary made the app's new version.
+    Promote,
+    /// `reconcile abort` (or `watch` aborting an unhealthy canary).
+    Abort,
 }
 
 impl HistoryKind {
@@ -33,6 +37,8 @@ impl HistoryKind {
             Self::Rollback => "rollback",
             Self::Watch => "watch",
             Self::Release => "release",
+            Self::Promote => "promote",
+            Self::Abort => "abort",
         }
     }
 
@@ -68,7 +74,7 @@ impl<E: Effects> Shared<'_, E> {
             "time": etcd::now_rfc3339(),
             "who": who.who,
             "host": who.host,
-            "summary": plan.summary.to_string(),
+            "summary": super::canary::history_summary(plan),
             "result": report.result_line(),
             "duration_ms": started.elapsed().as_millis() as u64,
         });
@@ -171,7 +177,14 @@ mod tests {
 
     #[test]
     fn history_kinds_read_back_including_older_and_newer_entries() {
-        for k in [HistoryKind::Apply, HistoryKind::Rollback, HistoryKind::Watch, HistoryKind::Release] {
+        for k in [
+            HistoryKind::Apply,
+            HistoryKind::Rollback,
+            HistoryKind::Watch,
+            HistoryKind::Release,
+            HistoryKind::Promote,
+            HistoryKind::Abort,
+        ] {
             let entry = serde_json::json!({ "kind": k });
             assert_eq!(entry["kind"], k.as_str());
             assert_eq!(HistoryKind::of_entry(&entry), Some(k));

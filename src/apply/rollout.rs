@@ -31,7 +31,7 @@ pub const EVIDENCE: LogTail = LogTail { lines: 20, bytes: 4096 };
 const SETTLE: Duration = Duration::from_millis(300);
 
 /// A replace of the plan: instance, old, new, strategy.
-type Replace<'p> = (&'p str, &'p OldInstance, &'p NewInstance, Strategy);
+pub(super) type Replace<'p> = (&'p str, &'p OldInstance, &'p NewInstance, Strategy);
 
 /// `text` with every secret value replaced by `(sensitive)`, longest first (so a
 /// secret containing another is masked whole).
@@ -45,10 +45,17 @@ impl<E: Effects> Shared<'_, E> {
     /// All of one app's instance actions, in the contract's order.
     pub(super) async fn app(&self, app: &str) -> AppOutcome {
         let mut out = AppOutcome::default();
-        if let Err(e) = self.app_steps(app, &mut out.done).await {
-            let e = e.to_string();
-            self.say(format!("app {app}: FAILED: {e}"));
-            out.error = Some(e);
+        let steps = match self.app_steps(app, &mut out.done).await {
+            Ok(()) => self.canary_record(app).await,
+            Err(e) => Err(e),
+        };
+        match steps {
+            Ok(line) => out.done.extend(line),
+            Err(e) => {
+                let e = e.to_string();
+                self.say(format!("app {app}: FAILED: {e}"));
+                out.error = Some(e);
+            }
         }
         out
     }
@@ -81,6 +88,12 @@ impl<E: Effects> Shared<'_, E> {
                 _ => None,
             })
             .collect();
+        // Canaries start beside the old instances, all at once, and nothing stops.
+        let (canaries, replaces): (Vec<Replace<'_>>, Vec<Replace<'_>>) =
+            replaces.into_iter().partition(|(.., s)| *s == Strategy::Canary);
+        if !canaries.is_empty() {
+            self.canary_start(app, &canaries, done).await?;
+        }
         let batch = self.env.apps.get(app).map_or(1, |a| a.spec.update.batch.max(1) as usize);
         for chunk in replaces.chunks(batch) {
             self.replace(app, chunk, done).await?;
@@ -220,12 +233,7 @@ impl<E: Effects> Shared<'_, E> {
             if recreate {
                 return Err(e);
             }
-            for (asg, id, ..) in &up {
-                self.register(asg, false).await?;
-                // Best effort: a leftover is a duplicate the next plan removes.
-                self.locked()?;
-                let _ = self.fx.stop_and_remove(&asg.host, id, Duration::from_secs(2)).await;
-            }
+            self.withdraw(up.iter().map(|(asg, id, ..)| (asg, id.as_str()))).await?;
             return Err(StepError::LbRefused { cause: Box::new(e) });
         }
         if let Some(e) = first_err {
@@ -256,9 +264,26 @@ impl<E: Effects> Shared<'_, E> {
         Ok(())
     }
 
+    /// New containers the LB refused: out of the registry and removed again (the old
+    /// ones keep serving).
+    pub(super) async fn withdraw(&self, up: impl Iterator<Item = (&Assignment, &str)>) -> Result<(), StepError> {
+        for (asg, id) in up {
+            self.register(asg, false).await?;
+            // Best effort: a leftover is a duplicate the next plan removes.
+            self.locked()?;
+            let _ = self.fx.stop_and_remove(&asg.host, id, Duration::from_secs(2)).await;
+        }
+        Ok(())
+    }
+
     /// Create and start a container for `new` and wait until it is healthy. On failure
     /// its last output is read and it is removed again.
-    async fn bring_up(&self, app: &str, instance: &str, new: &NewInstance) -> Result<(Assignment, String), StepError> {
+    pub(super) async fn bring_up(
+        &self,
+        app: &str,
+        instance: &str,
+        new: &NewInstance,
+    ) -> Result<(Assignment, String), StepError> {
         let id = InstanceId::parse_of(app, instance).ok_or_else(|| bad_instance(app, instance))?;
         let spec =
             self.specs.get(&new.spec_hash).ok_or_else(|| StepError::MissingSpec { instance: instance.to_string() })?;

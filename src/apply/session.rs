@@ -74,6 +74,12 @@ pub trait Hooks: Send {
         BTreeSet::new()
     }
 
+    /// What the plan is made for: the normal plan, or a canary's promote or abort
+    /// (`reconcile promote` / `abort`, watch's automatic ones).
+    fn canary_mode(&mut self) -> plan::canary::Mode {
+        plan::canary::Mode::Normal
+    }
+
     /// The plan is made: `Ok(true)` to apply it, `Ok(false)` to stop without changing
     /// anything (a dry run).
     ///
@@ -169,10 +175,23 @@ pub async fn observe_and_plan(
     opts: observe::Options,
     hold: &BTreeSet<String>,
 ) -> Result<(ObservedState, Plan, BTreeMap<String, InstanceSpec>), RunError> {
+    observe_and_plan_mode(target, opts, hold, &plan::canary::Mode::Normal).await
+}
+
+/// [`observe_and_plan`] for a canary `mode` (`plan::plan_mode`).
+///
+/// # Errors
+/// As [`observe_and_plan`]; promote or abort of an app without a running canary.
+pub async fn observe_and_plan_mode(
+    target: &Target,
+    opts: observe::Options,
+    hold: &BTreeSet<String>,
+    mode: &plan::canary::Mode,
+) -> Result<(ObservedState, Plan, BTreeMap<String, InstanceSpec>), RunError> {
     let mut observed = observe::observe(&target.env, opts).await?;
     let digests = image_digests(&target.env, &mut observed, opts).await?;
     let d = Desired { digests, ..target.desired() };
-    let (p, specs) = plan::plan_holding(&d, &observed, hold)?;
+    let (p, specs) = plan::plan_mode(&d, &observed, hold, mode)?;
     Ok((observed, p, specs))
 }
 
@@ -273,7 +292,8 @@ async fn prepare(
         }
     };
     let hold = hooks.hold(&target);
-    let (observed, plan, specs) = observe_and_plan(&target, req.observe, &hold).await?;
+    let mode = hooks.canary_mode();
+    let (observed, plan, specs) = observe_and_plan_mode(&target, req.observe, &hold, &mode).await?;
     let go = hooks.confirm(&target, &plan, &observed).await.map_err(RunError::Refused)?;
     let mut outcome = Outcome { target, observed, plan, report: None, pinned: None };
     if !go || outcome.plan.summary.is_empty() {

@@ -86,13 +86,23 @@ async fn run(
     observed: &ObservedState,
     world: impl FnOnce(Memory) -> Memory,
 ) -> (Plan, Memory, Report) {
+    run_mode(snap, observed, &plan::canary::Mode::Normal, world).await
+}
+
+/// [`run`] for a canary mode (promote, abort).
+async fn run_mode(
+    snap: &RepoSnapshot,
+    observed: &ObservedState,
+    mode: &plan::canary::Mode,
+    world: impl FnOnce(Memory) -> Memory,
+) -> (Plan, Memory, Report) {
     let l = loaded(snap);
     let env = &l.envs["t"];
     let s = secrets();
     let origin = Default::default();
     let files = Arc::new(snap.files.clone());
     let d = Desired { env, files: Arc::clone(&files), origin: &origin, secrets: &s, digests: BTreeMap::new() };
-    let (p, specs) = plan::plan_with_specs(&d, observed).unwrap();
+    let (p, specs) = plan::plan_mode(&d, observed, &Default::default(), mode).unwrap();
     let fx = world(Memory::new(observed, &p));
     let opts = Options {
         parallelism: 4,
@@ -429,4 +439,180 @@ async fn a_stopped_instance_that_fails_its_restart_leaves_the_registry_and_the_l
     // The registry entry went before the start: nothing pointed at it while it was down.
     let calls = fx.calls();
     assert!(pos(&calls, &format!("delete {key}")) < pos(&calls, &format!("start {name}")), "{calls:#?}");
+}
+
+// --- canaries (plan::canary, apply::canary) ---
+
+const CANARY: &str = "update: {strategy: canary, canary: 1}\n";
+
+/// web's containers now: (container name, spec-hash), by name.
+fn webs(o: &ObservedState) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = o
+        .hosts
+        .values()
+        .flat_map(|h| h.instances.iter())
+        .filter(|i| i.app == "web")
+        .map(|i| (i.name.clone(), i.spec_hash.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn canary_key() -> String {
+    keys::canary("/reconcile", "t", "web")
+}
+
+fn canary_record(o: &ObservedState) -> Option<crate::model::CanaryRecord> {
+    o.etcd.as_ref()?.keys.get(&canary_key()).map(|v| serde_json::from_str(v).unwrap())
+}
+
+/// 3 web instances at "a", then "b" applied: one canary beside the three old ones.
+async fn canary_started() -> (ObservedState, ObservedState, Plan) {
+    let before = deployed(&repo(3, CANARY, "a")).await;
+    let (p, fx, report) = run(&repo(3, CANARY, "b"), &before, |m| m).await;
+    assert!(report.ok(), "{report:?}");
+    (before, fx.observed(), p)
+}
+
+#[tokio::test]
+async fn a_canary_starts_beside_every_old_instance_and_nothing_old_stops() {
+    let (before, after, p) = canary_started().await;
+    let step = &p.canaries[..];
+    assert_eq!(step.len(), 1, "{step:?}");
+    assert_eq!(
+        (step[0].state, step[0].instances.clone(), step[0].replicas),
+        (plan::canary::CanaryState::Start, vec!["web-0".to_string()], 3)
+    );
+    let [(old, new)] = replaces(&p, "web")[..] else { panic!("{:#?}", p.actions) };
+    assert_ne!(old.port, new.port, "a canary gets a fresh pool port");
+    // The three old containers still run, the canary beside them.
+    let old_webs = webs(&before);
+    let now = webs(&after);
+    assert_eq!(now.len(), 4, "{now:?}");
+    assert!(old_webs.iter().all(|w| now.contains(w)), "{now:?}");
+    assert!(now.iter().any(|(n, h)| *n == new.container_name && *h == new.spec_hash));
+    // Recorded, registered and in the LB.
+    let rec = canary_record(&after).expect("canary record");
+    assert_eq!(rec.instances.len(), 1);
+    assert_eq!((rec.instances[0].container.as_str(), rec.instances[0].port), (new.container_name.as_str(), new.port));
+    let keys = &after.etcd.as_ref().unwrap().keys;
+    assert!(keys.contains_key(&registry_key(ip(&new.host), "web", new.port)));
+    assert!(keys.contains_key(&registry_key(ip(&old.host), "web", old.port)));
+    let live = after.lbs.get("default").cloned().flatten().unwrap();
+    assert_eq!(live.lines().find(|l| l.starts_with("web:")).unwrap().split(' ').count(), 5, "{live}");
+    // The plan of the same commit keeps the canary as it is.
+    let (again, fx, report) = run(&repo(3, CANARY, "b"), &after, |m| m).await;
+    assert!(report.ok());
+    assert!(again.actions.is_empty(), "{:#?}", again.actions);
+    assert_eq!(again.canaries[0].state, plan::canary::CanaryState::Running);
+    assert_eq!(writes(&fx.calls()), vec!["record apply: ok"]);
+    let text = plan::render::text(&again, false);
+    assert!(text.contains("canary web: 1 of 3 serving"), "{text}");
+    assert!(text.contains("reconcile promote --env t --app web"), "{text}");
+}
+
+#[tokio::test]
+async fn promote_makes_the_canary_the_first_new_instance_and_rolls_the_rest() {
+    let (_, after, p) = canary_started().await;
+    let [(_, canary)] = replaces(&p, "web")[..] else { panic!() };
+    let (pp, fx, report) =
+        run_mode(&repo(3, CANARY, "b"), &after, &plan::canary::Mode::Promote("web".into()), |m| m).await;
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(pp.canaries[0].state, plan::canary::CanaryState::Promote);
+    assert_eq!(replaces(&pp, "web").len(), 2, "the canary counts as the first new instance");
+    assert!(replaces(&pp, "web").iter().all(|(o, n)| o.port != n.port), "rolling, side by side");
+    let done = fx.observed();
+    let now = webs(&done);
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert!(now.iter().any(|(n, _)| *n == canary.container_name), "the canary stays: {now:?}");
+    assert!(canary_record(&done).is_none(), "the record is deleted after the promote");
+    // Old instances left traffic before they stopped.
+    let calls = fx.calls();
+    for a in &pp.actions {
+        if let Action::Remove { old, .. } | Action::Replace { old, .. } = a {
+            let out = pos(&calls, &format!("delete {}", registry_key(ip(&old.host), "web", old.port)));
+            assert!(out < pos(&calls, &format!("stop {}", old.container_name)), "{calls:#?}");
+        }
+    }
+    let (last, ..) = run(&repo(3, CANARY, "b"), &done, |m| m).await;
+    assert!(last.actions.is_empty() && last.canaries.is_empty(), "{:#?} {:?}", last.actions, last.canaries);
+}
+
+#[tokio::test]
+async fn abort_removes_the_canary_out_of_traffic_first_and_keeps_the_old_ones() {
+    let (before, after, p) = canary_started().await;
+    let [(_, canary)] = replaces(&p, "web")[..] else { panic!() };
+    let (pa, fx, report) =
+        run_mode(&repo(3, CANARY, "b"), &after, &plan::canary::Mode::Abort("web".into()), |m| m).await;
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(pa.canaries[0].state, plan::canary::CanaryState::Abort);
+    let done = fx.observed();
+    assert_eq!(webs(&done), webs(&before), "the old instances, untouched");
+    assert!(canary_record(&done).is_none());
+    let calls = fx.calls();
+    let out = pos(&calls, &format!("delete {}", registry_key(ip(&canary.host), "web", canary.port)));
+    assert!(out < pos(&calls, &format!("stop {}", canary.container_name)), "{calls:#?}");
+    // Nothing to promote or abort any more: a clear error, not an empty run.
+    let l = loaded(&repo(3, CANARY, "b"));
+    let s = secrets();
+    let (origin, files) = (Default::default(), Arc::new(repo(3, CANARY, "b").files));
+    let d = Desired { env: &l.envs["t"], files, origin: &origin, secrets: &s, digests: BTreeMap::new() };
+    let e = plan::plan_mode(&d, &done, &Default::default(), &plan::canary::Mode::Promote("web".into())).unwrap_err();
+    assert!(e.to_string().contains("no canary running"), "{e}");
+}
+
+#[tokio::test]
+async fn a_new_commit_replaces_the_canary_and_a_revert_ends_it() {
+    let (before, after, p) = canary_started().await;
+    let [(_, first)] = replaces(&p, "web")[..] else { panic!() };
+    let (pc, fx, report) = run(&repo(3, CANARY, "c"), &after, |m| m).await;
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(pc.canaries[0].state, plan::canary::CanaryState::Replace);
+    let now = fx.observed();
+    let rec = canary_record(&now).unwrap();
+    assert_ne!(rec.instances[0].container, first.container_name, "a new canary");
+    assert!(!webs(&now).iter().any(|(n, _)| *n == first.container_name), "the older canary is gone");
+    assert_eq!(webs(&now).len(), 4);
+    // Back to the old instances' spec: the canary is removed, the record deleted.
+    let (pe, fx, report) = run(&repo(3, CANARY, "a"), &now, |m| m).await;
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(pe.canaries[0].state, plan::canary::CanaryState::End);
+    let end = fx.observed();
+    assert_eq!(webs(&end), webs(&before));
+    assert!(canary_record(&end).is_none());
+}
+
+#[tokio::test]
+async fn a_canary_that_fails_its_health_check_is_removed_and_not_recorded() {
+    let before = deployed(&repo(3, CANARY, "a")).await;
+    let (_, fx, report) = run(&repo(3, CANARY, "b"), &before, |m| m.unhealthy("web-0", "boom")).await;
+    assert!(!report.ok());
+    let done = fx.observed();
+    assert_eq!(webs(&done), webs(&before));
+    assert!(canary_record(&done).is_none());
+}
+
+#[tokio::test]
+async fn lb_weights_give_the_canary_its_traffic_share() {
+    let update = "update: {strategy: canary, canary: 1, traffic: 10%}\n";
+    let tmpl = "{% for app in apps %}{{ app.name }}:{% for i in app.instances %} {{ i.port }}/{{ i.weight }}/{{ i.canary }}{% endfor %}\n{% endfor %}";
+    let with = |v: &str| {
+        let mut r = repo(3, update, v);
+        r.files.insert("environments/t/lb.j2".into(), tmpl.as_bytes().to_vec());
+        r
+    };
+    let before = deployed(&with("a")).await;
+    let (p, fx, report) = run(&with("b"), &before, |m| m).await;
+    assert!(report.ok(), "{report:?}");
+    let [(_, canary)] = replaces(&p, "web")[..] else { panic!() };
+    let live = fx.lb_live().unwrap();
+    let web = live.lines().find(|l| l.starts_with("web:")).unwrap();
+    let entries: Vec<&str> = web.split(' ').skip(1).collect();
+    assert_eq!(entries.len(), 4, "{web}");
+    for e in entries {
+        let canary_entry = e.starts_with(&format!("{}/", canary.port.unwrap()));
+        // 1 canary beside 3 old at 10%: weights 1 and 3 (1 / (1 + 3·3) = 10%).
+        let want = if canary_entry { "/1/true" } else { "/3/false" };
+        assert!(e.to_lowercase().ends_with(want), "{web}");
+    }
 }

@@ -151,7 +151,8 @@ impl<E: Effects> Shared<'_, E> {
     async fn serving_lb_content(&self, lb: &str) -> Result<String, StepError> {
         let serving: Vec<Assignment> =
             self.serving.lock().await.iter().filter(|a| self.env.apps.contains_key(&a.app)).cloned().collect();
-        Ok(plan::lb_content(self.env, Arc::clone(&self.files), lb, &serving)?)
+        let canaries = super::canary::serving_canaries(self.plan);
+        Ok(plan::lb_content_with(self.env, Arc::clone(&self.files), lb, &serving, &canaries)?)
     }
 
     /// A new container of an app that hosts LBs (`container: {app}`): before it starts,

@@ -295,7 +295,7 @@ fn is_auth_failure(e: &etcd_client::Error) -> bool {
 /// [`keys::registry_dir`] of every app in `apps` (the desired apps) and of every app named
 /// by an existing `<prefix>/<env>/apps/<app>` key. Never `applied`, `history/` or `lock`.
 ///
-/// One round trip when the ranges fit one transaction (up to 124 desired apps) and every
+/// One round trip when the ranges fit one transaction (up to 123 desired apps) and every
 /// app copy in etcd is desired; otherwise a second round of concurrent transactions,
 /// pinned to the first one's revision so the result is one consistent snapshot.
 ///
@@ -317,6 +317,7 @@ pub async fn observe(
         apps_dir.clone(),
         keys::health_dir(&spec.prefix, env),
         keys::lb_dir(&spec.prefix, env),
+        keys::canary_dir(&spec.prefix, env),
     ];
     let mut rest: Vec<String> = Vec::new();
     for app in apps {

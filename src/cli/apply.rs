@@ -86,24 +86,43 @@ pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
     let reference = saved.as_ref().and_then(|p| p.origin.commit.clone().filter(|_| !p.origin.dirty));
     let target = load_target(&args.repo, &env_name, reference.as_deref())?;
     let rt = runtime()?;
-    let req = apply::Request {
-        opts: Options {
-            parallelism: args.observe.parallelism.max(1),
-            timeout: args.observe.timeout,
-            lock_timeout: args.lock_timeout,
-            kind,
-        },
-        observe: args.observe.options(),
-        pinning: if kind == apply::HistoryKind::Rollback { apply::Pinning::Set } else { apply::Pinning::Refuse },
-        lock: true,
-    };
+    let pinning = if kind == apply::HistoryKind::Rollback { apply::Pinning::Set } else { apply::Pinning::Refuse };
+    let req = request(&args.observe, args.lock_timeout, kind, pinning);
     let mut hooks = Confirm { args, saved: saved.as_ref(), timeline: timeline.clone() };
     let outcome = rt.block_on(apply::run(target, req, &mut hooks, progress_sink()))?;
     if let (Some(path), Some(t)) = (&args.report, &timeline) {
         write_report(path, &outcome, t, started)?;
     }
+    let ok_kind = if kind == apply::HistoryKind::Rollback { EventKind::Rollback } else { EventKind::ApplySucceeded };
+    finish(&rt, &outcome, ok_kind)
+}
+
+/// An apply under the lock with the command line's observe options, recorded as `kind`.
+pub fn request(
+    observe: &ObserveArgs,
+    lock_timeout: Duration,
+    kind: apply::HistoryKind,
+    pinning: apply::Pinning,
+) -> apply::Request {
+    apply::Request {
+        opts: Options { parallelism: observe.parallelism.max(1), timeout: observe.timeout, lock_timeout, kind },
+        observe: observe.options(),
+        pinning,
+        lock: true,
+    }
+}
+
+/// Report an apply's outcome (stdout, and stderr when it failed), notify, and give the
+/// exit code: 0 when everything was done, else 1.
+///
+/// # Errors
+/// stdout cannot be written.
+pub fn finish(rt: &tokio::runtime::Runtime, outcome: &apply::Outcome, ok_kind: EventKind) -> anyhow::Result<ExitCode> {
     let (p, Some(report)) = (&outcome.plan, &outcome.report) else {
         eprintln!("nothing to do");
+        for step in &outcome.plan.canaries {
+            println!("{}", apply::canary::outcome_line(step, &outcome.plan.env));
+        }
         return Ok(ExitCode::Ok);
     };
     let mut out = std::io::stdout().lock();
@@ -117,12 +136,14 @@ pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
         writeln!(out, "error: {e}")?;
     }
     writeln!(out, "apply {}: {}", if report.ok() { "complete" } else { "incomplete" }, p.summary)?;
+    for step in p.canaries.iter().filter(|s| report.apps.get(&s.app).is_none_or(|o| o.error.is_none())) {
+        writeln!(out, "{}", apply::canary::outcome_line(step, &p.env))?;
+    }
     drop(out);
     let apps: Vec<(String, Option<String>)> =
         report.apps.iter().map(|(a, o)| (a.clone(), o.error.as_ref().map(ToString::to_string))).collect();
-    let ok_kind = if kind == apply::HistoryKind::Rollback { EventKind::Rollback } else { EventKind::ApplySucceeded };
     let t = &outcome.target;
-    super::notify::after_apply(&rt, &t.env, &t.secrets, p, &apps, &report.errors, ok_kind, outcome.pinned.as_ref());
+    super::notify::after_apply(rt, &t.env, &t.secrets, p, &apps, &report.errors, ok_kind, outcome.pinned.as_ref());
     if !report.ok() {
         // The report (stdout) has the details; CI logs that only keep stderr still see why.
         let failed: Vec<String> = report
@@ -193,7 +214,7 @@ fn check_and_confirm(args: &Args, saved: Option<&Plan>, p: &Plan, env_name: &str
 /// Where progress lines go: on a terminal, an indicatif spinner showing the latest
 /// step (pull progress included) with finished steps printed above it; otherwise
 /// (CI, pipes) plain lines on stderr.
-fn progress_sink() -> apply::Progress {
+pub fn progress_sink() -> apply::Progress {
     if !super::stderr_is_tty() {
         return Arc::new(|line: String| eprintln!("{line}"));
     }

@@ -2,6 +2,7 @@
 //! Commands return an [`ExitCode`]; only `main` turns errors into exit code 1.
 
 pub mod apply;
+pub mod canary;
 pub mod common;
 pub mod completions;
 pub mod diff;
@@ -78,6 +79,10 @@ pub enum Command {
     History(history::Args),
     /// Apply an earlier revision (`--to REF`) and pin the environment to it; `--release` ends the pin.
     Rollback(history::RollbackArgs),
+    /// Finish a canary rollout: the canaries become the first new instances, the rest rolls out.
+    Promote(canary::Args),
+    /// End a canary: the canaries leave the LB and are removed, the old instances stay.
+    Abort(canary::Args),
     /// Print the JSON Schemas of the spec files (for editors and CI).
     Schema(schema::Args),
     /// Encrypted secrets in the repo: `set` (encrypt stdin with age), `list` (names and sources).
@@ -138,6 +143,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => watch::exec(&args),
         Command::History(args) => report(history::exec(&args)),
         Command::Rollback(args) => history::rollback(&args),
+        Command::Promote(args) => canary::exec(&args, canary::What::Promote),
+        Command::Abort(args) => canary::exec(&args, canary::What::Abort),
         Command::Schema(args) => report(schema::exec(&args)),
         Command::Secret(cmd) => secret::exec(&cmd),
         Command::Logs(args) => report(logs::logs(&args)),

@@ -101,7 +101,10 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     let mut out = String::new();
     match args.format {
         Format::Json => {
-            let v = serde_json::json!({"format_version": 1, "env": env.name, "origin": target.origin, "pin": pin, "instances": rows, "summary": p.summary});
+            let mut v = serde_json::json!({"format_version": 1, "env": env.name, "origin": target.origin, "pin": pin, "instances": rows, "summary": p.summary});
+            if !p.canaries.is_empty() {
+                v["canaries"] = serde_json::to_value(&p.canaries)?;
+            }
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         }
         Format::Html => {
@@ -129,6 +132,9 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
         }
         Format::Table => {
             write!(out, "{}", table(&rows, &p.summary.to_string()))?;
+            for step in &p.canaries {
+                writeln!(out, "{}", step.line(&env.name))?;
+            }
             if let Some(pin) = &pin {
                 writeln!(
                     out,
@@ -172,7 +178,18 @@ pub async fn instance_rows(
     let runtime_info = crate::backend::docker::runtime_info(&env.spec.hosts, &ids, timeout).await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
 
-    let drift_of = |id: &str| -> String {
+    // Canary containers (`<prefix>/<env>/canary/<app>`): serving beside the old instances.
+    let canaries: BTreeMap<String, String> = match (&env.spec.etcd, &observed.etcd) {
+        (Some(spec), Some(obs)) => plan::canary::records(&obs.keys, &spec.prefix, &env.name)
+            .into_values()
+            .flat_map(|r| r.instances.into_iter().map(move |i| (i.container, r.since.clone())))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    let drift_of = |id: &str, name: &str| -> String {
+        if let Some(since) = canaries.get(name) {
+            return format!("canary (serving since {since})");
+        }
         for a in &p.actions {
             match a {
                 Action::Replace { old, reason, changes, .. } if old.container_id == id => {
@@ -224,7 +241,7 @@ pub async fn instance_rows(
                 uptime_secs: info.and_then(|r| r.started_at).filter(|_| i.state.is_running()).map(|s| (now - s).max(0)),
                 restarts: info.map(|r| r.restart_count),
                 container_id: Some(i.container_id.clone()),
-                drift: drift_of(&i.container_id),
+                drift: drift_of(&i.container_id, &i.name),
             });
         }
     }

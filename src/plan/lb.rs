@@ -41,6 +41,21 @@ pub fn lb_content(
     lb: &str,
     serving: &[Assignment],
 ) -> Result<String, PlanError> {
+    lb_content_with(env, files, lb, serving, &std::collections::BTreeSet::new())
+}
+
+/// [`lb_content`], where the instances in `canaries` are canaries: the template's
+/// `instance.canary` and `instance.weight` (`plan::canary::weigh`).
+///
+/// # Errors
+/// As [`lb_content`].
+pub fn lb_content_with(
+    env: &Env,
+    files: Arc<BTreeMap<String, Vec<u8>>>,
+    lb: &str,
+    serving: &[Assignment],
+    canaries: &std::collections::BTreeSet<Assignment>,
+) -> Result<String, PlanError> {
     let lbs = env.spec.load_balancers();
     let Some(spec) = lbs.get(lb) else {
         return Err(PlanError::LbTemplate { lb: lb.to_string(), message: "the environment has no such lb".into() });
@@ -49,7 +64,9 @@ pub fn lb_content(
     let names: Vec<String> = env.spec.secrets.keys().cloned().collect();
     let ctx = contexts(&env.name, &env.spec.vars, &BTreeMap::new(), &names);
     let slots = host_slots(env)?;
-    let apps = minijinja::Value::from(minijinja::value::Serde(lb_apps_via(env, &slots, serving, lb)));
+    let mut apps = lb_apps_via(env, &slots, serving, lb);
+    super::canary::weigh(&mut apps, env, canaries);
+    let apps = minijinja::Value::from(minijinja::value::Serde(apps));
     let c = minijinja::context! { apps => apps, ..ctx.masked };
     t.render_value(&spec.template, &c).map_err(|e| PlanError::LbTemplate { lb: lb.to_string(), message: e.message })
 }

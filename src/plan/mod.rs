@@ -16,6 +16,7 @@
 //!
 //! Invariant: pure and deterministic. No I/O, no clock; `BTreeMap` order everywhere.
 
+pub mod canary;
 mod changes;
 mod context;
 pub mod decide;
@@ -40,7 +41,7 @@ use serde_json::Value;
 
 pub use changes::changes;
 pub use fingerprint::fingerprint;
-pub use lb::{is_default_lb, lb_content};
+pub use lb::{is_default_lb, lb_content, lb_content_with};
 pub use traffic::{health_marks, out_of_traffic};
 
 use crate::model::{InstanceId, ObservedInstance, ObservedState, keys, labels as keys_labels};
@@ -65,6 +66,9 @@ pub struct Plan {
     pub against: String,
     pub actions: Vec<Action>,
     pub summary: Summary,
+    /// The canaries this plan starts, keeps, replaces, promotes or aborts (`plan::canary`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canaries: Vec<canary::CanaryStep>,
 }
 
 /// One step. Apply matches on this; `reason` and `changes` are for display only.
@@ -165,6 +169,8 @@ pub enum Reason {
     Unrecognised,
     /// `pull: always`: the image's tag points to another digest than the container runs.
     ImageDigest { digest: String },
+    /// A canary is started, kept, promoted or aborted (`plan::canary`).
+    Canary { why: String },
 }
 
 /// One field that differs, as shown (masked).
@@ -257,6 +263,9 @@ pub enum PlanError {
     Placement(String),
     #[error("host `{host}`: invalid port pool: {message}")]
     Pool { host: String, message: String },
+    /// Promote or abort without a running canary.
+    #[error("{0}")]
+    Canary(String),
 }
 
 fn template_error(app: &str, e: TemplateError) -> PlanError {
@@ -303,13 +312,34 @@ pub fn plan_holding(
     observed: &ObservedState,
     hold: &BTreeSet<String>,
 ) -> Result<(Plan, BTreeMap<String, InstanceSpec>), PlanError> {
+    plan_mode(d, observed, hold, &canary::Mode::Normal)
+}
+
+/// [`plan_holding`] for `mode`: the normal plan, or a canary's promote or abort
+/// (`plan::canary`, phases 1b and 3b).
+///
+/// # Errors
+/// As [`plan`]; and promote or abort of an app that has no canary running.
+pub fn plan_mode(
+    d: &Desired<'_>,
+    observed: &ObservedState,
+    hold: &BTreeSet<String>,
+    mode: &canary::Mode,
+) -> Result<(Plan, BTreeMap<String, InstanceSpec>), PlanError> {
     let env = d.env;
     let cx = context::Context::new(d)?;
-    let grouped = group::group(observed, |o| registered(&cx, observed, o));
+    let records = match (&env.spec.etcd, &observed.etcd) {
+        (Some(spec), Some(obs)) => canary::records(&obs.keys, &spec.prefix, &env.name),
+        _ => BTreeMap::new(),
+    };
+    let mut grouped = group::group(observed, |o| registered(&cx, observed, o));
+    let live = canary::regroup(&cx, &mut grouped, &records, mode);
     let assignments = place::place(&cx, &grouped.primary)?;
     let mut ports = place::Ports::taken(&cx, &assignments, &grouped.all);
     let hold: BTreeSet<InstanceId> = hold.iter().filter_map(|h| InstanceId::parse(h).ok()).collect();
-    let decided = decide::decide_all(&cx, &grouped, &assignments, &mut ports, &hold)?;
+    let mut decided = decide::decide_all(&cx, &grouped, &assignments, &mut ports, &hold)?;
+    let prefix = env.spec.etcd.as_ref().map(|s| s.prefix.as_str());
+    let canaries = canary::adjust(&cx, &mut decided, &live, &records, mode, prefix)?;
     let mut actions = grouped.removals;
     actions.extend(decided.actions);
     actions.sort_by_key(action_key);
@@ -324,7 +354,12 @@ pub fn plan_holding(
     let lbs = env.spec.load_balancers();
     let mut reload_pending = BTreeSet::new();
     if let (Some(spec), Some(obs)) = (&env.spec.etcd, &observed.etcd) {
-        let desired = etcd::etcd_keys(&cx, &spec.prefix, &spec.registry_prefix, &serving)?;
+        let mut desired = etcd::etcd_keys(&cx, &spec.prefix, &spec.registry_prefix, &serving)?;
+        // Canary records are apply's and the canary phase's (which deletes them itself).
+        let dir = keys::canary_dir(&spec.prefix, &env.name);
+        desired.extend(
+            obs.keys.range(dir.clone()..).take_while(|(k, _)| k.starts_with(&dir)).map(|(k, v)| (k.clone(), v.clone())),
+        );
         let pending: Vec<String> =
             lbs.keys().map(|lb| keys::lb_reload_pending_for(&spec.prefix, &env.name, lb)).collect();
         for (lb, key) in lbs.keys().zip(&pending) {
@@ -332,12 +367,12 @@ pub fn plan_holding(
                 reload_pending.insert(*lb);
             }
         }
-        let staying = decided.kept.values().map(String::as_str).collect();
+        let staying = decided.kept.values().chain(&canaries.staying).map(String::as_str).collect();
         actions.extend(etcd::diff(desired, obs, &etcd::Carried { staying, marks: &marks, pending }));
     }
     for (name, spec) in &lbs {
         if let Some(current) = observed.lbs.get(*name) {
-            let content = lb_content(env, Arc::clone(&d.files), name, &serving)?;
+            let content = lb_content_with(env, Arc::clone(&d.files), name, &serving, &canaries.canaries)?;
             let pending = reload_pending.contains(name);
             actions.extend(lb::lb_actions(name, &spec.describe(), content, current.as_ref(), pending));
         }
@@ -350,6 +385,7 @@ pub fn plan_holding(
         against: fingerprint(observed),
         actions,
         summary,
+        canaries: canaries.steps,
     };
     Ok((plan, decided.specs))
 }

@@ -48,6 +48,7 @@ pub fn reason_text(r: &Reason) -> String {
         Reason::Duplicate => "duplicate of the instance (interrupted replace)".into(),
         Reason::Unrecognised => "managed label without app/instance".into(),
         Reason::ImageDigest { digest } => format!("image tag now points to {digest}"),
+        Reason::Canary { why } => format!("canary: {why}"),
     }
 }
 
@@ -201,6 +202,10 @@ fn sections(plan: &Plan, st: &Style) -> Vec<(String, Vec<String>)> {
     for (name, lines) in lbs {
         let title = if super::lb::is_default_lb(name) { "lb".to_string() } else { format!("lb {name}") };
         out.push((title, lines));
+    }
+    let canaries = super::canary::lines(&plan.canaries, &plan.env);
+    if !canaries.is_empty() {
+        out.push(("canaries".into(), canaries));
     }
     out
 }
@@ -481,6 +486,7 @@ mod tests {
             against: String::new(),
             actions: vec![Action::PutKey { key: key.into(), value: on.clone(), old: Some(off.clone()) }],
             summary: Summary::default(),
+            canaries: vec![],
         };
         let out = text(&p, false);
         assert!(out.contains("app web\n  ~ maintenance on"), "{out}");
@@ -546,6 +552,7 @@ mod tests {
             against: String::new(),
             summary: Summary::of(&actions),
             actions,
+            canaries: Vec::new(),
         }
     }
 

@@ -118,6 +118,43 @@ impl Checker<'_> {
         }
     }
 
+    /// `update.auto_promote` and `update.traffic`: valid values, and only with strategy canary.
+    fn canary_options(&mut self, d: &Merged, name: &str, u: &crate::spec::types::UpdateSpec) {
+        let canary = u.strategy == Strategy::Canary;
+        if let Some(v) = u.auto_promote.as_deref() {
+            if let Err(e) = units::duration(v) {
+                self.invalid(d, "/update/auto_promote", e);
+            } else if !canary {
+                self.at(
+                    d,
+                    "/update/auto_promote",
+                    Diagnostic::error(
+                        "update",
+                        format!("app `{name}`: `auto_promote` applies only to strategy: canary"),
+                    )
+                    .hint("set strategy: canary, or remove auto_promote"),
+                );
+            }
+        }
+        if let Some(v) = u.traffic.as_deref() {
+            if crate::spec::types::parse_percent(v).is_none() {
+                self.at(
+                    d,
+                    "/update/traffic",
+                    Diagnostic::error("update", format!("app `{name}`: traffic `{v}` is not a share from 1% to 99%"))
+                        .hint("write the canaries' share of requests as a percentage, e.g. `traffic: 10%`"),
+                );
+            } else if !canary {
+                self.at(
+                    d,
+                    "/update/traffic",
+                    Diagnostic::error("update", format!("app `{name}`: `traffic` applies only to strategy: canary"))
+                        .hint("set strategy: canary, or remove traffic"),
+                );
+            }
+        }
+    }
+
     /// Host checks; returns the hosts usable by placement.
     fn hosts(&mut self) -> Vec<HostSlot> {
         let env = self.env;
@@ -384,6 +421,22 @@ impl Checker<'_> {
                         .hint("set strategy: canary, or remove canary"),
                 ),
                 _ => {}
+            }
+            self.canary_options(d, name, &s.update);
+            if s.update.strategy == Strategy::Canary && env.spec.etcd.is_none() {
+                self.at(
+                    d,
+                    "/update/strategy",
+                    Diagnostic::error(
+                        "update",
+                        format!(
+                            "app `{name}` uses the canary strategy, but environment `{}` has no `etcd` (where a \
+                             running canary is recorded)",
+                            env.name
+                        ),
+                    )
+                    .hint("add an etcd section to environment.yaml, or use strategy: rolling"),
+                );
             }
             let mut paths = BTreeSet::new();
             for (i, f) in s.files.iter().enumerate() {
@@ -819,7 +872,7 @@ pub fn lb_apps(env: &Env, hosts: &[HostSlot], assignments: &[Assignment]) -> Val
                 .iter()
                 .map(|x| {
                     let address = address.get(x.host.as_str()).copied().unwrap_or_default();
-                    json!({"name": format!("{}-{}", x.app, x.ordinal), "host": x.host, "address": address, "port": x.port})
+                    json!({"name": format!("{}-{}", x.app, x.ordinal), "host": x.host, "address": address, "port": x.port, "canary": false, "weight": 1})
                 })
                 .collect();
             Some(json!({

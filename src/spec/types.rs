@@ -511,12 +511,41 @@ pub struct UpdateSpec {
     pub batch: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<u32>,
+    /// With strategy canary: `watch` promotes after this long of continuous health (a
+    /// duration, e.g. `10m`); without it only `reconcile promote` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promote: Option<String>,
+    /// With strategy canary: the share of requests the canaries get together, `P%`
+    /// (1–99); without it every instance has LB weight 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<String>,
 }
 
 impl Default for UpdateSpec {
     fn default() -> Self {
-        Self { strategy: Strategy::Rolling, batch: 1, canary: None }
+        Self { strategy: Strategy::Rolling, batch: 1, canary: None, auto_promote: None, traffic: None }
     }
+}
+
+impl UpdateSpec {
+    /// The number of canaries, when the strategy is canary.
+    pub fn canaries(&self) -> Option<u32> {
+        if self.strategy == Strategy::Canary { Some(self.canary.unwrap_or(1).max(1)) } else { None }
+    }
+
+    /// `traffic` as a percentage (1–99), when it is one.
+    pub fn traffic_percent(&self) -> Option<u32> {
+        self.traffic.as_deref().and_then(parse_percent)
+    }
+}
+
+/// `P%` with P an integer from 1 to 99.
+pub fn parse_percent(s: &str) -> Option<u32> {
+    let digits = s.trim().strip_suffix('%')?.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 2 {
+        return None;
+    }
+    digits.parse().ok().filter(|p| (1..=99).contains(p))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub consecutive_failures: u64,
     /// A rollback pins the environment.
     pub pinned: bool,
+    /// Canaries serving, by app.
+    pub canaries: BTreeMap<String, u64>,
 }
 
 /// `/healthz` answers 503 once this many runs in a row failed.
@@ -122,6 +124,10 @@ impl Metrics {
         let _ = writeln!(o, "reconcile_watch_crash_looping_instances{{env=\"{env}\"}} {}", self.crash_looping);
         family(&mut o, "reconcile_watch_heals_total", "counter", "Instances re-created or restarted by watch.");
         let _ = writeln!(o, "reconcile_watch_heals_total{{env=\"{env}\"}} {}", self.heals);
+        family(&mut o, "reconcile_canary_instances", "gauge", "Canary instances serving beside the old ones, by app.");
+        for (app, n) in &self.canaries {
+            let _ = writeln!(o, "reconcile_canary_instances{{env=\"{env}\",app=\"{}\"}} {n}", label(app));
+        }
         family(&mut o, "reconcile_watch_failures_total", "counter", "Failures by stage.");
         for (stage, n) in &self.failures {
             let _ = writeln!(o, "reconcile_watch_failures_total{{env=\"{env}\",stage=\"{stage}\"}} {n}");

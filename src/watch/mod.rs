@@ -21,6 +21,7 @@
 //!   de-duplicated, delivered in the background (never delaying a run).
 //! - Shutdown: the current run finishes, the leader key is released, `run` returns.
 
+mod canary;
 pub mod health;
 pub mod metrics;
 pub mod notify;
@@ -468,7 +469,7 @@ impl Watcher {
                     self.tell_ok(p, &target.origin, false);
                 }
                 self.synced(&target.origin);
-                return (RunResult::Ok, next_wake);
+                return self.canary_step(outcome, next_wake).await;
             }
             return (RunResult::DryRun, next_wake);
         };
@@ -522,7 +523,8 @@ impl Watcher {
             self.tell_ok(p, &target.origin, true);
         }
         self.synced(&target.origin);
-        (RunResult::Ok, self.backoff.held(Instant::now()).values().min().copied().or(next_wake))
+        let wake = self.backoff.held(Instant::now()).values().min().copied().or(next_wake);
+        self.canary_step(outcome, wake).await
     }
 
     /// Load the repo (at `commit`, else the watched ref) off the async threads.

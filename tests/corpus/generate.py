@@ -202,6 +202,7 @@ CASES.update({
 })
 
 
+
 def write(root, files):
     for rel, text in files.items():
         p = os.path.join(root, rel)

@@ -12,6 +12,7 @@ mod apply;
 mod apply_chaos;
 mod apply_evidence;
 mod apply_haproxy;
+mod canary;
 mod ci_examples;
 mod cli;
 mod completions;

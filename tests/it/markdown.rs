@@ -73,6 +73,7 @@ fn big_plan(apps: usize) -> Plan {
         against: "0".repeat(64),
         summary: Summary::of(&actions),
         actions,
+        canaries: Vec::new(),
     }
 }
 

@@ -1,0 +1,172 @@
+//! Watch's part in canaries: after a run, a running canary that `watch` marked unhealthy
+//! is aborted; one that stayed healthy for its app's `update.auto_promote` since it
+//! started serving is promoted. Both are one more apply (`apply::run` with the mode),
+//! recorded in the history as `abort` / `promote`; an abort makes the run fail.
+//!
+//! **Invariant:** the decision is pure ([`next`]) over the plan, the observation and
+//! an explicit `now`; watch changes nothing here except through `apply::run`.
+
+use std::time::Duration;
+
+use crate::model::ObservedState;
+use crate::plan::canary::{self, CanaryState, Mode};
+use crate::plan::{self, Plan};
+use crate::spec::Env;
+
+/// What to do about the canaries after a run, and when to look again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Next {
+    /// Abort (unhealthy) or promote (healthy long enough) this app.
+    pub mode: Option<Mode>,
+    /// The soonest an auto-promotion falls due (from `now`).
+    pub wake_in: Option<Duration>,
+}
+
+/// The canaries of `p` (made against `observed`), at `now` (Unix seconds): an unhealthy
+/// canary (a health mark on one of its containers) is aborted first; else the first
+/// whose `auto_promote` has passed since it started serving is promoted.
+pub fn next(env: &Env, p: &Plan, observed: &ObservedState, now: i64) -> Next {
+    let (Some(spec), Some(obs)) = (&env.spec.etcd, &observed.etcd) else {
+        return Next { mode: None, wake_in: None };
+    };
+    let records = canary::records(&obs.keys, &spec.prefix, &env.name);
+    let marks = plan::health_marks(&obs.keys, &spec.prefix, &env.name);
+    let mut wake_in: Option<Duration> = None;
+    let mut promote = None;
+    for step in p.canaries.iter().filter(|s| s.state == CanaryState::Running) {
+        let Some(rec) = records.get(&step.app) else { continue };
+        if rec.instances.iter().any(|i| marks.contains_key(&i.container)) {
+            return Next { mode: Some(Mode::Abort(step.app.clone())), wake_in: None };
+        }
+        let after = env
+            .apps
+            .get(&step.app)
+            .and_then(|a| a.spec.update.auto_promote.as_deref())
+            .and_then(|d| crate::spec::units::duration(d).ok());
+        let (Some(after), Some(since)) = (after, parse_rfc3339(&rec.since)) else { continue };
+        let due = since + after.as_secs() as i64;
+        if due <= now {
+            promote = promote.or(Some(Mode::Promote(step.app.clone())));
+        } else {
+            let left = Duration::from_secs((due - now) as u64);
+            wake_in = Some(wake_in.map_or(left, |w| w.min(left)));
+        }
+    }
+    Next { mode: promote, wake_in }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS…Z` (as `backend::etcd::now_rfc3339` writes it) → Unix seconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d, hh, mm, ss) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// Running canaries by app: how many (the `reconcile_canary_instances` gauge).
+pub fn counts(p: &Plan) -> std::collections::BTreeMap<String, u64> {
+    p.canaries
+        .iter()
+        .filter(|s| matches!(s.state, CanaryState::Running | CanaryState::Start | CanaryState::Replace))
+        .map(|s| (s.app.clone(), s.instances.len() as u64))
+        .collect()
+}
+
+/// A promote or abort: nothing to confirm, the mode says what.
+struct Ending {
+    mode: Mode,
+}
+
+impl crate::apply::Hooks for Ending {
+    fn canary_mode(&mut self) -> Mode {
+        self.mode.clone()
+    }
+
+    async fn confirm(&mut self, _: &crate::apply::Target, _: &Plan, _: &ObservedState) -> Result<bool, String> {
+        Ok(true)
+    }
+}
+
+impl super::Watcher {
+    /// After a run that converged: the canary gauge; then abort an unhealthy canary (the
+    /// run fails) or promote one that stayed healthy for `auto_promote`, as one more apply.
+    pub(super) async fn canary_step(
+        &mut self,
+        outcome: crate::apply::Outcome,
+        wake: Option<tokio::time::Instant>,
+    ) -> (super::RunResult, Option<tokio::time::Instant>) {
+        use crate::apply;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let n = next(&outcome.target.env, &outcome.plan, &outcome.observed, now);
+        if let Ok(mut m) = self.metrics.lock() {
+            m.canaries = counts(&outcome.plan);
+        }
+        let due = n.wake_in.map(|d| tokio::time::Instant::now() + d);
+        let wake = match (wake, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(mode) = n.mode else { return (super::RunResult::Ok, wake) };
+        let (app, abort) = match &mode {
+            Mode::Abort(a) => (a.clone(), true),
+            Mode::Promote(a) => (a.clone(), false),
+            Mode::Normal => return (super::RunResult::Ok, wake),
+        };
+        if self.cfg.dry_run {
+            tracing::warn!(app, abort, "canary due for promote/abort (dry run: nothing changed)");
+            return (super::RunResult::DryRun, wake);
+        }
+        let mut opts = self.cfg.apply;
+        opts.kind = if abort { apply::HistoryKind::Abort } else { apply::HistoryKind::Promote };
+        let req = apply::Request { opts, observe: self.cfg.observe, pinning: apply::Pinning::Follow, lock: true };
+        let progress: apply::Progress = std::sync::Arc::new(|line: String| tracing::info!("{line}"));
+        let what = if abort { "abort" } else { "promote" };
+        tracing::warn!(
+            app,
+            "canary {what}: {}",
+            if abort { "a canary turned unhealthy" } else { "healthy for auto_promote" }
+        );
+        match apply::run(outcome.target, req, &mut Ending { mode }, progress).await {
+            Err(e) => self.fail(e.stage(), e),
+            Ok(o) => match &o.report {
+                Some(r) if !r.ok() => self.fail("apply", format!("canary {what} of app `{app}`: {}", r.result_line())),
+                _ if abort => self.fail(
+                    "canary",
+                    format!("the canary of app `{app}` turned unhealthy: aborted, the old instances serve"),
+                ),
+                _ => {
+                    tracing::info!(app, "canary promoted");
+                    (super::RunResult::Ok, wake)
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_reads_back_what_apply_writes() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2026-12-02T00:30:05Z"), Some(1_796_171_405));
+        assert_eq!(parse_rfc3339("2000-02-29T12:00:00.123Z"), Some(951_825_600));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("2026-13-02T00:30:05Z"), None);
+    }
+}
