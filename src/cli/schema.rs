@@ -1,6 +1,6 @@
 //! `reconcile schema [KIND] [--editor] [--out DIR]`: print or write the embedded JSON
 //! Schemas — the spec files (full, and the per-file editor variants derived from them)
-//! and every JSON output (plan, validate, status, history, the apply report).
+//! and every JSON output (plan, validate, status, history, the apply report, watch's /status.json).
 
 use std::path::Path;
 
@@ -33,11 +33,20 @@ pub enum Which {
     Status,
     History,
     Report,
+    StatusPage,
 }
 
 impl Which {
-    const ALL: [Which; 7] =
-        [Which::Environment, Which::App, Which::Plan, Which::Validate, Which::Status, Which::History, Which::Report];
+    const ALL: [Which; 8] = [
+        Which::Environment,
+        Which::App,
+        Which::Plan,
+        Which::Validate,
+        Which::Status,
+        Which::History,
+        Which::Report,
+        Which::StatusPage,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -48,6 +57,7 @@ impl Which {
             Which::Status => "status",
             Which::History => "history",
             Which::Report => "report",
+            Which::StatusPage => "status-page",
         }
     }
 
@@ -60,6 +70,7 @@ impl Which {
             Which::Status => schema::STATUS,
             Which::History => schema::HISTORY,
             Which::Report => schema::REPORT,
+            Which::StatusPage => schema::STATUS_PAGE,
         }
     }
 

@@ -322,8 +322,8 @@ fn reconcile_schema_prints_and_writes_every_schema() {
             std::fs::read_to_string(root().join("schema").join(rel)).unwrap()
         );
     }
-    assert_eq!(written.len(), 9, "{written:?}");
-    for kind in ["environment", "app", "plan", "validate", "status", "history", "report"] {
+    assert_eq!(written.len(), 10, "{written:?}");
+    for kind in ["environment", "app", "plan", "validate", "status", "history", "report", "status-page"] {
         let o = reconcile(&["schema", kind]);
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["$schema"], "https://json-schema.org/draft/2020-12/schema", "{kind}");
