@@ -369,3 +369,41 @@ pub mod keys {
         }
     }
 }
+
+/// `YYYY-MM-DDTHH:MM:SS…Z` → Unix seconds: the UTC timestamps reconcile writes
+/// (`backend::etcd::now_rfc3339`: canary records, marks, history) and Docker reports
+/// (`State.StartedAt`, with fractional seconds). `None` for anything else.
+pub fn unix_seconds(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d, hh, mm, ss) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::unix_seconds;
+
+    #[test]
+    fn rfc3339_reads_back_what_apply_and_docker_write() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(unix_seconds("2026-12-02T00:30:05Z"), Some(1_796_171_405));
+        assert_eq!(unix_seconds("2000-02-29T12:00:00.123Z"), Some(951_825_600));
+        assert_eq!(unix_seconds("yesterday"), None);
+        assert_eq!(unix_seconds("2026-13-02T00:30:05Z"), None);
+    }
+}

@@ -463,26 +463,11 @@ pub async fn runtime_info(
     Ok(out)
 }
 
-/// `2026-11-25T12:00:00.123456789Z` → seconds since the epoch (UTC only, as Docker writes it).
+/// `2026-11-25T12:00:00.123456789Z` → seconds since the epoch ([`crate::model::unix_seconds`]);
+/// `None` before 1971, which covers Docker's zero time `0001-01-01T00:00:00Z` (never started).
 fn parse_rfc3339(s: &str) -> Option<i64> {
-    let date = s.get(0..10)?;
-    let time = s.get(11..19)?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':').map(|x| x.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if y < 1971 {
-        return None; // Docker's zero time "0001-01-01T00:00:00Z": never started
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+    const YEAR_1971: i64 = 365 * 86_400;
+    crate::model::unix_seconds(s).filter(|&t| t >= YEAR_1971)
 }
 
 // --- apply: images, containers, exec -------------------------------------------

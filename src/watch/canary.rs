@@ -43,7 +43,7 @@ pub fn next(env: &Env, p: &Plan, observed: &ObservedState, now: i64) -> Next {
             .get(&step.app)
             .and_then(|a| a.spec.update.auto_promote.as_deref())
             .and_then(|d| crate::spec::units::duration(d).ok());
-        let (Some(after), Some(since)) = (after, parse_rfc3339(&rec.since)) else { continue };
+        let (Some(after), Some(since)) = (after, crate::model::unix_seconds(&rec.since)) else { continue };
         let due = since + after.as_secs() as i64;
         if due <= now {
             promote = promote.or(Some(Mode::Promote(step.app.clone())));
@@ -53,28 +53,6 @@ pub fn next(env: &Env, p: &Plan, observed: &ObservedState, now: i64) -> Next {
         }
     }
     Next { mode: promote, wake_in }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS…Z` (as `backend::etcd::now_rfc3339` writes it) → Unix seconds.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d, hh, mm, ss) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
 /// Running canaries by app: how many (the `reconcile_canary_instances` gauge).
@@ -154,19 +132,5 @@ impl super::Watcher {
                 }
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_reads_back_what_apply_writes() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2026-12-02T00:30:05Z"), Some(1_796_171_405));
-        assert_eq!(parse_rfc3339("2000-02-29T12:00:00.123Z"), Some(951_825_600));
-        assert_eq!(parse_rfc3339("yesterday"), None);
-        assert_eq!(parse_rfc3339("2026-13-02T00:30:05Z"), None);
     }
 }
