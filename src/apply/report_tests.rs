@@ -29,14 +29,10 @@ async fn run_timed(
     let fx = Arc::new(world(Memory::new(observed, &p)));
     let timeline = clocked(&fx);
     timeline.execution_started();
-    let opts = Options {
-        parallelism: 4,
-        timeout: Duration::from_secs(1),
-        lock_timeout: Duration::from_secs(1),
-        kind: HistoryKind::Apply,
-    };
     let job = Job { env, files, plan: &p, specs: &specs, observed, secrets: &s };
-    let done = execute_recorded(&*fx, job, opts, DRAIN.into(), Arc::new(|_| {}), Some(Arc::clone(&timeline))).await;
+    let done =
+        execute_recorded(&*fx, job, super::options(), DRAIN.into(), Arc::new(|_| {}), Some(Arc::clone(&timeline)))
+            .await;
     let events = timeline.events();
     let r = report::build(&report::Facts {
         env,

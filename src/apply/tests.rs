@@ -14,6 +14,16 @@ use crate::spec::{Loaded, RepoSnapshot, load};
 
 const DRAIN: Duration = Duration::from_millis(1500);
 
+/// The executor's options in these tests: 4 in parallel, 1 s timeouts, recorded as an apply.
+fn options() -> Options {
+    Options {
+        parallelism: 4,
+        timeout: Duration::from_secs(1),
+        lock_timeout: Duration::from_secs(1),
+        kind: HistoryKind::Apply,
+    }
+}
+
 // `apply --report`: the recorded milestones, in the same in-memory world.
 #[path = "report_tests.rs"]
 mod report_tests;
@@ -104,14 +114,8 @@ async fn run_mode(
     let d = Desired { env, files: Arc::clone(&files), origin: &origin, secrets: &s, digests: BTreeMap::new() };
     let (p, specs) = plan::plan_mode(&d, observed, &Default::default(), mode).unwrap();
     let fx = world(Memory::new(observed, &p));
-    let opts = Options {
-        parallelism: 4,
-        timeout: Duration::from_secs(1),
-        lock_timeout: Duration::from_secs(1),
-        kind: HistoryKind::Apply,
-    };
     let job = Job { env, files, plan: &p, specs: &specs, observed, secrets: &s };
-    let report = execute(&fx, job, opts, DRAIN.into(), Arc::new(|_| {})).await;
+    let report = execute(&fx, job, options(), DRAIN.into(), Arc::new(|_| {})).await;
     (p, fx, report)
 }
 
