@@ -13,6 +13,7 @@ use super::rollout::Replace;
 use super::{Shared, StepError};
 use crate::backend::etcd;
 use crate::model::{CanaryInstance, CanaryRecord, InstanceId, keys};
+use crate::notify::EventKind;
 use crate::placement::Assignment;
 use crate::plan::canary::{CanaryState, CanaryStep};
 use crate::plan::{Action, Plan};
@@ -126,6 +127,15 @@ pub fn outcome_line(step: &CanaryStep, env: &str) -> String {
     }
 }
 
+/// What each canary step of `plan` tells the notification targets once applied: the
+/// app, the event ([`EventKind::of_canary`]) and [`outcome_line`].
+pub fn events(plan: &Plan) -> Vec<(String, EventKind, String)> {
+    plan.canaries
+        .iter()
+        .filter_map(|s| EventKind::of_canary(s.state).map(|k| (s.app.clone(), k, outcome_line(s, &plan.env))))
+        .collect()
+}
+
 /// The history's summary: the plan's summary line, then each canary's outcome.
 pub fn history_summary(plan: &Plan) -> String {
     let mut s = plan.summary.to_string();
@@ -149,4 +159,43 @@ pub fn serving_canaries(plan: &Plan) -> std::collections::BTreeSet<Assignment> {
         }
     }
     out
+}
+
+/// Why `promote` of `app` must not go ahead, if it must not: its canaries (the record
+/// among `observed`'s etcd keys) no longer run what the repo asks for — a commit arrived
+/// during the canary — so the promote `plan` would replace them (its `Replace`s of the
+/// recorded canary containers) and roll out a version that never ran as a canary.
+/// (Abort is never refused.)
+pub fn promote_refusal(
+    env: &crate::spec::Env,
+    plan: &Plan,
+    observed: &crate::model::ObservedState,
+    app: &str,
+) -> Option<String> {
+    let (Some(spec), Some(obs)) = (&env.spec.etcd, &observed.etcd) else { return None };
+    let rec = crate::plan::canary::records(&obs.keys, &spec.prefix, &env.name).remove(app)?;
+    let stale: Vec<&str> = rec
+        .instances
+        .iter()
+        .filter(|c| {
+            plan.actions.iter().any(
+                |a| matches!(a, Action::Replace { app: x, old, .. } if x == app && old.container_name == c.container),
+            )
+        })
+        .map(|c| c.instance.as_str())
+        .collect();
+    if stale.is_empty() {
+        return None;
+    }
+    let commit =
+        |c: Option<&str>| c.map_or_else(|| "a directory outside Git".to_string(), |c| super::pin::short(c).to_string());
+    let e = &env.name;
+    Some(format!(
+        "the canary of app `{app}` ({}) runs the spec of {}, but the repo at {} asks for another spec: \
+         promoting now would roll out a version that never ran as a canary. Run `reconcile apply --env {e}` \
+         (it replaces the canary with the new spec), or `reconcile abort --env {e} --app {app}`",
+        stale.join(", "),
+        commit(rec.commit.as_deref()),
+        commit(plan.origin.commit.as_deref()),
+    ))
 }

@@ -620,3 +620,55 @@ async fn lb_weights_give_the_canary_its_traffic_share() {
         assert!(e.to_lowercase().ends_with(want), "{web}");
     }
 }
+
+// --- promote refused when the canary no longer runs the repo's spec (canary2) ---------
+
+/// `promote_refusal` for web's promote plan of `snap` against `observed`.
+fn promote_refusal(snap: &RepoSnapshot, observed: &ObservedState) -> Option<String> {
+    let l = loaded(snap);
+    let env = &l.envs["t"];
+    let s = secrets();
+    let origin = Default::default();
+    let d =
+        Desired { env, files: Arc::new(snap.files.clone()), origin: &origin, secrets: &s, digests: BTreeMap::new() };
+    let mode = plan::canary::Mode::Promote("web".into());
+    let (p, _) = plan::plan_mode(&d, observed, &Default::default(), &mode).unwrap();
+    canary::promote_refusal(env, &p, observed, "web")
+}
+
+#[tokio::test]
+async fn promote_is_refused_when_a_commit_changed_the_app_during_its_canary() {
+    let (_, after, _) = canary_started().await;
+    assert_eq!(promote_refusal(&repo(3, CANARY, "b"), &after), None, "the canary runs the repo's spec");
+    // Another app changed: web's canary still runs what the repo asks for.
+    let mut other = repo(3, CANARY, "b");
+    let worker = other.files.get_mut("environments/t/apps/worker.yaml").unwrap();
+    *worker = String::from_utf8(worker.clone()).unwrap().replace("img/worker:1", "img/worker:2").into_bytes();
+    assert_eq!(promote_refusal(&other, &after), None, "only web's own spec counts");
+    // web changed again (every app's env): refused, saying what to run instead.
+    let why = promote_refusal(&repo(3, CANARY, "c"), &after).expect("refused");
+    for part in
+        ["app `web` (web-0)", "reconcile apply --env t", "reconcile abort --env t --app web", "never ran as a canary"]
+    {
+        assert!(why.contains(part), "{part:?} in {why}");
+    }
+}
+
+#[tokio::test]
+async fn a_held_app_starts_no_canary_again_after_its_abort() {
+    let (before, after, _) = canary_started().await;
+    let abort = plan::canary::Mode::Abort("web".into());
+    let (_, fx, report) = run_mode(&repo(3, CANARY, "b"), &after, &abort, |m| m).await;
+    assert!(report.ok(), "{report:?}");
+    let aborted = fx.observed();
+    // Watch holds web (its canary turned unhealthy): the same spec starts nothing.
+    let held = plan::canary::Mode::Held(["web".to_string()].into());
+    let (p, fx, report) = run_mode(&repo(3, CANARY, "b"), &aborted, &held, |m| m).await;
+    assert!(report.ok(), "{report:?}");
+    assert!(p.actions.iter().all(|a| a.app() != Some("web")), "{:#?}", p.actions);
+    assert!(p.canaries.is_empty(), "{:?}", p.canaries);
+    assert_eq!(webs(&fx.observed()), webs(&before), "the old instances serve on");
+    // Not held (apply, or watch after a new commit): the canary starts again.
+    let (p, ..) = run(&repo(3, CANARY, "b"), &aborted, |m| m).await;
+    assert_eq!(p.canaries[0].state, plan::canary::CanaryState::Start, "{:?}", p.canaries);
+}

@@ -590,7 +590,8 @@ async fn gone(i: &Instance) -> bool {
 /// Put `content` in place at `path` in every instance, checked first in all of them
 /// (`check` with `{file}` replaced by the side path [`candidate_path`]; validate requires
 /// `{file}` for container LBs). Returns the instances that hold the new config (those
-/// that stopped running meanwhile are skipped).
+/// that stopped running meanwhile are skipped). The candidate is removed again from
+/// every instance it reached, whether the check passed or not.
 ///
 /// # Errors
 /// [`LbError::CheckFailed`] naming the instance that refused it (nothing replaced
@@ -605,18 +606,33 @@ pub async fn write_checked_in(
         return Err(LbError::EmptyCommand { what: "check" });
     }
     let candidate = candidate_path(path);
-    let mut live = Vec::new();
+    let mut uploaded = Vec::new();
+    let result = upload_check_write(instances, path, &candidate, content, check, &mut uploaded).await;
+    remove_candidate(&uploaded, &candidate).await;
+    result
+}
+
+/// [`write_checked_in`]'s steps; `uploaded` collects the instances the candidate reached.
+async fn upload_check_write(
+    instances: &[Instance],
+    path: &str,
+    candidate: &str,
+    content: &str,
+    check: Option<&[String]>,
+    uploaded: &mut Vec<Instance>,
+) -> Result<Vec<Instance>, LbError> {
     // 1. The candidate beside the config, in every instance.
     for i in instances {
-        match docker::put_file(&i.client, &i.host, &i.id, &candidate, content.as_bytes()).await {
-            Ok(()) => live.push(i.clone()),
+        match docker::put_file(&i.client, &i.host, &i.id, candidate, content.as_bytes()).await {
+            Ok(()) => uploaded.push(i.clone()),
             Err(_) if gone(i).await => {}
             Err(e) => return Err(in_container(i, e)),
         }
     }
+    let mut live = uploaded.clone();
     // 2. Checked in every instance before any is touched.
     if let Some(argv) = check {
-        let argv: Vec<String> = argv.iter().map(|a| a.replace(FILE_PLACEHOLDER, &candidate)).collect();
+        let argv: Vec<String> = argv.iter().map(|a| a.replace(FILE_PLACEHOLDER, candidate)).collect();
         let mut checked = Vec::new();
         for i in live {
             match docker::exec_output(&i.client, &i.host, &i.id, &argv, COMMAND_TIMEOUT, MAX_OUTPUT).await {
@@ -647,6 +663,29 @@ pub async fn write_checked_in(
         }
     }
     Ok(written)
+}
+
+/// Remove the candidate from `instances` (`rm -f` by exec: the Docker API has no call
+/// that deletes a file). Best effort: a failure is a warning, the config is in place or
+/// was refused either way, and the next upload replaces a leftover.
+async fn remove_candidate(instances: &[Instance], candidate: &str) {
+    let argv = ["rm".to_string(), "-f".into(), "--".into(), candidate.to_string()];
+    for i in instances {
+        match docker::exec_output(&i.client, &i.host, &i.id, &argv, COMMAND_TIMEOUT, MAX_OUTPUT).await {
+            Ok((docker::ExecOutcome::Exited(0), _)) => {}
+            Ok((outcome, output)) => tracing::warn!(
+                host = i.host,
+                container = i.name,
+                ?outcome,
+                output = output.trim(),
+                "could not remove the LB candidate {candidate}"
+            ),
+            Err(_) if gone(i).await => {}
+            Err(e) => {
+                tracing::warn!(host = i.host, container = i.name, error = %e, "could not remove the LB candidate {candidate}")
+            }
+        }
+    }
 }
 
 /// Run `command` (argv) in every instance; all are tried.

@@ -1,6 +1,7 @@
 //! `reconcile promote` and `reconcile abort`: a canary's end, as one apply (the same
 //! session: lock → pin → observe → plan for the mode → execute → record), recorded in
-//! the history as `promote` or `abort`.
+//! the history as `promote` or `abort`. A promote is refused (exit 1, nothing changed)
+//! when the canary no longer runs the repo's spec ([`apply::canary::promote_refusal`]).
 
 use std::time::Duration;
 
@@ -42,15 +43,17 @@ pub fn exec(args: &Args, what: What) -> anyhow::Result<ExitCode> {
     if !target.env.apps.contains_key(&args.app) {
         anyhow::bail!("environment `{}` has no app `{}`", args.env, args.app);
     }
-    let (mode, kind, ok_kind) = match what {
-        What::Promote => (Mode::Promote(args.app.clone()), apply::HistoryKind::Promote, EventKind::CanaryPromoted),
-        What::Abort => (Mode::Abort(args.app.clone()), apply::HistoryKind::Abort, EventKind::CanaryAborted),
+    let (mode, kind) = match what {
+        What::Promote => (Mode::Promote(args.app.clone()), apply::HistoryKind::Promote),
+        What::Abort => (Mode::Abort(args.app.clone()), apply::HistoryKind::Abort),
     };
     let rt = runtime()?;
     let req = super::apply::request(&args.observe, args.lock_timeout, kind, apply::Pinning::Refuse);
     let mut hooks = Ending { mode };
     let outcome = rt.block_on(apply::run(target, req, &mut hooks, super::apply::progress_sink()))?;
-    super::apply::finish(&rt, &outcome, ok_kind)
+    // The app's event is `canary_promoted` / `canary_aborted` (its canary step); the
+    // environment's, an apply that succeeded.
+    super::apply::finish(&rt, &outcome, EventKind::ApplySucceeded)
 }
 
 /// The command names what to do, so there is nothing to confirm: the plan is shown.
@@ -63,7 +66,12 @@ impl apply::Hooks for Ending {
         self.mode.clone()
     }
 
-    async fn confirm(&mut self, _: &apply::Target, plan: &Plan, _: &ObservedState) -> Result<bool, String> {
+    async fn confirm(&mut self, target: &apply::Target, plan: &Plan, observed: &ObservedState) -> Result<bool, String> {
+        if let Mode::Promote(app) = &self.mode
+            && let Some(why) = apply::canary::promote_refusal(&target.env, plan, observed, app)
+        {
+            return Err(why);
+        }
         eprint!("{}", render::text(plan, super::stderr_is_tty()));
         Ok(true)
     }

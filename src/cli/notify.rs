@@ -30,6 +30,7 @@ pub fn after_apply(
     }
     let time = crate::backend::etcd::now_rfc3339();
     let summary = plan.summary.to_string();
+    let canaries = crate::apply::canary::events(plan);
     let facts = ApplyFacts {
         env: &env.name,
         commit: plan.origin.commit.as_deref(),
@@ -38,6 +39,7 @@ pub fn after_apply(
         apps,
         errors,
         ok_kind,
+        canaries: &canaries,
         time: &time,
     };
     let mut events = apply_events(&facts);

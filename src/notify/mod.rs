@@ -63,8 +63,25 @@ impl EventKind {
     }
 
     /// A problem that lasts until something clears it (de-duplicated while it lasts).
+    /// `canary_aborted` is not one: the abort is done when it is told (the old instances
+    /// serve), nothing would ever clear it, and watch tells the failed run that aborted
+    /// an unhealthy canary as `apply_failed` as well.
     pub fn is_problem(self) -> bool {
-        matches!(self, Self::ApplyFailed | Self::CrashLoop | Self::Unhealthy | Self::Drift | Self::CanaryAborted)
+        matches!(self, Self::ApplyFailed | Self::CrashLoop | Self::Unhealthy | Self::Drift)
+    }
+
+    /// The event a canary step that an apply carried out tells: a start (or a restart
+    /// with a new spec), a promote, an abort or an end (the repo went back to the old
+    /// instances' spec: the canaries are removed, as by an abort); a canary that just
+    /// keeps running tells nothing.
+    pub fn of_canary(state: crate::plan::canary::CanaryState) -> Option<Self> {
+        use crate::plan::canary::CanaryState;
+        match state {
+            CanaryState::Start | CanaryState::Replace => Some(Self::CanaryStarted),
+            CanaryState::Promote => Some(Self::CanaryPromoted),
+            CanaryState::Abort | CanaryState::End => Some(Self::CanaryAborted),
+            CanaryState::Running => None,
+        }
     }
 }
 
@@ -531,7 +548,8 @@ pub fn targets(spec: &[NotificationSpec], secrets: &BTreeMap<String, Secret>) ->
 }
 
 /// What one apply (or rollback) tells: per failed app an `apply_failed`, per app
-/// that succeeded an `apply_succeeded` (so a failure of that app is resolved);
+/// that succeeded its canary's event when the apply started, promoted or aborted its
+/// canary, else an `apply_succeeded` (so a failure of that app is resolved);
 /// `ok_kind` is `ApplySucceeded`, `Rollback` or `Heal`.
 pub struct ApplyFacts<'a> {
     pub env: &'a str,
@@ -543,6 +561,9 @@ pub struct ApplyFacts<'a> {
     /// Failures outside apps (etcd, LB).
     pub errors: &'a [String],
     pub ok_kind: EventKind,
+    /// Per app whose canary this apply started, promoted or aborted: the event's kind
+    /// ([`EventKind::of_canary`]) and what it left, for people.
+    pub canaries: &'a [(String, EventKind, String)],
     pub time: &'a str,
 }
 
@@ -564,7 +585,10 @@ pub fn apply_events(f: &ApplyFacts<'_>) -> Vec<Event> {
         .iter()
         .map(|(app, err)| match err {
             Some(e) => event(EventKind::ApplyFailed, Some(app), e.clone()),
-            None => event(f.ok_kind, Some(app), format!("{} applied", app)),
+            None => match f.canaries.iter().find(|(a, ..)| a == app) {
+                Some((_, kind, line)) => event(*kind, Some(app), line.clone()),
+                None => event(f.ok_kind, Some(app), format!("{} applied", app)),
+            },
         })
         .collect();
     if !f.errors.is_empty() {
@@ -648,6 +672,57 @@ mod tests {
         // Once resolved, success is quiet in watch and the next failure is new again.
         assert_eq!(st(d.admit(event(EventKind::ApplySucceeded, Some("api")), hour * 3, hour, true)), []);
         assert_eq!(st(d.admit(fail(), hour * 3, hour, true)), [Status::New]);
+    }
+
+    #[test]
+    fn an_apply_that_moves_a_canary_tells_its_event_for_that_app() {
+        use crate::plan::canary::CanaryState as C;
+        let kinds = [C::Start, C::Replace, C::Running, C::Promote, C::Abort, C::End].map(EventKind::of_canary);
+        assert_eq!(
+            kinds,
+            [
+                Some(EventKind::CanaryStarted),
+                Some(EventKind::CanaryStarted),
+                None,
+                Some(EventKind::CanaryPromoted),
+                Some(EventKind::CanaryAborted),
+                Some(EventKind::CanaryAborted)
+            ]
+        );
+        let apps = [("web".to_string(), None), ("worker".to_string(), None), ("db".to_string(), Some("boom".into()))];
+        let line = "canary web: 1 of 3 serving (promote: …)".to_string();
+        let canaries = [
+            ("web".to_string(), EventKind::CanaryStarted, line.clone()),
+            ("db".into(), EventKind::CanaryStarted, "x".into()),
+        ];
+        let f = ApplyFacts {
+            env: "staging",
+            commit: None,
+            reference: "main",
+            summary: "1 to replace",
+            apps: &apps,
+            errors: &[],
+            ok_kind: EventKind::ApplySucceeded,
+            canaries: &canaries,
+            time: "2026-12-01T00:00:00Z",
+        };
+        let got: Vec<(EventKind, Option<String>, String)> =
+            apply_events(&f).into_iter().map(|e| (e.kind, e.app, e.message)).collect();
+        assert_eq!(
+            got,
+            [
+                (EventKind::CanaryStarted, Some("web".into()), line),
+                (EventKind::ApplySucceeded, Some("worker".into()), "worker applied".into()),
+                (EventKind::ApplyFailed, Some("db".into()), "boom".into()),
+            ],
+            "a failed app tells its failure, not its canary; one failure: no environment-wide success"
+        );
+        // Told once each, never held back or reminded of (an abort is no lasting problem).
+        let mut d = Dedup::default();
+        for kind in [EventKind::CanaryStarted, EventKind::CanaryAborted, EventKind::CanaryAborted] {
+            assert_eq!(st(d.admit(event(kind, Some("web")), S, REPEAT, true)), [Status::New]);
+        }
+        assert_eq!(d.open(), 0);
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub enum Mode {
     /// `plan`, `apply`, `watch`: canaries are started, kept or replaced.
     #[default]
     Normal,
+    /// `watch` after it aborted these apps' unhealthy canaries: as `Normal`, but no
+    /// canary is started for them (their old instances stay) until watch lets go.
+    Held(BTreeSet<String>),
     /// `reconcile promote --app A`.
     Promote(String),
     /// `reconcile abort --app A`.
@@ -296,6 +299,10 @@ pub fn adjust(
                 delete_record(name, &mut extra);
                 out.steps.push(step(CanaryState::End, names(beside)));
             }
+            continue;
+        }
+        if matches!(mode, Mode::Held(apps) if apps.contains(name)) {
+            keep_old(decided, &changed);
             continue;
         }
         let (start, rest) = changed.split_at(want);

@@ -1,11 +1,16 @@
 //! Watch's part in canaries: after a run, a running canary that `watch` marked unhealthy
 //! is aborted; one that stayed healthy for its app's `update.auto_promote` since it
 //! started serving is promoted. Both are one more apply (`apply::run` with the mode),
-//! recorded in the history as `abort` / `promote`; an abort makes the run fail.
+//! recorded in the history as `abort` / `promote`; an abort makes the run fail. An app
+//! whose canary watch aborted is [`Held`]: watch starts no canary for it again until
+//! the repo's commit or the app's spec changes (else a broken version would be started,
+//! fail and be aborted over and over).
 //!
-//! **Invariant:** the decision is pure ([`next`]) over the plan, the observation and
-//! an explicit `now`; watch changes nothing here except through `apply::run`.
+//! **Invariant:** the decisions are pure ([`next`], [`release`], [`run_mode`]) over the
+//! plan, the observation, the snapshot and an explicit `now`; watch changes nothing here
+//! except through `apply::run`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::model::ObservedState;
@@ -55,6 +60,35 @@ pub fn next(env: &Env, p: &Plan, observed: &ObservedState, now: i64) -> Next {
     Next { mode: promote, wake_in }
 }
 
+/// The apps whose canary watch aborted: the repo's commit and the app's spec then.
+pub type Held = BTreeMap<String, (Option<String>, crate::spec::types::AppSpec)>;
+
+/// Hold `app` after its canary was aborted in a run of `target`.
+pub fn hold(held: &mut Held, app: &str, target: &crate::apply::Target) {
+    if let Some(a) = target.env.apps.get(app) {
+        held.insert(app.to_string(), (target.origin.commit.clone(), a.spec.clone()));
+    }
+}
+
+/// Let go of the held apps whose commit or spec differ in `target` (or that it no
+/// longer has); the apps let go.
+pub fn release(held: &mut Held, target: &crate::apply::Target) -> Vec<String> {
+    let mut gone = Vec::new();
+    held.retain(|app, (commit, spec)| {
+        let same = *commit == target.origin.commit && target.env.apps.get(app).is_some_and(|a| a.spec == *spec);
+        if !same {
+            gone.push(app.clone());
+        }
+        same
+    });
+    gone
+}
+
+/// The mode of a normal watch run: [`Mode::Held`] while any app is held.
+pub fn run_mode(held: &Held) -> Mode {
+    if held.is_empty() { Mode::Normal } else { Mode::Held(held.keys().cloned().collect()) }
+}
+
 /// Running canaries by app: how many (the `reconcile_canary_instances` gauge).
 pub fn counts(p: &Plan) -> std::collections::BTreeMap<String, u64> {
     p.canaries
@@ -74,12 +108,35 @@ impl crate::apply::Hooks for Ending {
         self.mode.clone()
     }
 
-    async fn confirm(&mut self, _: &crate::apply::Target, _: &Plan, _: &ObservedState) -> Result<bool, String> {
-        Ok(true)
+    async fn confirm(
+        &mut self,
+        target: &crate::apply::Target,
+        plan: &Plan,
+        observed: &ObservedState,
+    ) -> Result<bool, String> {
+        match &self.mode {
+            Mode::Promote(app) => {
+                crate::apply::canary::promote_refusal(&target.env, plan, observed, app).map_or(Ok(true), Err)
+            }
+            _ => Ok(true),
+        }
     }
 }
 
 impl super::Watcher {
+    /// Tell the canary events of an applied plan (`apply::canary::events`).
+    fn tell_canaries(&self, p: &Plan) {
+        let events = crate::apply::canary::events(p)
+            .into_iter()
+            .map(|(app, kind, line)| {
+                let mut e = self.notes.event(kind, Some(&app), None, line);
+                e.summary = p.summary.to_string();
+                e
+            })
+            .collect();
+        self.notes.tell(events, true);
+    }
+
     /// After a run that converged: the canary gauge; then abort an unhealthy canary (the
     /// run fails) or promote one that stayed healthy for `auto_promote`, as one more apply.
     pub(super) async fn canary_step(
@@ -88,6 +145,10 @@ impl super::Watcher {
         wake: Option<tokio::time::Instant>,
     ) -> (super::RunResult, Option<tokio::time::Instant>) {
         use crate::apply;
+        if outcome.report.is_some() {
+            // This run started (or ended) a canary: `canary_started` / `canary_aborted`.
+            self.tell_canaries(&outcome.plan);
+        }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let n = next(&outcome.target.env, &outcome.plan, &outcome.observed, now);
         if let Ok(mut m) = self.metrics.lock() {
@@ -102,7 +163,7 @@ impl super::Watcher {
         let (app, abort) = match &mode {
             Mode::Abort(a) => (a.clone(), true),
             Mode::Promote(a) => (a.clone(), false),
-            Mode::Normal => return (super::RunResult::Ok, wake),
+            Mode::Normal | Mode::Held(_) => return (super::RunResult::Ok, wake),
         };
         if self.cfg.dry_run {
             tracing::warn!(app, abort, "canary due for promote/abort (dry run: nothing changed)");
@@ -122,11 +183,20 @@ impl super::Watcher {
             Err(e) => self.fail(e.stage(), e),
             Ok(o) => match &o.report {
                 Some(r) if !r.ok() => self.fail("apply", format!("canary {what} of app `{app}`: {}", r.result_line())),
-                _ if abort => self.fail(
-                    "canary",
-                    format!("the canary of app `{app}` turned unhealthy: aborted, the old instances serve"),
-                ),
+                _ if abort => {
+                    self.tell_canaries(&o.plan);
+                    hold(&mut self.canary_held, &app, &o.target);
+                    tracing::warn!(
+                        app,
+                        "canary aborted: watch starts no canary for app `{app}` again until the commit or the app's spec changes (`reconcile apply` starts one now)"
+                    );
+                    self.fail(
+                        "canary",
+                        format!("the canary of app `{app}` turned unhealthy: aborted, the old instances serve"),
+                    )
+                }
                 _ => {
+                    self.tell_canaries(&o.plan);
                     tracing::info!(app, "canary promoted");
                     (super::RunResult::Ok, wake)
                 }

@@ -138,6 +138,7 @@ pub async fn run(
         probe_clients: BTreeMap::new(),
         notes,
         looping_told: BTreeSet::new(),
+        canary_held: canary::Held::new(),
     };
     let mut stop = stop_rx.clone();
     loop {
@@ -221,6 +222,9 @@ struct Watcher {
     notes: notify::Notes,
     /// Instances told as crash-looping and not yet told recovered.
     looping_told: BTreeSet<String>,
+    /// Apps whose canary this watch aborted: no canary is started for them again until
+    /// the commit or the app's spec changes (`canary::Held`).
+    canary_held: canary::Held,
 }
 
 impl Watcher {
@@ -672,7 +676,17 @@ impl apply::Hooks for RunHooks<'_> {
         }
         self.next_wake = self.w.backoff.held(self.now).values().min().copied();
         self.held = !hold.is_empty();
+        for app in canary::release(&mut self.w.canary_held, target) {
+            tracing::info!(
+                app,
+                "the commit or the app's spec changed since watch aborted its canary: canaries start again"
+            );
+        }
         hold
+    }
+
+    fn canary_mode(&mut self) -> crate::plan::canary::Mode {
+        canary::run_mode(&self.w.canary_held)
     }
 
     async fn confirm(&mut self, target: &Snapshot, p: &Plan, observed: &ObservedState) -> Result<bool, String> {

@@ -201,6 +201,45 @@ CASES.update({
     "pull-invalid": (sub(API, "replicas: 3", "replicas: 3\npull: sometimes"), f"{API}:6", "pull"),
 })
 
+# --- canaries and LBs in containers (issue 10) ---
+CANARY = "replicas: 3\nupdate: {strategy: canary, canary: 1, auto_promote: 10m, traffic: 10%}"
+# The base's file LB replaced by one in the containers of app `edge` (rolled one at a time).
+CONTAINER_LB = """lb:
+  template: templates/nginx.conf.j2
+  container: {app: edge, path: /etc/nginx/conf.d/reconcile.conf}
+  check: [nginx, -t, -c, "{file}"]
+  reload: [nginx, -s, reload]
+"""
+EDGE = "environments/base/apps/edge.yaml"
+EDGE_APP = """apiVersion: reconcile/v1
+kind: App
+name: edge
+image: registry.example/nginx:1.24
+replicas: 2
+placement: {spread: true}
+update: {strategy: recreate, batch: 1}
+"""
+CONTAINER_LB_BASE = both(
+    sub(BENV, "lb:\n  template: templates/nginx.conf.j2\n  path: /etc/nginx/conf.d/reconcile.conf\n  check: [nginx, -t]\n  reload: [nginx, -s, reload]\n", CONTAINER_LB),
+    put(EDGE, EDGE_APP),
+)
+CASES.update({
+    "canary-auto-promote-bad-duration": (sub(API, "replicas: 3", CANARY.replace("10m", "soon")), f"{API}:6", "invalid duration", "soon"),
+    "canary-auto-promote-without-canary": (sub(API, "replicas: 3", "replicas: 3\nupdate: {strategy: rolling, auto_promote: 10m}"), f"{API}:6", "`auto_promote` applies only to strategy: canary", "set strategy: canary, or remove auto_promote"),
+    "canary-traffic-zero": (sub(API, "replicas: 3", CANARY.replace("10%", "0%")), f"{API}:6", "traffic `0%` is not a share from 1% to 99%", "e.g. `traffic: 10%`"),
+    "canary-traffic-over-99": (sub(API, "replicas: 3", CANARY.replace("10%", "100%")), f"{API}:6", "`traffic` has an invalid format", "10% (1-99%)"),
+    "canary-traffic-without-percent": (sub(API, "replicas: 3", CANARY.replace("10%", "'10'")), f"{API}:6", "`traffic` has an invalid format", "10% (1-99%)"),
+    "canary-traffic-without-canary": (sub(API, "replicas: 3", "replicas: 3\nupdate: {strategy: recreate, traffic: 10%}"), f"{API}:6", "`traffic` applies only to strategy: canary", "set strategy: canary, or remove traffic"),
+    "canary-without-count": (sub(API, "replicas: 3", "replicas: 3\nupdate: {strategy: canary, traffic: 10%}"), f"{API}:6", "uses the canary strategy without `canary`", "add `canary: N`"),
+    "container-lb-check-without-file": (both(CONTAINER_LB_BASE, sub(BENV, 'check: [nginx, -t, -c, "{file}"]', "check: [nginx, -t]")), f"{BENV}:14", "must name the candidate as `{file}`", "checked at a side path in every instance"),
+})
+
+# Valid variants of the base (`valid-*`): each must pass with no error and no warning.
+VALID = {
+    "valid-canary": sub(API, "replicas: 3", CANARY),
+    "valid-container-lb": CONTAINER_LB_BASE,
+}
+
 
 
 def write(root, files):
@@ -217,6 +256,10 @@ def main():
         if os.path.isdir(p):
             shutil.rmtree(p)
     write(os.path.join(HERE, "valid"), BASE)
+    for name, mutate in sorted(VALID.items()):
+        files = dict(BASE)
+        mutate(files)
+        write(os.path.join(HERE, name), files)
     for name, (mutate, where, *msgs) in sorted(CASES.items()):
         files = dict(BASE)
         mutate(files)
@@ -224,7 +267,7 @@ def main():
         write(root, files)
         with open(os.path.join(root, "EXPECT"), "w") as f:
             f.write("\n".join([where, *msgs]) + "\n")
-    print(f"{len(CASES)} malformed cases + valid")
+    print(f"{len(CASES)} malformed cases + valid + {len(VALID)} valid variants")
 
 
 if __name__ == "__main__":

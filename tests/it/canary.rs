@@ -1,14 +1,16 @@
 //! Canary releases end to end: two real Docker daemons, etcd and a real nginx (the
 //! `apply::Stack`), traffic on 127.0.0.1 only. 1 canary beside 3 old instances gets about
 //! a quarter of the requests; `promote` ends at 3 new instances without a failed request;
-//! `abort` ends at the 3 old ones and no canary key; `traffic: 10%` gives about 10%.
+//! `abort` ends at the 3 old ones and no canary key; `traffic: 10%` gives about 10%; a
+//! canary that turns unhealthy is aborted by `watch` (and not started again), told to the
+//! local notification receiver; `promote` refuses a canary that a new commit outdated.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use super::apply::Stack;
-use super::support::{etcd_get, reconcile, start_load};
+use super::support::{Receiver, WatchProcess, daemons, docker_cli, etcd_get, reconcile, start_load, wait_steady};
 use super::{stderr, stdout};
 
 /// The Stack's repo at `version`, 3 web replicas with `update`, and an LB template that
@@ -102,4 +104,144 @@ fn traffic_ten_percent_and_abort_keeps_the_old_instances() {
     assert_eq!(now, old, "the old instances, untouched");
     assert_eq!(etcd_get(&canary_key(&s)), "", "the canary key is deleted");
     assert!((share(&s, "1", 30) - 1.0).abs() < f64::EPSILON, "not all old");
+}
+
+// --- watch aborts an unhealthy canary; canary notifications; promote refused (canary2) --
+
+/// The Stack's repo (as [`write`]) with a webhook target whose URL (a `from_file` secret)
+/// is the local receiver's.
+fn write_notifying(s: &Stack, hook: &Receiver, version: &str, update: &str) {
+    write(s, version, update);
+    let url_file = s.root().join("hook-url");
+    std::fs::write(&url_file, hook.url("/hook")).unwrap();
+    let env = std::fs::read_to_string(s.env_dir().join("environment.yaml")).unwrap();
+    s.write(
+        "environment.yaml",
+        &format!(
+            "{env}secrets:\n  hook_url: {{from_file: '{}'}}\nnotifications:\n  - {{kind: webhook, url: hook_url}}\n",
+            url_file.display()
+        ),
+    );
+}
+
+/// The receiver's webhook payloads of `event`.
+fn told(hook: &Receiver, event: &str) -> Vec<serde_json::Value> {
+    hook.requests()
+        .iter()
+        .filter_map(|g| serde_json::from_str::<serde_json::Value>(&g.body).ok())
+        .filter(|v| v["event"] == event)
+        .collect()
+}
+
+/// The running canary's record (panics without one).
+fn record(s: &Stack) -> reconcile::model::CanaryRecord {
+    let v = etcd_get(&canary_key(s));
+    serde_json::from_str(&v).unwrap_or_else(|e| panic!("no canary record ({e}): {v:?}"))
+}
+
+fn history_kinds(s: &Stack) -> Vec<String> {
+    let o = reconcile(&["history", "--env", &s.env, "--repo", &s.repo(), "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["entries"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str().map(str::to_string)).collect()
+}
+
+/// Ids of the running web containers.
+fn web_ids(s: &Stack) -> Vec<String> {
+    s.containers().into_iter().filter(|c| c.1.contains("-web-") && c.2 == "running").map(|c| c.0).collect()
+}
+
+#[test]
+fn watch_aborts_a_canary_that_turns_unhealthy_and_tells_it() {
+    let s = Stack::new("canwatch", 54);
+    let hook = Receiver::start(false);
+    let update = "{strategy: canary, canary: 1}";
+    write_notifying(&s, &hook, "1", update);
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let old = web_ids(&s);
+    assert_eq!(old.len(), 3, "{:?}", s.containers());
+
+    // apply starts the canary and tells `canary_started` for web.
+    write_notifying(&s, &hook, "2", update);
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let started = told(&hook, "canary_started");
+    assert_eq!(started.len(), 1, "{:#?}", hook.requests());
+    assert_eq!(started[0]["app"], "web");
+    assert!(started[0]["message"].as_str().unwrap().contains("canary web: 1 of 3 serving"), "{:#}", started[0]);
+    let canary = record(&s).instances.remove(0);
+    assert_eq!(web_ids(&s).len(), 4);
+
+    // Watch keeps the canary while it is healthy ...
+    let mut w = WatchProcess::start(&s.env, &s.repo(), s.root().join("watch.log"), 28354, &[]);
+    wait_steady(
+        "watch's first run",
+        Duration::ZERO,
+        || w.metric("reconcile_watch_runs_total{"),
+        |n| n.is_some_and(|n| n >= 1.0),
+    );
+    assert_eq!(w.metric("reconcile_canary_instances{"), Some(1.0), "{}", w.metrics());
+    assert_eq!(record(&s).instances[0].container, canary.container, "watch keeps a healthy canary");
+    // ... until its page goes away and its health check fails: then it aborts it.
+    let daemon = &daemons()[if canary.host == "node-1" { 0 } else { 1 }];
+    docker_cli(daemon, &["exec", &canary.container, "rm", "/www/index.html"]);
+    let t0 = Instant::now();
+    while !history_kinds(&s).iter().any(|k| k == "abort") || told(&hook, "canary_aborted").is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no abort within 60 s:\n{}", w.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let aborted = told(&hook, "canary_aborted");
+    assert_eq!(aborted[0]["app"], "web", "{:#}", aborted[0]);
+    assert!(aborted[0]["message"].as_str().unwrap().contains("aborted"), "{:#}", aborted[0]);
+    wait_steady(
+        "the failed run in /metrics",
+        Duration::ZERO,
+        || w.metrics(),
+        |m| m.contains("reconcile_watch_failures_total{") && m.contains("stage=\"canary\"} 1"),
+    );
+    assert!(
+        w.metrics().lines().any(|l| l.starts_with("reconcile_watch_runs_total{") && l.contains("result=\"failed\"")),
+        "{}",
+        w.metrics()
+    );
+    // Later runs (the removed container's events, the retry) do not start it again.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(w.alive(), "{}", w.log());
+    assert!(w.log().contains("watch starts no canary for app `web` again"), "{}", w.log());
+    assert_eq!(web_ids(&s), old, "the old instances, untouched, and no canary:\n{}", w.log());
+    assert_eq!(etcd_get(&canary_key(&s)), "", "the canary key is deleted");
+    assert!((share(&s, "1", 30) - 1.0).abs() < f64::EPSILON, "not all old");
+    assert_eq!(told(&hook, "canary_started").len(), 1, "no canary started again: {:#?}", hook.requests());
+    assert_eq!(w.terminate(), Some(0), "{}", w.log());
+}
+
+#[test]
+fn promote_refuses_a_canary_that_a_new_commit_outdated_and_abort_still_works() {
+    let s = Stack::new("canstale", 55);
+    let update = "{strategy: canary, canary: 1}";
+    write(&s, "1", update);
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let old = web_ids(&s);
+    write(&s, "2", update);
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let canary = record(&s);
+    // A new commit changes web again while its canary runs version 2.
+    write(&s, "3", update);
+    let o = cmd(&s, "promote");
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("never ran as a canary"), "{err}");
+    assert!(err.contains(&format!("reconcile apply --env {}", s.env)), "{err}");
+    assert!(err.contains(&format!("reconcile abort --env {} --app web", s.env)), "{err}");
+    assert_eq!(record(&s), canary, "nothing changed");
+    assert_eq!(web_ids(&s).len(), 4, "{:?}", s.containers());
+    assert!(history_kinds(&s).iter().all(|k| k != "promote"), "{:?}", history_kinds(&s));
+    // Abort is never refused.
+    let o = cmd(&s, "abort");
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(web_ids(&s), old);
+    assert_eq!(etcd_get(&canary_key(&s)), "");
 }

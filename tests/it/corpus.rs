@@ -1,21 +1,27 @@
 //! The malformed-repo corpus (tests/corpus, made by generate.py): every case
 //! exits 1 without panicking and names the file and line of its problem; the
-//! rendered diagnostics are pinned with insta. The valid base passes.
+//! rendered diagnostics are pinned with insta. The valid base and its valid
+//! variants (`valid-*`) pass.
 
 use std::fs;
 
 use super::{reconcile, stderr, stdout};
 
-fn cases() -> Vec<String> {
+/// The case directories: the malformed ones, or (`valid`) the base and its valid variants.
+fn dirs(valid: bool) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(super::root().join("tests/corpus"))
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "valid")
+        .filter(|n| (n == "valid" || n.starts_with("valid-")) == valid)
         .collect();
     v.sort();
     v
+}
+
+fn cases() -> Vec<String> {
+    dirs(false)
 }
 
 /// The report without its last line, which names the commit (it changes with every commit).
@@ -32,10 +38,14 @@ fn corpus_has_at_least_thirty_cases() {
 }
 
 #[test]
-fn valid_base_passes() {
-    let o = reconcile(&["validate", "--repo", "tests/corpus/valid"]);
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("0 errors, 0 warnings"), "{}", stdout(&o));
+fn valid_base_and_its_valid_variants_pass() {
+    let valid = dirs(true);
+    assert!(valid.len() >= 3 && valid.contains(&"valid".to_string()), "{valid:?}");
+    for case in valid {
+        let o = reconcile(&["validate", "--repo", &format!("tests/corpus/{case}")]);
+        assert_eq!(o.status.code(), Some(0), "{case}: {}{}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).contains("0 errors, 0 warnings"), "{case}: {}", stdout(&o));
+    }
 }
 
 #[test]

@@ -163,6 +163,13 @@ impl Multi {
         docker_cli(&Self::endpoint(c), &["exec", &c.id, "cat", "/etc/haproxy/haproxy.cfg"])
     }
 
+    /// Leftover candidates (`.<name>.reconcile-tmp`) in `c`'s config directory.
+    fn candidates_in(c: &Managed) -> Vec<String> {
+        let ls = docker_cli(&Self::endpoint(c), &["exec", &c.id, "ls", "-a", "/etc/haproxy"]);
+        assert!(ls.contains("haproxy.cfg"), "ls -a /etc/haproxy in {c:?}: {ls}");
+        ls.lines().filter(|l| l.contains("reconcile-tmp")).map(str::to_string).collect()
+    }
+
     /// `apply` in the background, its stderr stamped with the seconds since `t0`.
     fn apply_async(&self, t0: Instant) -> JoinHandle<Output> {
         let (repo, env) = (self.repo(), self.env.clone());
@@ -208,6 +215,9 @@ fn a_file_lb_and_an_ha_pair_in_containers_roll_refuse_and_survive_a_killed_insta
     }
     let config = Multi::config_in(&ilbs[0]);
     assert_eq!(Multi::config_in(&ilbs[1]), config, "the pair holds the same config");
+    for c in &ilbs {
+        assert_eq!(Multi::candidates_in(c), Vec::<String>::new(), "a checked candidate stayed behind in {c:?}");
+    }
     assert!(config.contains("backend api") && !config.contains("backend web"), "only api is routed here:\n{config}");
     let edge = std::fs::read_to_string(m.edge_file()).unwrap();
     assert!(edge.contains("upstream web") && !edge.contains("upstream api"), "only web is routed here:\n{edge}");
@@ -257,6 +267,7 @@ fn a_file_lb_and_an_ha_pair_in_containers_roll_refuse_and_survive_a_killed_insta
     assert!(out.contains("rejected the new /etc/haproxy/haproxy.cfg"), "{out}");
     for (c, old) in ilbs.iter().zip(&before) {
         assert_eq!(&Multi::config_in(c), old, "the refused config reached {c:?}");
+        assert_eq!(Multi::candidates_in(c), Vec::<String>::new(), "the refused candidate stayed behind in {c:?}");
         assert!(get_at(address(c), c.port.unwrap()).is_ok_and(|b| b.starts_with("version=2 ")), "{c:?}");
     }
 

@@ -1,13 +1,16 @@
 //! Maintenance mode (issue 10 item 4) end to end through a real nginx (`apply::Stack`,
-//! slot 43: pool 24150-24199, LB on 127.0.0.1:28143): `lb: {maintenance: true}` keeps the
-//! instances running and gives the LB template `app.maintenance`; the template (the same
-//! block as the examples' nginx templates) answers 503 with a maintenance page. Plan shows
-//! the switch: the LB file is rewritten and the app's section says maintenance on/off.
+//! slot 43: pool 24150-24199, LB on 127.0.0.1:28143) and a real haproxy (pool
+//! 24800-24849, LB on 127.0.0.1:28156): `lb: {maintenance: true}` keeps the instances
+//! running and gives the LB template `app.maintenance`; the template (the same block as
+//! the examples' nginx and haproxy templates) answers 503 with a maintenance page. Plan
+//! shows the switch: the LB file is rewritten and the app's section says maintenance
+//! on/off.
 
-use super::apply::{Stack, web_app};
+use super::apply::{INDEX_TEMPLATE, Stack, web_app};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::support::{WEB_REQUEST, http_exchange, reconcile, split_response, wait_steady};
+use super::support::{Daemon, TestEnv, WEB_REQUEST, http_exchange, reconcile, split_response, var, wait_steady};
 use super::{stderr, stdout};
 
 /// The Stack's nginx template with the examples' maintenance block.
@@ -24,19 +27,23 @@ fn set_maintenance(s: &Stack, on: bool) {
     s.write("apps/web.yaml", &web.replace("lb: {host: web.test}", lb));
 }
 
-/// Status line and body of GET / through nginx (empty on a connection error).
-fn get(s: &Stack) -> (String, String) {
-    let (response, _) = http_exchange("127.0.0.1", s.lb_port, WEB_REQUEST, None, Duration::from_secs(5));
+/// Status line and body of GET / through the LB on `port` (empty on a connection error).
+fn get_at(port: u16) -> (String, String) {
+    let (response, _) = http_exchange("127.0.0.1", port, WEB_REQUEST, None, Duration::from_secs(5));
     split_response(&response)
 }
 
-/// nginx reloads asynchronously: wait until every answer is `status` with `body` in it.
-fn wait_for(s: &Stack, status: &str, body: &str) {
-    let what = format!("nginx answering {status} with {body:?}");
-    wait_steady(&what, Duration::from_millis(300), || get(s), |(st, b)| st.contains(status) && b.contains(body));
+/// The LB reloads asynchronously: wait until every answer is `status` with `body` in it.
+fn wait_at(port: u16, status: &str, body: &str) {
+    let what = format!("the LB on {port} answering {status} with {body:?}");
+    wait_steady(&what, Duration::from_millis(300), || get_at(port), |(st, b)| st.contains(status) && b.contains(body));
 }
 
-fn plan_text(s: &Stack) -> String {
+fn wait_for(s: &Stack, status: &str, body: &str) {
+    wait_at(s.lb_port, status, body);
+}
+
+fn plan_text(s: &TestEnv) -> String {
     let repo = s.repo();
     let o = reconcile(&["plan", "--env", &s.env, "--repo", &repo]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
@@ -71,4 +78,110 @@ fn maintenance_on_answers_503_and_off_serves_again_with_the_same_instances() {
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     wait_for(&s, "200", "version=1 instance=web-");
     assert_eq!(s.containers(), before);
+}
+
+const HAPROXY_PORT: u16 = 28156;
+const HAPROXY_POOL: (u16, u16) = (24800, 24849);
+
+/// The haproxy template: the examples' maintenance block (multi-env's haproxy.cfg.j2) in
+/// each backend.
+const HAPROXY_TEMPLATE: &str = r#"defaults
+  mode http
+  retries 0
+  timeout connect 2s
+  timeout client 5s
+  timeout server 5s
+frontend fe
+  bind 127.0.0.1:@PORT@
+{% for app in apps %}
+  use_backend {{ app.name }} if { hdr(host) -i {{ app.lb.host }} }
+{% endfor %}
+{% for app in apps %}
+backend {{ app.name }}
+{% if app.maintenance %}
+  http-request return status 503 content-type text/html string "<!doctype html><title>Maintenance</title><h1>{{ app.name }} is down for maintenance</h1>"
+{% endif %}
+{% for i in app.instances %}
+  server {{ i.name }}_{{ i.port }} {{ i.address }}:{{ i.port }} weight {{ i.weight }}
+{% endfor %}
+{% endfor %}
+"#;
+
+/// A haproxy on 127.0.0.1:HAPROXY_PORT whose whole config is `cfg` (first: a frontend
+/// answering 503), reloaded by scripts/haproxy-reload; stopped when dropped.
+fn start_haproxy(t: &TestEnv) -> Daemon {
+    let dir = t.root().join("haproxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!("defaults\n  mode http\n  timeout connect 2s\n  timeout client 5s\n  timeout server 5s\nfrontend fe\n  bind 127.0.0.1:{HAPROXY_PORT}\n  http-request return status 503\n"),
+    )
+    .unwrap();
+    let haproxy = Daemon { name: "haproxy", pid_file: dir.join("haproxy.pid") };
+    let log = std::fs::File::create(dir.join("start.log")).unwrap();
+    let status = Command::new("haproxy")
+        .args(["-W", "-D", "-f"])
+        .arg(dir.join("haproxy.cfg"))
+        .arg("-p")
+        .arg(&haproxy.pid_file)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+    assert!(status.success(), "haproxy: {}", std::fs::read_to_string(dir.join("start.log")).unwrap_or_default());
+    haproxy.wait_started();
+    haproxy
+}
+
+#[test]
+fn maintenance_through_haproxy_answers_503_and_off_serves_again() {
+    let t = TestEnv::new("maint", "maintha");
+    let haproxy = start_haproxy(&t);
+    let cfg = t.root().join("haproxy/haproxy.cfg");
+    t.write_environment(
+        "{version: '1'}",
+        &var("RECONCILE_TEST_DOCKER2"),
+        HAPROXY_POOL,
+        &format!(
+            "\n  template: templates/lb.j2\n  path: '{}'\n  check: [haproxy, -c, -q, -f, '{{file}}']\n  reload: [sh, '{}', '{}']\n",
+            cfg.display(),
+            super::root().join("scripts/haproxy-reload").display(),
+            haproxy.pid_file.display(),
+        ),
+    );
+    t.write("templates/lb.j2", &HAPROXY_TEMPLATE.replace("@PORT@", &HAPROXY_PORT.to_string()));
+    t.write("templates/index.html.j2", INDEX_TEMPLATE);
+    let set = |on: bool| {
+        let web = web_app("1", "/", 2);
+        let lb = if on { "lb: {host: web.test, maintenance: true}" } else { "lb: {host: web.test}" };
+        t.write("apps/web.yaml", &web.replace("lb: {host: web.test}", lb));
+    };
+    set(false);
+    let o = t.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    wait_at(HAPROXY_PORT, "200", "version=1 instance=web-");
+    let ids = || {
+        let mut v: Vec<String> = super::support::managed_env(&t.env).into_iter().map(|m| m.id).collect();
+        v.sort();
+        v
+    };
+    let before = ids();
+
+    set(true);
+    let plan = plan_text(&t);
+    assert!(plan.contains("~ maintenance on") && plan.contains("http-request return status 503"), "{plan}");
+    let o = t.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    wait_at(HAPROXY_PORT, "503", "web is down for maintenance");
+    let (status, _) = get_at(HAPROXY_PORT);
+    assert!(status.contains("503"), "{status}");
+    assert_eq!(ids(), before, "maintenance keeps the instances running");
+
+    set(false);
+    let o = t.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    wait_at(HAPROXY_PORT, "200", "version=1 instance=web-");
+    assert_eq!(ids(), before);
+    drop(haproxy);
 }
