@@ -219,17 +219,18 @@ fn watch_aborts_a_canary_that_turns_unhealthy_and_tells_it() {
 #[test]
 fn promote_refuses_a_canary_that_a_new_commit_outdated_and_abort_still_works() {
     let s = Stack::new("canstale", 55);
+    let hook = Receiver::start(false);
     let update = "{strategy: canary, canary: 1}";
-    write(&s, "1", update);
+    write_notifying(&s, &hook, "1", update);
     let o = s.apply(&[]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let old = web_ids(&s);
-    write(&s, "2", update);
+    write_notifying(&s, &hook, "2", update);
     let o = s.apply(&[]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let canary = record(&s);
     // A new commit changes web again while its canary runs version 2.
-    write(&s, "3", update);
+    write_notifying(&s, &hook, "3", update);
     let o = cmd(&s, "promote");
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     let err = stderr(&o);
@@ -239,9 +240,16 @@ fn promote_refuses_a_canary_that_a_new_commit_outdated_and_abort_still_works() {
     assert_eq!(record(&s), canary, "nothing changed");
     assert_eq!(web_ids(&s).len(), 4, "{:?}", s.containers());
     assert!(history_kinds(&s).iter().all(|k| k != "promote"), "{:?}", history_kinds(&s));
-    // Abort is never refused.
+    assert!(told(&hook, "canary_promoted").is_empty(), "a refused promote tells nothing: {:#?}", hook.requests());
+    // Abort is never refused, and tells `canary_aborted` for web (the environment's
+    // event stays `apply_succeeded`).
     let o = cmd(&s, "abort");
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(web_ids(&s), old);
     assert_eq!(etcd_get(&canary_key(&s)), "");
+    let aborted = told(&hook, "canary_aborted");
+    assert_eq!(aborted.len(), 1, "{:#?}", hook.requests());
+    assert_eq!(aborted[0]["app"], "web");
+    let last = hook.requests().last().and_then(|g| serde_json::from_str::<serde_json::Value>(&g.body).ok()).unwrap();
+    assert!(last["event"] == "apply_succeeded" && last["app"].is_null(), "{last:#}");
 }
