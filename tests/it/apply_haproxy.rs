@@ -32,7 +32,7 @@ const POOL: (u16, u16) = (23500, 23549);
 /// replace the old and the new container of one instance (same `name`) serve side by
 /// side, and haproxy refuses two servers of one name in a backend. `retries 0` and no
 /// `option redispatch`: a request sent to a stopped instance fails visibly.
-const TEMPLATE: &str = r"# managed by reconcile for {{ env.name }}
+pub const TEMPLATE: &str = r"# managed by reconcile for {{ env.name }}
 global
   maxconn 512
 defaults

@@ -151,21 +151,28 @@ fn web_ids(s: &Stack) -> Vec<String> {
     s.containers().into_iter().filter(|c| c.1.contains("-web-") && c.2 == "running").map(|c| c.0).collect()
 }
 
+const CANARY_1: &str = "{strategy: canary, canary: 1}";
+
+/// Version 1 applied (3 web instances), then version 2 (1 canary beside them), each
+/// apply exiting 0: the old instances' ids.
+fn canary_of_version_2(s: &Stack, hook: &Receiver) -> Vec<String> {
+    write_notifying(s, hook, "1", CANARY_1);
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let old = web_ids(s);
+    assert_eq!(old.len(), 3, "{:?}", s.containers());
+    write_notifying(s, hook, "2", CANARY_1);
+    let o = s.apply(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    old
+}
+
 #[test]
 fn watch_aborts_a_canary_that_turns_unhealthy_and_tells_it() {
     let s = Stack::new("canwatch", 54);
     let hook = Receiver::start(false);
-    let update = "{strategy: canary, canary: 1}";
-    write_notifying(&s, &hook, "1", update);
-    let o = s.apply(&[]);
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-    let old = web_ids(&s);
-    assert_eq!(old.len(), 3, "{:?}", s.containers());
-
     // apply starts the canary and tells `canary_started` for web.
-    write_notifying(&s, &hook, "2", update);
-    let o = s.apply(&[]);
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let old = canary_of_version_2(&s, &hook);
     let started = told(&hook, "canary_started");
     assert_eq!(started.len(), 1, "{:#?}", hook.requests());
     assert_eq!(started[0]["app"], "web");
@@ -220,17 +227,10 @@ fn watch_aborts_a_canary_that_turns_unhealthy_and_tells_it() {
 fn promote_refuses_a_canary_that_a_new_commit_outdated_and_abort_still_works() {
     let s = Stack::new("canstale", 55);
     let hook = Receiver::start(false);
-    let update = "{strategy: canary, canary: 1}";
-    write_notifying(&s, &hook, "1", update);
-    let o = s.apply(&[]);
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-    let old = web_ids(&s);
-    write_notifying(&s, &hook, "2", update);
-    let o = s.apply(&[]);
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let old = canary_of_version_2(&s, &hook);
     let canary = record(&s);
     // A new commit changes web again while its canary runs version 2.
-    write_notifying(&s, &hook, "3", update);
+    write_notifying(&s, &hook, "3", CANARY_1);
     let o = cmd(&s, "promote");
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     let err = stderr(&o);

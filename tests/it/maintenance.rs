@@ -83,28 +83,11 @@ fn maintenance_on_answers_503_and_off_serves_again_with_the_same_instances() {
 const HAPROXY_PORT: u16 = 28156;
 const HAPROXY_POOL: (u16, u16) = (24800, 24849);
 
-/// The haproxy template: the examples' maintenance block (multi-env's haproxy.cfg.j2) in
-/// each backend.
-const HAPROXY_TEMPLATE: &str = r#"defaults
-  mode http
-  retries 0
-  timeout connect 2s
-  timeout client 5s
-  timeout server 5s
-frontend fe
-  bind 127.0.0.1:@PORT@
-{% for app in apps %}
-  use_backend {{ app.name }} if { hdr(host) -i {{ app.lb.host }} }
-{% endfor %}
-{% for app in apps %}
-backend {{ app.name }}
-{% if app.maintenance %}
+/// The examples' haproxy maintenance block (multi-env's haproxy.cfg.j2), put in each
+/// backend of `apply_haproxy`'s template.
+const HAPROXY_MAINTENANCE: &str = r#"{% if app.maintenance %}
   http-request return status 503 content-type text/html string "<!doctype html><title>Maintenance</title><h1>{{ app.name }} is down for maintenance</h1>"
 {% endif %}
-{% for i in app.instances %}
-  server {{ i.name }}_{{ i.port }} {{ i.address }}:{{ i.port }} weight {{ i.weight }}
-{% endfor %}
-{% endfor %}
 "#;
 
 /// A haproxy on 127.0.0.1:HAPROXY_PORT whose whole config is `cfg` (first: a frontend
@@ -150,7 +133,8 @@ fn maintenance_through_haproxy_answers_503_and_off_serves_again() {
             haproxy.pid_file.display(),
         ),
     );
-    t.write("templates/lb.j2", &HAPROXY_TEMPLATE.replace("@PORT@", &HAPROXY_PORT.to_string()));
+    let template = super::apply_haproxy::TEMPLATE.replace("@PORT@", &HAPROXY_PORT.to_string());
+    t.write("templates/lb.j2", &template.replace("@EXTRA@", HAPROXY_MAINTENANCE));
     t.write("templates/index.html.j2", INDEX_TEMPLATE);
     let set = |on: bool| {
         let web = web_app("1", "/", 2);
