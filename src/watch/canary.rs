@@ -204,3 +204,49 @@ impl super::Watcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::spec::{RepoSnapshot, load};
+
+    /// Environment `t` with app `web` (image `image`) at `commit`.
+    fn target(image: &str, commit: Option<&str>) -> crate::apply::Target {
+        let env = "apiVersion: reconcile/v1\nkind: Environment\nname: t\nhosts:\n  - {name: h1, docker: 'unix:///a.sock', address: 127.0.0.1, ports: 20000-20999}\netcd: {endpoints: ['http://127.0.0.1:1']}\n";
+        let web = format!(
+            "apiVersion: reconcile/v1\nkind: App\nname: web\nimage: {image}\nreplicas: 2\nupdate: {{strategy: canary, canary: 1}}\n"
+        );
+        let files: BTreeMap<String, Vec<u8>> = [
+            ("environments/t/environment.yaml".to_string(), env.as_bytes().to_vec()),
+            ("environments/t/apps/web.yaml".to_string(), web.into_bytes()),
+        ]
+        .into();
+        let snap = RepoSnapshot { files, origin: Default::default() };
+        let l = load(&snap);
+        assert!(l.diagnostics.iter().all(|d| !d.is_error()), "{:?}", l.diagnostics);
+        let origin = crate::spec::Origin { commit: commit.map(str::to_string), ..Default::default() };
+        crate::apply::Target { env: l.envs["t"].clone(), files: Arc::new(snap.files), origin, secrets: BTreeMap::new() }
+    }
+
+    #[test]
+    fn an_aborted_app_is_held_until_the_commit_or_its_spec_changes() {
+        let mut held = Held::new();
+        assert_eq!(run_mode(&held), Mode::Normal);
+        let at = target("img/web:2", Some("c1"));
+        hold(&mut held, "web", &at);
+        hold(&mut held, "ghost", &at); // not an app of the target: nothing to hold
+        assert_eq!(run_mode(&held), Mode::Held(["web".to_string()].into()));
+        assert!(release(&mut held, &at).is_empty(), "same commit, same spec: still held");
+        assert!(release(&mut held, &target("img/web:2", Some("c1"))).is_empty());
+        // Outside Git the commit stays `None`: a changed spec lets go.
+        let mut outside = Held::new();
+        hold(&mut outside, "web", &target("img/web:2", None));
+        assert_eq!(release(&mut outside, &target("img/web:3", None)), ["web"]);
+        assert_eq!(run_mode(&outside), Mode::Normal);
+        // A new commit lets go, whatever it changed.
+        assert_eq!(release(&mut held, &target("img/web:2", Some("c2"))), ["web"]);
+        assert!(held.is_empty());
+    }
+}

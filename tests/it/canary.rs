@@ -2,8 +2,9 @@
 //! `apply::Stack`), traffic on 127.0.0.1 only. 1 canary beside 3 old instances gets about
 //! a quarter of the requests; `promote` ends at 3 new instances without a failed request;
 //! `abort` ends at the 3 old ones and no canary key; `traffic: 10%` gives about 10%; a
-//! canary that turns unhealthy is aborted by `watch` (and not started again), told to the
-//! local notification receiver; `promote` refuses a canary that a new commit outdated.
+//! canary that turns unhealthy is aborted by `watch` (and not started again until a new
+//! version), told to the local notification receiver; `promote` refuses a canary that a
+//! new commit outdated.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -220,6 +221,17 @@ fn watch_aborts_a_canary_that_turns_unhealthy_and_tells_it() {
     assert_eq!(etcd_get(&canary_key(&s)), "", "the canary key is deleted");
     assert!((share(&s, "1", 30) - 1.0).abs() < f64::EPSILON, "not all old");
     assert_eq!(told(&hook, "canary_started").len(), 1, "no canary started again: {:#?}", hook.requests());
+    // A new version lets go: watch starts its canary and tells `canary_started` itself.
+    write_notifying(&s, &hook, "3", CANARY_1);
+    let t0 = Instant::now();
+    while told(&hook, "canary_started").len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no new canary within 60 s:\n{}", w.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(told(&hook, "canary_started")[1]["message"].as_str().unwrap().contains("canary web: 1 of 3 serving"));
+    assert!(w.log().contains("canaries start again"), "{}", w.log());
+    assert_ne!(record(&s).instances[0].container, canary.container, "a new canary");
+    assert_eq!(web_ids(&s).len(), 4, "{:?}", s.containers());
     assert_eq!(w.terminate(), Some(0), "{}", w.log());
 }
 
