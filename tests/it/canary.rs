@@ -48,11 +48,11 @@ fn cmd(s: &Stack, what: &str) -> std::process::Output {
 #[test]
 fn one_canary_of_three_gets_a_quarter_and_promote_loses_no_request() {
     let s = Stack::new("canary", 19);
-    let update = "{strategy: canary, canary: 1}";
-    write(&s, "1", update);
+    let hook = Receiver::start(false);
+    write_notifying(&s, &hook, "1", CANARY_1);
     let o = s.apply(&[]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-    write(&s, "2", update);
+    write_notifying(&s, &hook, "2", CANARY_1);
     let o = s.apply(&[]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("canary web: 1 of 3 serving"), "{}", stdout(&o));
@@ -78,6 +78,13 @@ fn one_canary_of_three_gets_a_quarter_and_promote_loses_no_request() {
     assert_eq!(web_containers(&s), 3, "{:?}", s.containers());
     assert!((share(&s, "2", 30) - 1.0).abs() < f64::EPSILON, "not all new");
     assert_eq!(etcd_get(&canary_key(&s)), "", "the canary key is deleted");
+    let promoted = told(&hook, "canary_promoted");
+    assert_eq!(promoted.len(), 1, "{:#?}", hook.requests());
+    assert!(
+        promoted[0]["app"] == "web" && promoted[0]["message"] == "canary web: promoted, 3 of 3 new",
+        "{:#}",
+        promoted[0]
+    );
     assert!(s.plan_json().actions.is_empty());
     let o = cmd(&s, "promote");
     assert_eq!(o.status.code(), Some(1), "promote without a canary: {}{}", stdout(&o), stderr(&o));
