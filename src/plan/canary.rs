@@ -210,39 +210,102 @@ pub fn adjust(
     mode: &Mode,
     prefix: Option<&str>,
 ) -> Result<Adjusted, PlanError> {
-    let mut out = Adjusted::default();
-    let env = &cx.env.name;
-    let delete_record = |app: &str, out: &mut Vec<Action>| {
-        if let (Some(p), Some(rec)) = (prefix, records.get(app)) {
-            let old = serde_json::to_string(rec).unwrap_or_default();
-            out.push(Action::DeleteKey { key: keys::canary(p, env, app), old });
-        }
-    };
     if let Mode::Promote(app) | Mode::Abort(app) = mode {
-        let running = live.promoted.contains(app) || live.beside.contains_key(app);
-        if !running {
-            let what = if matches!(mode, Mode::Promote(_)) { "promote" } else { "abort" };
-            return Err(PlanError::Canary(format!(
-                "app `{app}` has no canary running in environment `{env}`: nothing to {what} \
-                 (`reconcile status --env {env}` shows the canaries)"
-            )));
+        require_running(live, app, mode, &cx.env.name)?;
+    }
+    let mut a = Adjust { cx, records, prefix, out: Adjusted::default(), extra: Vec::new() };
+    for (name, app) in &cx.env.apps {
+        match app.spec.update.canaries() {
+            Some(n) => a.app(decided, live, mode, name, app.spec.replicas, n),
+            None if records.contains_key(name) => a.delete_record(name),
+            None => {}
         }
     }
-    let mut extra = Vec::new();
-    for (name, app) in &cx.env.apps {
-        let Some(n) = app.spec.update.canaries() else {
-            if records.contains_key(name) {
-                delete_record(name, &mut extra);
-            }
-            continue;
+    let Adjust { out, extra, .. } = a;
+    // Removed instances leave `keep_old`'s indices alone: drop the kept-back replaces last.
+    decided
+        .actions
+        .retain(|a| !matches!(a, Action::Replace { strategy: Strategy::Rolling, reason: Reason::Canary { .. }, .. }));
+    decided.actions.extend(extra);
+    if !out.steps.is_empty() {
+        // Old and canary containers of one instance: in the executor's serving order, so
+        // the LB file apply renders is the plan's.
+        decided.finals.sort();
+    }
+    Ok(out)
+}
+
+/// Promote and abort need a canary of `app` running.
+fn require_running(live: &Live<'_>, app: &str, mode: &Mode, env: &str) -> Result<(), PlanError> {
+    if live.promoted.contains(app) || live.beside.contains_key(app) {
+        return Ok(());
+    }
+    let what = if matches!(mode, Mode::Promote(_)) { "promote" } else { "abort" };
+    Err(PlanError::Canary(format!(
+        "app `{app}` has no canary running in environment `{env}`: nothing to {what} \
+         (`reconcile status --env {env}` shows the canaries)"
+    )))
+}
+
+/// [`adjust`]'s state: what it adds to the plan so far.
+struct Adjust<'x> {
+    cx: &'x Context<'x>,
+    records: &'x BTreeMap<String, CanaryRecord>,
+    prefix: Option<&'x str>,
+    out: Adjusted,
+    /// Actions added after the decided ones (removals of canaries, record deletions).
+    extra: Vec<Action>,
+}
+
+/// One app with strategy canary, as [`adjust`] sees it.
+struct CanaryApp<'x, 'o> {
+    name: &'x str,
+    replicas: u32,
+    since: Option<String>,
+    /// Its canaries running beside their old containers.
+    beside: &'x [(InstanceId, &'o ObservedInstance)],
+}
+
+impl CanaryApp<'_, '_> {
+    fn step(&self, state: CanaryState, instances: Vec<String>) -> CanaryStep {
+        CanaryStep { app: self.name.to_string(), state, instances, replicas: self.replicas, since: self.since.clone() }
+    }
+
+    /// The instance names of the canaries beside.
+    fn names(&self) -> Vec<String> {
+        self.beside.iter().map(|(id, _)| id.to_string()).collect()
+    }
+
+    /// Remove every canary beside, saying `why`.
+    fn remove_beside(&self, extra: &mut Vec<Action>, why: &str) {
+        for (_, c) in self.beside {
+            extra.push(Action::Remove {
+                app: self.name.to_string(),
+                instance: c.instance.clone(),
+                reason: Reason::Canary { why: why.into() },
+                old: old_of(c),
+            });
+        }
+    }
+}
+
+impl<'x> Adjust<'x> {
+    /// Delete app `app`'s canary record, when there is one (and etcd).
+    fn delete_record(&mut self, app: &str) {
+        if let (Some(p), Some(rec)) = (self.prefix, self.records.get(app)) {
+            let old = serde_json::to_string(rec).unwrap_or_default();
+            self.extra.push(Action::DeleteKey { key: keys::canary(p, &self.cx.env.name, app), old });
+        }
+    }
+
+    /// One canary app (`n` canaries wanted): promote, abort, keep serving, or start.
+    fn app(&mut self, decided: &mut Decided, live: &'x Live<'_>, mode: &Mode, name: &'x str, replicas: u32, n: u32) {
+        let c = CanaryApp {
+            name,
+            replicas,
+            since: self.records.get(name).map(|r| r.since.clone()),
+            beside: live.beside.get(name).map(Vec::as_slice).unwrap_or_default(),
         };
-        let replicas = app.spec.replicas;
-        let since = records.get(name).map(|r| r.since.clone());
-        let beside = live.beside.get(name).map(Vec::as_slice).unwrap_or_default();
-        let names =
-            |l: &[(InstanceId, &ObservedInstance)]| -> Vec<String> { l.iter().map(|(id, _)| id.to_string()).collect() };
-        let step =
-            |state, instances| CanaryStep { app: name.clone(), state, instances, replicas, since: since.clone() };
         // Whatever is replaced of a canary app rolls, except the canaries started below.
         for a in &mut decided.actions {
             if let Action::Replace { app: x, strategy, .. } = a
@@ -251,60 +314,65 @@ pub fn adjust(
                 *strategy = Strategy::Rolling;
             }
         }
-        if *mode == Mode::Promote(name.clone()) {
-            let instances = records.get(name).map(|r| r.instances.iter().map(|i| i.instance.clone()).collect());
-            out.steps.push(step(CanaryState::Promote, instances.unwrap_or_default()));
-            continue;
+        if matches!(mode, Mode::Promote(p) if p == name) {
+            let instances = self.records.get(name).map(|r| r.instances.iter().map(|i| i.instance.clone()).collect());
+            self.out.steps.push(c.step(CanaryState::Promote, instances.unwrap_or_default()));
+            return;
         }
         let changed = changed(decided, name);
-        let remove_beside = |extra: &mut Vec<Action>, why: &str| {
-            for (_, c) in beside {
-                extra.push(Action::Remove {
-                    app: name.clone(),
-                    instance: c.instance.clone(),
-                    reason: Reason::Canary { why: why.into() },
-                    old: old_of(c),
-                });
-            }
-        };
-        if *mode == Mode::Abort(name.clone()) {
-            remove_beside(&mut extra, "aborted: the old instances stay");
+        if matches!(mode, Mode::Abort(p) if p == name) {
+            c.remove_beside(&mut self.extra, "aborted: the old instances stay");
             keep_old(decided, &changed);
-            delete_record(name, &mut extra);
-            out.steps.push(step(CanaryState::Abort, names(beside)));
-            continue;
+            self.delete_record(name);
+            self.out.steps.push(c.step(CanaryState::Abort, c.names()));
+            return;
         }
         let want = (n as usize).min(changed.len());
-        let changed_ids: BTreeSet<InstanceId> =
-            changed.iter().filter_map(|&i| replace_id(&decided.actions[i])).collect();
-        let fresh = !beside.is_empty()
-            && beside.len() == want
-            && beside.iter().all(|(id, c)| changed_ids.contains(id) && is_fresh(cx, id, c));
-        if fresh {
-            keep_old(decided, &changed);
-            for (id, c) in beside {
-                let a = Assignment { app: id.app.clone(), ordinal: id.ordinal, host: c.host.clone(), port: c.port };
-                decided.finals.push(a.clone());
-                out.canaries.insert(a);
-                out.staying.push(c.name.clone());
-            }
-            out.steps.push(step(CanaryState::Running, names(beside)));
-            continue;
+        if self.serving_fresh(decided, &c, &changed, want) {
+            return;
         }
-        if !beside.is_empty() {
-            remove_beside(&mut extra, "superseded by the new spec");
+        if !c.beside.is_empty() {
+            c.remove_beside(&mut self.extra, "superseded by the new spec");
         }
         if changed.is_empty() {
-            if records.contains_key(name) || !beside.is_empty() {
-                delete_record(name, &mut extra);
-                out.steps.push(step(CanaryState::End, names(beside)));
+            if self.records.contains_key(name) || !c.beside.is_empty() {
+                self.delete_record(name);
+                self.out.steps.push(c.step(CanaryState::End, c.names()));
             }
-            continue;
+            return;
         }
         if matches!(mode, Mode::Held(apps) if apps.contains(name)) {
             keep_old(decided, &changed);
-            continue;
+            return;
         }
+        self.start(decided, &c, &changed, want);
+    }
+
+    /// The `want` canaries beside run the desired spec: they keep serving beside the old
+    /// containers, which stay (true); otherwise nothing is done (false).
+    fn serving_fresh(&mut self, decided: &mut Decided, c: &CanaryApp<'_, '_>, changed: &[usize], want: usize) -> bool {
+        let changed_ids: BTreeSet<InstanceId> =
+            changed.iter().filter_map(|&i| replace_id(&decided.actions[i])).collect();
+        let fresh = !c.beside.is_empty()
+            && c.beside.len() == want
+            && c.beside.iter().all(|(id, o)| changed_ids.contains(id) && is_fresh(self.cx, id, o));
+        if !fresh {
+            return false;
+        }
+        keep_old(decided, changed);
+        for (id, o) in c.beside {
+            let a = Assignment { app: id.app.clone(), ordinal: id.ordinal, host: o.host.clone(), port: o.port };
+            decided.finals.push(a.clone());
+            self.out.canaries.insert(a);
+            self.out.staying.push(o.name.clone());
+        }
+        self.out.steps.push(c.step(CanaryState::Running, c.names()));
+        true
+    }
+
+    /// Start the first `want` changed instances as canaries beside their old
+    /// containers; the other changed ones are kept back.
+    fn start(&mut self, decided: &mut Decided, c: &CanaryApp<'_, '_>, changed: &[usize], want: usize) {
         let (start, rest) = changed.split_at(want);
         keep_old(decided, rest);
         let mut instances = Vec::new();
@@ -320,7 +388,7 @@ pub fn adjust(
                         host: old.host.clone(),
                         port: old.port,
                     });
-                    out.canaries.insert(Assignment {
+                    self.out.canaries.insert(Assignment {
                         app: id.app,
                         ordinal: id.ordinal,
                         host: new.host.clone(),
@@ -329,21 +397,10 @@ pub fn adjust(
                 }
             }
         }
-        let state =
-            if records.contains_key(name) || !beside.is_empty() { CanaryState::Replace } else { CanaryState::Start };
-        out.steps.push(CanaryStep { since: None, ..step(state, instances) });
+        let restarted = self.records.contains_key(c.name) || !c.beside.is_empty();
+        let state = if restarted { CanaryState::Replace } else { CanaryState::Start };
+        self.out.steps.push(CanaryStep { since: None, ..c.step(state, instances) });
     }
-    // Removed instances leave `keep_old`'s indices alone: drop the kept-back replaces last.
-    decided
-        .actions
-        .retain(|a| !matches!(a, Action::Replace { strategy: Strategy::Rolling, reason: Reason::Canary { .. }, .. }));
-    decided.actions.extend(extra);
-    if !out.steps.is_empty() {
-        // Old and canary containers of one instance: in the executor's serving order, so
-        // the LB file apply renders is the plan's.
-        decided.finals.sort();
-    }
-    Ok(out)
 }
 
 /// Indices of the app's replaces that a canary rolls out: a changed spec or a moved

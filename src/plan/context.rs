@@ -2,7 +2,7 @@
 //! sees them, their addresses, the compiled templates and the template contexts —
 //! built once per plan, and the rendering of one instance at a slot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::instance::{self, AppTemplates, Contexts, InstanceSpec, Slot, contexts};
@@ -32,7 +32,8 @@ pub fn host_slots(env: &Env) -> Result<Vec<HostSlot>, PlanError> {
 pub struct Context<'a> {
     pub env: &'a Env,
     pub slots: Vec<HostSlot>,
-    addresses: BTreeMap<String, String>,
+    /// Host → address; only looked up (twice per instance), so hashed.
+    addresses: HashMap<String, String>,
     templates: Templates,
     ctx: Contexts,
     prepared: BTreeMap<String, AppTemplates>,

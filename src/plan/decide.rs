@@ -2,7 +2,7 @@
 //! `watch`'s crash-looping instances) — from its placement, its primary container
 //! and the spec-hashes; then the removals of instances no longer desired.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::context::Context;
 use super::group::{Grouped, old_of};
@@ -94,10 +94,11 @@ pub fn decide_all(
 ) -> Result<Decided, PlanError> {
     let mut out = Decided::default();
     let mut hashes = cx.hashes(assignments).into_iter();
-    let mut placed = BTreeSet::new();
+    // Borrowed (app, ordinal): no key cloned per instance.
+    let mut placed: HashSet<(&str, u32)> = HashSet::with_capacity(assignments.len());
     for a in assignments {
         let id = InstanceId::new(a.app.clone(), a.ordinal);
-        placed.insert(id.clone());
+        placed.insert((a.app.as_str(), a.ordinal));
         let hash = hashes.next().unwrap_or_else(|| Err(PlanError::Placement("render results out of step".into())));
         let o = grouped.primary.get(&id).copied();
         let app = cx.env.apps.get(&a.app).ok_or_else(|| {
@@ -117,7 +118,7 @@ pub fn decide_all(
         out.apply(cx, ports, a, id, o, hash?, decision, strategy)?;
     }
     for (id, o) in &grouped.primary {
-        if !placed.contains(id) {
+        if !placed.contains(&(id.app.as_str(), id.ordinal)) {
             let reason = if cx.env.apps.contains_key(&id.app) { Reason::ScaledDown } else { Reason::NotInSpec };
             out.actions.push(Action::Remove {
                 app: o.app.clone(),

@@ -2,7 +2,7 @@
 //! copies, registry entries of the serving instances, the health marks of kept
 //! containers, apply's reload-pending mark), diffed against the observed keys.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
@@ -22,7 +22,8 @@ pub fn etcd_keys(
     serving: &[Assignment],
 ) -> Result<BTreeMap<String, String>, PlanError> {
     let env = cx.env;
-    let mut by_app: BTreeMap<&str, Vec<&Assignment>> = BTreeMap::new();
+    // Only looked up by name (never iterated): a hash map, not 100,000 ordered inserts.
+    let mut by_app: HashMap<&str, Vec<&Assignment>> = HashMap::new();
     for a in serving {
         by_app.entry(a.app.as_str()).or_default().push(a);
     }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::secret::{MASK, Secret};
 use crate::spec::load::App;
 use crate::spec::template::{TemplateError, Templates};
-use crate::spec::types::{HealthSpec, Network};
+use crate::spec::types::{AppSpec, HealthSpec, Network};
 use crate::spec::units;
 
 /// A rendered string: the real text and what may be shown.
@@ -262,65 +262,14 @@ pub fn render(
     mask: bool,
 ) -> Result<InstanceSpec, TemplateError> {
     let s = &app.spec;
-    let instance = minijinja::context! {
-        name => format!("{}-{}", s.name, slot.ordinal),
-        ordinal => slot.ordinal,
-        host => slot.host,
-        address => slot.address,
-        port => slot.port,
-    };
-    let real = minijinja::context! { instance => instance.clone(), ..at.real.clone() };
-    let masked = minijinja::context! { instance => instance, ..at.masked.clone() };
-    let both_str = |src: &str| -> Result<Rendered, TemplateError> {
-        match at.inline.get(src) {
-            None => Ok(Rendered::plain(src)),
-            // A template that cannot see a secret renders the same masked: render once.
-            Some((name, secret)) if !secret || !mask => Ok(Rendered::plain(t.render_value(name, &real)?)),
-            Some((name, _)) => {
-                Ok(Rendered { real: Secret::new(t.render_value(name, &real)?), shown: t.render_value(name, &masked)? })
-            }
-        }
-    };
-    let mut env = BTreeMap::new();
-    for (k, v) in &s.env {
-        let r = match v {
-            Value::String(text) => both_str(text)?,
-            other => Rendered::plain(other.to_string()),
-        };
-        env.insert(k.clone(), r);
-    }
-    if let Some(p) = slot.port.filter(|_| s.network == Network::Host) {
-        env.insert("PORT".into(), Rendered::plain(p.to_string()));
-    } else if let Some(p) = s.port {
-        env.insert("PORT".into(), Rendered::plain(p.to_string()));
-    }
-    env.insert("RECONCILE_ENV".into(), Rendered::plain(env_name));
-    env.insert("RECONCILE_APP".into(), Rendered::plain(s.name.clone()));
-    env.insert("RECONCILE_INSTANCE".into(), Rendered::plain(format!("{}-{}", s.name, slot.ordinal)));
+    let r = Renderer::new(s, slot, at, t, mask);
+    let env = r.env(slot, env_name)?;
     let command = match &s.command {
-        Some(c) => Some(c.iter().map(|a| both_str(a)).collect::<Result<Vec<_>, _>>()?),
+        Some(c) => Some(c.iter().map(|a| r.inline(a)).collect::<Result<Vec<_>, _>>()?),
         None => None,
     };
-    let mut files = BTreeMap::new();
-    for f in &s.files {
-        let content = if mask && at.files_with_secrets.contains(&f.template) {
-            Rendered {
-                real: Secret::new(t.render_value(&f.template, &real)?),
-                shown: t.render_value(&f.template, &masked)?,
-            }
-        } else {
-            Rendered::plain(t.render_value(&f.template, &real)?)
-        };
-        files.insert(f.path.clone(), content);
-    }
-    let mut sensitive = BTreeMap::new();
-    let fields = command.iter().flatten().enumerate().map(|(i, r)| (format!("command.{i}"), r));
-    let fields = fields.chain(env.iter().map(|(k, r)| (format!("env.{k}"), r)));
-    for (f, r) in fields.chain(files.iter().map(|(k, r)| (format!("files.{k}"), r))) {
-        if let Some(d) = ctx.digest(&f, r) {
-            sensitive.insert(f, d);
-        }
-    }
+    let files = r.files()?;
+    let sensitive = sensitive_fields(ctx, command.as_deref(), &env, &files);
     let resources = s.resources.as_ref();
     Ok(InstanceSpec {
         image: s.image.clone(),
@@ -345,6 +294,104 @@ pub fn render(
         labels: s.labels.clone(),
         sensitive,
     })
+}
+
+/// The rendering of one instance's templates: its contexts (real and masked, with
+/// `instance`) and whether the masked side is wanted.
+struct Renderer<'a> {
+    s: &'a AppSpec,
+    at: &'a AppTemplates,
+    t: &'a Templates,
+    real: minijinja::Value,
+    masked: minijinja::Value,
+    mask: bool,
+}
+
+impl<'a> Renderer<'a> {
+    fn new(s: &'a AppSpec, slot: &Slot<'_>, at: &'a AppTemplates, t: &'a Templates, mask: bool) -> Self {
+        let instance = minijinja::context! {
+            name => format!("{}-{}", s.name, slot.ordinal),
+            ordinal => slot.ordinal,
+            host => slot.host,
+            address => slot.address,
+            port => slot.port,
+        };
+        let real = minijinja::context! { instance => instance.clone(), ..at.real.clone() };
+        let masked = minijinja::context! { instance => instance, ..at.masked.clone() };
+        Self { s, at, t, real, masked, mask }
+    }
+
+    /// An env value or command argument: a template when `prepare` compiled it.
+    fn inline(&self, src: &str) -> Result<Rendered, TemplateError> {
+        match self.at.inline.get(src) {
+            None => Ok(Rendered::plain(src)),
+            // A template that cannot see a secret renders the same masked: render once.
+            Some((name, secret)) if !secret || !self.mask => {
+                Ok(Rendered::plain(self.t.render_value(name, &self.real)?))
+            }
+            Some((name, _)) => Ok(Rendered {
+                real: Secret::new(self.t.render_value(name, &self.real)?),
+                shown: self.t.render_value(name, &self.masked)?,
+            }),
+        }
+    }
+
+    /// The app's env, then `PORT` and the `RECONCILE_*` variables.
+    fn env(&self, slot: &Slot<'_>, env_name: &str) -> Result<BTreeMap<String, Rendered>, TemplateError> {
+        let s = self.s;
+        let mut env = BTreeMap::new();
+        for (k, v) in &s.env {
+            let r = match v {
+                Value::String(text) => self.inline(text)?,
+                other => Rendered::plain(other.to_string()),
+            };
+            env.insert(k.clone(), r);
+        }
+        if let Some(p) = slot.port.filter(|_| s.network == Network::Host) {
+            env.insert("PORT".into(), Rendered::plain(p.to_string()));
+        } else if let Some(p) = s.port {
+            env.insert("PORT".into(), Rendered::plain(p.to_string()));
+        }
+        env.insert("RECONCILE_ENV".into(), Rendered::plain(env_name));
+        env.insert("RECONCILE_APP".into(), Rendered::plain(s.name.clone()));
+        env.insert("RECONCILE_INSTANCE".into(), Rendered::plain(format!("{}-{}", s.name, slot.ordinal)));
+        Ok(env)
+    }
+
+    /// The rendered files, by container path.
+    fn files(&self) -> Result<BTreeMap<String, Rendered>, TemplateError> {
+        let mut files = BTreeMap::new();
+        for f in &self.s.files {
+            let content = if self.mask && self.at.files_with_secrets.contains(&f.template) {
+                Rendered {
+                    real: Secret::new(self.t.render_value(&f.template, &self.real)?),
+                    shown: self.t.render_value(&f.template, &self.masked)?,
+                }
+            } else {
+                Rendered::plain(self.t.render_value(&f.template, &self.real)?)
+            };
+            files.insert(f.path.clone(), content);
+        }
+        Ok(files)
+    }
+}
+
+/// Secret-bearing field (`command.N`, `env.K`, `files.PATH`) → digest of its secrets.
+fn sensitive_fields(
+    ctx: &Contexts,
+    command: Option<&[Rendered]>,
+    env: &BTreeMap<String, Rendered>,
+    files: &BTreeMap<String, Rendered>,
+) -> BTreeMap<String, String> {
+    let mut sensitive = BTreeMap::new();
+    let fields = command.into_iter().flatten().enumerate().map(|(i, r)| (format!("command.{i}"), r));
+    let fields = fields.chain(env.iter().map(|(k, r)| (format!("env.{k}"), r)));
+    for (f, r) in fields.chain(files.iter().map(|(k, r)| (format!("files.{k}"), r))) {
+        if let Some(d) = ctx.digest(&f, r) {
+            sensitive.insert(f, d);
+        }
+    }
+    sensitive
 }
 
 #[cfg(test)]

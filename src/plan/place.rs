@@ -2,7 +2,7 @@
 //! still allowed: `crate::placement`), and track the pool ports in use per
 //! address, so a rolling replacement gets a free one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::PlanError;
 use super::context::Context;
@@ -33,13 +33,14 @@ pub fn place(
 /// Pool ports taken per address (hosts sharing an address share ports: host networking).
 #[derive(Debug, Default)]
 pub struct Ports {
-    used: BTreeMap<String, BTreeSet<u16>>,
+    /// Only looked up by address (never iterated), so hashed.
+    used: HashMap<String, BTreeSet<u16>>,
 }
 
 impl Ports {
     /// Every assigned port and every port an observed container holds.
     pub fn taken(cx: &Context<'_>, assignments: &[Assignment], observed: &[&ObservedInstance]) -> Self {
-        let mut used: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
+        let mut used: HashMap<String, BTreeSet<u16>> = HashMap::new();
         let held = assignments.iter().map(|a| (&a.host, a.port)).chain(observed.iter().map(|o| (&o.host, o.port)));
         for (host, port) in held {
             if let (Some(address), Some(p)) = (cx.address(host), port) {

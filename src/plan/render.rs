@@ -119,12 +119,38 @@ fn pretty(v: &str) -> String {
 
 /// Sections of a plan: (title, lines), one per app, then etcd, then the LB.
 fn sections(plan: &Plan, st: &Style) -> Vec<(String, Vec<String>)> {
-    let mut apps: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    let mut etcd = Vec::new();
-    let mut lbs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut s = Sections::default();
     for a in &plan.actions {
         match a {
-            Action::Create { app, instance, reason, new } => apps.entry(app).or_default().push(st.add(&format!(
+            Action::Create { .. } | Action::Replace { .. } | Action::Remove { .. } | Action::Start { .. } => {
+                s.instance(a, st)
+            }
+            Action::PutKey { key, value, old } => s.put_key(&plan.env, key, value, old.as_deref(), st),
+            Action::DeleteKey { key, old } => s.etcd.push(st.del(&format!("- {key} (was {:?})", truncate(old, 80)))),
+            Action::WriteLb { lb, path, content, old } => {
+                let lines = s.lbs.entry(lb).or_default();
+                lines.push(st.change(&format!("~ write {path}{}", if old.is_none() { " (new file)" } else { "" })));
+                lines.extend(unified(old.as_deref().unwrap_or(""), content).lines().map(|l| format!("    {l}")));
+            }
+            Action::ReloadLb { lb } => s.lbs.entry(lb).or_default().push(st.change("~ reload")),
+        }
+    }
+    s.titled(plan)
+}
+
+/// The lines of [`sections`] as they are collected: per app, etcd, per LB.
+#[derive(Default)]
+struct Sections<'p> {
+    apps: BTreeMap<&'p str, Vec<String>>,
+    etcd: Vec<String>,
+    lbs: BTreeMap<&'p str, Vec<String>>,
+}
+
+impl<'p> Sections<'p> {
+    /// The line(s) of an instance action, in its app's section.
+    fn instance(&mut self, a: &'p Action, st: &Style) {
+        match a {
+            Action::Create { app, instance, reason, new } => self.apps.entry(app).or_default().push(st.add(&format!(
                 "+ {instance} on {}{} ({}) {}",
                 new.host,
                 port(new.port),
@@ -132,7 +158,7 @@ fn sections(plan: &Plan, st: &Style) -> Vec<(String, Vec<String>)> {
                 new.spec.get("image").and_then(Value::as_str).unwrap_or_default()
             ))),
             Action::Replace { app, instance, reason, changes, old, new, strategy } => {
-                let lines = apps.entry(app).or_default();
+                let lines = self.apps.entry(app).or_default();
                 let moved = if old.host != new.host || old.port != new.port {
                     format!("{}{} → {}{}", old.host, port(old.port), new.host, port(new.port))
                 } else {
@@ -150,64 +176,65 @@ fn sections(plan: &Plan, st: &Style) -> Vec<(String, Vec<String>)> {
             Action::Remove { app, instance, reason, old } => {
                 let label = if instance.is_empty() { old.container_name.clone() } else { instance.clone() };
                 let app = if app.is_empty() { "(unrecognised)" } else { app.as_str() };
-                apps.entry(app).or_default().push(st.del(&format!(
+                self.apps.entry(app).or_default().push(st.del(&format!(
                     "- {label} on {}{} ({})",
                     old.host,
                     port(old.port),
                     reason_text(reason)
                 )))
             }
-            Action::Start { app, instance, reason, old } => apps.entry(app).or_default().push(st.add(&format!(
+            Action::Start { app, instance, reason, old } => self.apps.entry(app).or_default().push(st.add(&format!(
                 "> start {instance} on {} ({})",
                 old.host,
                 reason_text(reason)
             ))),
-            Action::PutKey { key, value, old } => {
-                if let Some((app, on)) = maintenance_switch(&plan.env, key, old.as_deref(), value) {
-                    let line = if on { "~ maintenance on (the LB stops routing to it)" } else { "~ maintenance off" };
-                    apps.entry(app).or_default().push(st.change(line));
-                }
-                match old {
-                    None if !value.contains('\n') && !value.starts_with('{') => {
-                        etcd.push(st.add(&format!("+ {key} = {value:?}")))
-                    }
-                    None => etcd.push(st.add(&format!(
-                        "+ {key} ({} bytes{})",
-                        value.len(),
-                        if value.starts_with('{') { " of JSON" } else { "" }
-                    ))),
-                    Some(o) if !o.contains('\n') && !value.contains('\n') && !o.starts_with('{') => {
-                        etcd.push(st.change(&format!("~ {key}: {o:?} → {value:?}")))
-                    }
-                    Some(o) => {
-                        etcd.push(st.change(&format!("~ {key}")));
-                        etcd.extend(unified(&pretty(o), &pretty(value)).lines().map(|l| format!("    {l}")));
-                    }
-                }
-            }
-            Action::DeleteKey { key, old } => etcd.push(st.del(&format!("- {key} (was {:?})", truncate(old, 80)))),
-            Action::WriteLb { lb, path, content, old } => {
-                let lines = lbs.entry(lb).or_default();
-                lines.push(st.change(&format!("~ write {path}{}", if old.is_none() { " (new file)" } else { "" })));
-                lines.extend(unified(old.as_deref().unwrap_or(""), content).lines().map(|l| format!("    {l}")));
-            }
-            Action::ReloadLb { lb } => lbs.entry(lb).or_default().push(st.change("~ reload")),
+            _ => {}
         }
     }
-    let mut out: Vec<(String, Vec<String>)> = apps.into_iter().map(|(k, v)| (format!("app {k}"), v)).collect();
-    if !etcd.is_empty() {
-        out.push(("etcd".into(), etcd));
+
+    /// A key write in the etcd section (and a maintenance switch in its app's).
+    fn put_key(&mut self, env: &str, key: &'p str, value: &str, old: Option<&str>, st: &Style) {
+        if let Some((app, on)) = maintenance_switch(env, key, old, value) {
+            let line = if on { "~ maintenance on (the LB stops routing to it)" } else { "~ maintenance off" };
+            self.apps.entry(app).or_default().push(st.change(line));
+        }
+        let etcd = &mut self.etcd;
+        match old {
+            None if !value.contains('\n') && !value.starts_with('{') => {
+                etcd.push(st.add(&format!("+ {key} = {value:?}")))
+            }
+            None => etcd.push(st.add(&format!(
+                "+ {key} ({} bytes{})",
+                value.len(),
+                if value.starts_with('{') { " of JSON" } else { "" }
+            ))),
+            Some(o) if !o.contains('\n') && !value.contains('\n') && !o.starts_with('{') => {
+                etcd.push(st.change(&format!("~ {key}: {o:?} → {value:?}")))
+            }
+            Some(o) => {
+                etcd.push(st.change(&format!("~ {key}")));
+                etcd.extend(unified(&pretty(o), &pretty(value)).lines().map(|l| format!("    {l}")));
+            }
+        }
     }
-    // One section per LB: `lb edge`, `lb internal`; the single default LB is just `lb`.
-    for (name, lines) in lbs {
-        let title = if super::lb::is_default_lb(name) { "lb".to_string() } else { format!("lb {name}") };
-        out.push((title, lines));
+
+    /// Titled, in order: `app <name>` per app, `etcd`, `lb` / `lb <name>`, `canaries`.
+    fn titled(self, plan: &Plan) -> Vec<(String, Vec<String>)> {
+        let mut out: Vec<(String, Vec<String>)> = self.apps.into_iter().map(|(k, v)| (format!("app {k}"), v)).collect();
+        if !self.etcd.is_empty() {
+            out.push(("etcd".into(), self.etcd));
+        }
+        // One section per LB: `lb edge`, `lb internal`; the single default LB is just `lb`.
+        for (name, lines) in self.lbs {
+            let title = if super::lb::is_default_lb(name) { "lb".to_string() } else { format!("lb {name}") };
+            out.push((title, lines));
+        }
+        let canaries = super::canary::lines(&plan.canaries, &plan.env);
+        if !canaries.is_empty() {
+            out.push(("canaries".into(), canaries));
+        }
+        out
     }
-    let canaries = super::canary::lines(&plan.canaries, &plan.env);
-    if !canaries.is_empty() {
-        out.push(("canaries".into(), canaries));
-    }
-    out
 }
 
 /// `lb.maintenance` switched in an app's desired copy (`<prefix>/<env>/apps/<app>`, whose

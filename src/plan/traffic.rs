@@ -49,6 +49,9 @@ pub fn serving(
         .filter(|(_, c)| marks.contains_key(*c))
         .map(|(id, c)| ((id.app.clone(), id.ordinal), c.clone()))
         .collect();
+    if marked.is_empty() {
+        return finals.to_vec(); // nothing to exclude: no key built per instance
+    }
     let excluded = out_of_traffic(finals, &marked, marks);
     finals.iter().filter(|a| !excluded.contains(&(a.app.clone(), a.ordinal))).cloned().collect()
 }

@@ -574,9 +574,20 @@ impl Checker<'_> {
     fn templates(&mut self, t: &Templates, hosts: &[HostSlot], assignments: &[Assignment]) {
         let env = self.env;
         let base = base_context(env);
-        let addr = |h: &str| hosts.iter().find(|x| x.name == h).map(|x| x.address.clone()).unwrap_or_default();
+        // Indexed once (the first host of a name, the first assignment of an app, as a
+        // search from the front finds them), not searched per app: 10,000 apps × 100,000
+        // assignments otherwise.
+        let mut address: BTreeMap<&str, &str> = BTreeMap::new();
+        for h in hosts {
+            address.entry(h.name.as_str()).or_insert(h.address.as_str());
+        }
+        let mut first: BTreeMap<&str, &Assignment> = BTreeMap::new();
+        for a in assignments {
+            first.entry(a.app.as_str()).or_insert(a);
+        }
+        let addr = |h: &str| address.get(h).map(|a| a.to_string()).unwrap_or_default();
         for (name, app) in &env.apps {
-            let a = assignments.iter().find(|x| &x.app == name);
+            let a = first.get(name.as_str());
             let instance = json!({
                 "name": format!("{name}-0"),
                 "ordinal": 0,
