@@ -23,7 +23,9 @@
 # `scale:begin`/`scale:end` markers of bench/results.md. Needs the test environment
 # (scripts/test-env.sh up); contacts only 127.0.0.1. Removes every container and etcd
 # key it made at the end and stops the bench daemons (KEEP_DAEMONS=1 keeps them).
-# Knobs: RUNS, NO_CRITERION=1, NO_BUILD=1, KEEP_TMP=1.
+# Knobs: RUNS, NO_CRITERION=1, NO_BUILD=1, BIN=, FLOOR=, KEEP_TMP=1, SETUP_ONLY=1 (build the repo and
+# converge the environments, print the repo's path and stop, leaving everything in
+# place for profiling by hand; the next run removes it first).
 set -euo pipefail
 
 RUNS=${RUNS:-15}
@@ -34,8 +36,8 @@ RECORD=$HERE/scale-results.md
 RESULTS=$HERE/results.md
 IMAGE=reconcile-test/busybox:1
 EPREFIX=/reconcile-bench-scale
-BIN=$ROOT/target/release/reconcile
-FLOOR=$ROOT/target/release/examples/noop_floor
+BIN=${BIN:-$ROOT/target/release/reconcile}        # BIN=, FLOOR=: binaries built elsewhere (NO_BUILD=1)
+FLOOR=${FLOOR:-$ROOT/target/release/examples/noop_floor}
 DAEMONS=9                                  # 1-8: the 8-host environment, 9: the 1-host one
 FLOOR_POOL=31000-31999                     # below the ephemeral range, away from test pools
 
@@ -45,7 +47,7 @@ load_test_env docker etcdctl git python3 /usr/bin/time
 
 if [ -z "${NO_BUILD:-}" ]; then
   say "building reconcile and examples/noop_floor (release)"
-  (cd "$ROOT" && cargo build --release --quiet --bin reconcile --example noop_floor)
+  (cd "$ROOT" && nice -n 19 cargo build --release --quiet --bin reconcile --example noop_floor)
 fi
 say "starting $DAEMONS bench daemons"
 mapfile -t SOCKS < <("$ROOT/scripts/test-env.sh" bench-daemons "$DAEMONS")
@@ -150,6 +152,12 @@ done
 got=$("$FLOOR" "$REPO" bench-floor "$ETCD" "$EPREFIX/floor/" "$RECONCILE_TEST_DOCKER1")
 say "floor reads: $got"
 [[ $got == *" containers=100 "* && $got != *etcd_keys=0 ]] || die "the floor did not see the 100 containers and their keys: $got"
+if [ -n "${SETUP_ONLY:-}" ]; then
+  trap - EXIT
+  say "SETUP_ONLY: environments bench-floor, bench-d8, bench-d1 converged; sockets ${SOCKS[*]}"
+  echo "$REPO"
+  exit 0
+fi
 
 # ------------------------------------------------------------------ measure
 SAMPLES=$TMP/samples.tsv   # key \t wall ms \t peak RSS KiB

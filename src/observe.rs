@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::backend::{docker, etcd, lb};
-use crate::model::{HostObservation, ObservedState};
+use crate::model::{HostObservation, ObservedState, Pin};
 use crate::spec::Env;
 use crate::spec::types::LbTarget;
 
@@ -40,20 +40,38 @@ pub struct ObserveError {
 /// # Errors
 /// Any host, etcd or the LB file cannot be read; all problems are reported together.
 pub async fn observe(env: &Env, opts: Options) -> Result<ObservedState, ObserveError> {
+    observe_reading(env, opts, false).await.map(|(observed, _)| observed)
+}
+
+/// What [`observe_with_pin`] read of the rollback pin: `Ok(None)` without etcd or pin.
+pub type PinRead = Result<Option<Pin>, etcd::EtcdError>;
+
+/// [`observe`], and the environment's rollback pin (`apply::pin`) read over the same
+/// etcd connection at the same time as the ranges: `plan` and `status`, which show the
+/// pin without holding the lock, pay no second connection for it.
+///
+/// # Errors
+/// As [`observe`]. A pin that cannot be read is the second value's error, so the caller
+/// reports it as before: after a failed observation, not instead of it.
+pub async fn observe_with_pin(env: &Env, opts: Options) -> Result<(ObservedState, PinRead), ObserveError> {
+    observe_reading(env, opts, true).await
+}
+
+async fn observe_reading(env: &Env, opts: Options, pin: bool) -> Result<(ObservedState, PinRead), ObserveError> {
+    let started = std::time::Instant::now();
     let name = env.name.clone();
     let apps: BTreeSet<String> = env.apps.keys().cloned().collect();
     let docker_f = docker::observe_all(&env.spec.hosts, &name, opts.parallelism, opts.timeout);
     let etcd_f = async {
-        match &env.spec.etcd {
-            None => Ok(None),
-            Some(spec) => {
-                let mut client = etcd::connect(spec, opts.timeout).await?;
-                tokio::time::timeout(opts.timeout, etcd::observe(&mut client, spec, &name, &apps))
-                    .await
-                    .map_err(|_| etcd::EtcdError::Timeout { endpoints: spec.endpoints.clone(), after: opts.timeout })?
-                    .map(Some)
-            }
-        }
+        let Some(spec) = &env.spec.etcd else { return Ok((None, Ok(None))) };
+        let mut client = etcd::connect(spec, opts.timeout).await?;
+        let mut pin_client = client.clone();
+        let pin_f = async { if pin { etcd::pin(&mut pin_client, &spec.prefix, &name).await } else { Ok(None) } };
+        let reads = async { tokio::join!(etcd::observe(&mut client, spec, &name, &apps), pin_f) };
+        let (observed, pin) = tokio::time::timeout(opts.timeout, reads)
+            .await
+            .map_err(|_| etcd::EtcdError::Timeout { endpoints: spec.endpoints.clone(), after: opts.timeout })?;
+        Ok::<_, etcd::EtcdError>((Some(observed?), pin))
     };
     let (hosts, etcd) = tokio::join!(docker_f, etcd_f);
     let mut problems = Vec::new();
@@ -61,9 +79,9 @@ pub async fn observe(env: &Env, opts: Options) -> Result<ObservedState, ObserveE
         problems.extend(errs.iter().map(|e| e.to_string()));
         Default::default()
     });
-    let etcd = etcd.unwrap_or_else(|e| {
+    let (etcd, pin) = etcd.unwrap_or_else(|e| {
         problems.push(e.to_string());
-        None
+        (None, Ok(None))
     });
     let mut lbs = BTreeMap::new();
     for (lb_name, spec) in env.spec.load_balancers() {
@@ -82,7 +100,8 @@ pub async fn observe(env: &Env, opts: Options) -> Result<ObservedState, ObserveE
     if !problems.is_empty() {
         return Err(ObserveError { env: name, problems });
     }
-    Ok(ObservedState { env: name, hosts, etcd, lbs })
+    tracing::debug!(env = %name, hosts = hosts.len(), elapsed = ?started.elapsed(), "observed the environment");
+    Ok((ObservedState { env: name, hosts, etcd, lbs }, pin))
 }
 
 /// The config of an LB in containers as its running instances hold it

@@ -166,22 +166,29 @@ pub struct Request {
     pub lock: bool,
 }
 
-/// Observe the environment and plan `target` against it, holding back `hold`.
+/// Observe the environment and plan `target` against it, without the lock (`plan`,
+/// `status`); the rollback pin is read alongside the observation, over its etcd
+/// connection (`observe::observe_with_pin`).
 ///
 /// # Errors
-/// A host, etcd or the LB file cannot be observed, or the plan cannot be made.
+/// A host, etcd or the LB file cannot be observed, the plan cannot be made, or the pin
+/// cannot be read ([`RunError::Pin`]).
 pub async fn observe_and_plan(
     target: &Target,
     opts: observe::Options,
-    hold: &BTreeSet<String>,
-) -> Result<(ObservedState, Plan, BTreeMap<String, InstanceSpec>), RunError> {
-    observe_and_plan_mode(target, opts, hold, &plan::canary::Mode::Normal).await
+) -> Result<(ObservedState, Plan, Option<Pin>), RunError> {
+    let (mut observed, pin) = observe::observe_with_pin(&target.env, opts).await?;
+    let (p, _) = plan_observed(target, &mut observed, opts, &BTreeSet::new(), &plan::canary::Mode::Normal).await?;
+    let pin = pin.map_err(|e| RunError::Pin(e.into()))?;
+    Ok((observed, p, pin))
 }
 
-/// [`observe_and_plan`] for a canary `mode` (`plan::plan_mode`).
+/// Observe the environment and plan `target` against it for a canary `mode`
+/// (`plan::plan_mode`), holding back `hold`.
 ///
 /// # Errors
-/// As [`observe_and_plan`]; promote or abort of an app without a running canary.
+/// A host, etcd or the LB file cannot be observed, or the plan cannot be made (promote
+/// or abort of an app without a running canary).
 pub async fn observe_and_plan_mode(
     target: &Target,
     opts: observe::Options,
@@ -189,10 +196,24 @@ pub async fn observe_and_plan_mode(
     mode: &plan::canary::Mode,
 ) -> Result<(ObservedState, Plan, BTreeMap<String, InstanceSpec>), RunError> {
     let mut observed = observe::observe(&target.env, opts).await?;
-    let digests = image_digests(&target.env, &mut observed, opts).await?;
-    let d = Desired { digests, ..target.desired() };
-    let (p, specs) = plan::plan_mode(&d, &observed, hold, mode)?;
+    let (p, specs) = plan_observed(target, &mut observed, opts, hold, mode).await?;
     Ok((observed, p, specs))
+}
+
+/// The digests `pull: always` needs, then the plan against `observed`.
+async fn plan_observed(
+    target: &Target,
+    observed: &mut ObservedState,
+    opts: observe::Options,
+    hold: &BTreeSet<String>,
+    mode: &plan::canary::Mode,
+) -> Result<(Plan, BTreeMap<String, InstanceSpec>), RunError> {
+    let digests = image_digests(&target.env, observed, opts).await?;
+    let d = Desired { digests, ..target.desired() };
+    let started = std::time::Instant::now();
+    let planned = plan::plan_mode(&d, observed, hold, mode)?;
+    tracing::debug!(env = %target.env.name, elapsed = ?started.elapsed(), "planned");
+    Ok(planned)
 }
 
 /// `pull: always`: the tags' current digests (`observe::image_digests`), or none with

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -98,9 +98,9 @@ pub fn observe_and_plan(
     target: &Target,
     observe: &ObserveArgs,
 ) -> anyhow::Result<Planned> {
-    let (observed, plan, _) =
-        rt.block_on(crate::apply::observe_and_plan(target, observe.options(), &Default::default()))?;
-    let pin = rt.block_on(crate::apply::pin::read(&target.env, None, observe.timeout))?;
+    let started = Instant::now();
+    let (observed, plan, pin) = rt.block_on(crate::apply::observe_and_plan(target, observe.options()))?;
+    tracing::debug!(env = %target.env.name, elapsed = ?started.elapsed(), "observed and planned");
     Ok(Planned { observed, plan, pin })
 }
 
@@ -112,9 +112,13 @@ pub fn observe_and_plan(
 pub fn load_env(repo: &RepoArgs, env: &str, reference: Option<&str>) -> anyhow::Result<Loaded1> {
     let cache = repo.cache_dir.clone().unwrap_or_else(git::default_cache_dir);
     let reference = reference.or(repo.reference.as_deref());
+    let started = Instant::now();
     let snap = git::snapshot(&repo.repo, reference, &cache)
         .with_context(|| format!("cannot read config repo {}", repo.repo))?;
+    tracing::debug!(files = snap.files.len(), elapsed = ?started.elapsed(), "read the config repo");
+    let started = Instant::now();
     let (loaded, diags) = spec::validate(&snap, Some(env))?;
+    tracing::debug!(env, elapsed = ?started.elapsed(), "loaded and validated");
     let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
     if !errors.is_empty() {
         eprint!("{}", diag::render_text(&diags, &spec::sources(&snap), super::stderr_is_tty()));
@@ -134,7 +138,9 @@ pub fn load_env(repo: &RepoArgs, env: &str, reference: Option<&str>) -> anyhow::
 /// # Errors
 /// Lists every missing secret by name and source (never a value).
 pub fn resolve_secrets(env: &Env) -> anyhow::Result<BTreeMap<String, Secret>> {
+    let started = Instant::now();
     let (ok, errs) = secrets::resolve_all(&env.secret_refs);
+    tracing::debug!(secrets = ok.len(), elapsed = ?started.elapsed(), "resolved the secrets");
     if errs.is_empty() {
         return Ok(ok);
     }

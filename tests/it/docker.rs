@@ -351,10 +351,11 @@ async fn one_list_call_per_host_whatever_the_container_count() {
         requests_for_30.len()
     );
     assert_eq!(requests_for_1.len(), requests_for_30.len());
-    assert_eq!(requests_for_30.len(), 2, "negotiation + one list: {requests_for_30:?}");
-    assert!(requests_for_30[0].starts_with("GET /version "), "{requests_for_30:?}");
-    assert!(requests_for_30[1].starts_with("GET /containers/json?"), "{requests_for_30:?}");
-    assert!(requests_for_30[1].contains("all=true"), "{requests_for_30:?}");
+    // The list alone, no `GET /version` negotiation: the path carries no `/vX.Y`
+    // prefix, so the daemon answers at its own API version whatever the client's.
+    assert_eq!(requests_for_30.len(), 1, "one list call: {requests_for_30:?}");
+    assert!(requests_for_30[0].starts_with("GET /containers/json?"), "{requests_for_30:?}");
+    assert!(requests_for_30[0].contains("all=true"), "{requests_for_30:?}");
     proxy.abort();
 }
 
@@ -379,7 +380,7 @@ async fn tcp_without_tls_speaks_plain_http() {
 
     let observed = ok(observe_all(&hosts, &env, 1, TIMEOUT).await);
     assert_eq!(observed["node-tcp"].instances.iter().map(|i| i.container_id.as_str()).collect::<Vec<_>>(), [id]);
-    assert_eq!(take(&seen).len(), 2);
+    assert_eq!(take(&seen).len(), 1, "the list call alone");
     assert_eq!(connect(&hosts[0], TIMEOUT).await.unwrap().client_version().to_string(), "1.41");
     proxy.abort();
 }
