@@ -7,9 +7,11 @@
 # Each scenario runs RUNS times (default 5) alternating with the others; medians are
 # reported. Targets: (2) − (1) ≤ 50 ms; (3) − (1) ≤ the timeout (1 s).
 #
-# Writes a section to bench/results.md (OUT). Needs the test environment
-# (scripts/test-env.sh up) and python3 (the receivers). Knobs (env): RUNS, RECONCILE
-# (binary; default: builds target/release/reconcile), NO_BUILD=1, OUT, KEEP_TMP=1.
+# Replaces the section between the `notify:begin`/`notify:end` markers of
+# bench/results.md (OUT). Needs the test environment (scripts/test-env.sh up) and python3
+# (the receivers). Knobs (env): RUNS, RECONCILE (binary; default: builds
+# target/release/reconcile, under nice), NO_BUILD=1, OUT, KEEP_TMP=1. The answering
+# receiver counts what it got: every run of (2) must have delivered both messages.
 # Only 127.0.0.1 is contacted. Everything it creates is removed at the end.
 set -euo pipefail
 
@@ -21,16 +23,14 @@ IMAGE=reconcile-test/busybox:1
 DOCKER1=unix:///var/run/docker.sock
 ENV_NAME=bench-notify
 
-say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
-die() { echo "error: $*" >&2; exit 1; }
-
-[ -f /run/reconcile-test/env ] || "$ROOT/scripts/test-env.sh" up >&2
-command -v python3 >/dev/null || die "python3 not installed"
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"   # say, die, load_test_env, replace_section
+load_test_env docker python3
 docker -H "$DOCKER1" image inspect "$IMAGE" >/dev/null || die "image $IMAGE missing (scripts/test-env.sh up)"
 if [ -z "${RECONCILE:-}" ]; then
   if [ -z "${NO_BUILD:-}" ]; then
     say "cargo build --release"
-    (cd "$ROOT" && cargo build --release >&2)
+    (cd "$ROOT" && nice -n 19 cargo build --release --quiet --bin reconcile >&2)
   fi
   RECONCILE=$ROOT/target/release/reconcile
 fi
@@ -48,7 +48,7 @@ trap cleanup EXIT
 # ---------------------------------------------------------------- receivers
 cat >"$TMP/receiver.py" <<'EOF'
 import socket, sys, threading
-mode, portfile = sys.argv[1], sys.argv[2]
+mode, portfile, log = sys.argv[1], sys.argv[2], sys.argv[3]
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", 0)); s.listen(128)
 open(portfile, "w").write(str(s.getsockname()[1]))
@@ -67,6 +67,7 @@ def answer(c):
         chunk = c.recv(65536)
         if not chunk: break
         body += chunk
+    with open(log, "a") as f: f.write(head.split(b"\r\n")[0].decode() + "\n")
     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"); c.close()
 while True:
     c, _ = s.accept()
@@ -74,7 +75,7 @@ while True:
     else: threading.Thread(target=answer, args=(c,), daemon=True).start()
 EOF
 for mode in ok hang; do
-  python3 "$TMP/receiver.py" "$mode" "$TMP/$mode.port" >/dev/null 2>&1 &
+  python3 "$TMP/receiver.py" "$mode" "$TMP/$mode.port" "$TMP/$mode.log" >/dev/null 2>&1 &
   PIDS+=($!)
 done
 for mode in ok hang; do
@@ -121,6 +122,8 @@ for r in $(seq "$RUNS"); do
     say "run $r $sc: ${s}s"
   done
 done
+GOT=$(cat "$TMP/ok.log" 2>/dev/null | wc -l)
+[ "$GOT" -eq $((2 * RUNS)) ] || die "the answering receiver got $GOT requests, not $((2 * RUNS)) (2 per run): $(cat "$TMP/answers.err")"
 grep -q "not delivered" "$TMP/hangs.err" || die "the hanging receiver's delivery did not fail: $(cat "$TMP/hangs.err")"
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -132,18 +135,20 @@ M_HANG=$(echo "${SAMPLES[hangs]}" | median)
 ADD_OK=$(ms "$(sub "$M_OK" "$M_NONE")")
 ADD_HANG=$(ms "$(sub "$M_HANG" "$M_NONE")")
 
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src || echo -dirty)
 {
+  echo "<!-- notify:begin -->"
+  echo "## Notifications (\`bench/notify.sh\`)"
   echo
-  echo "## Notifications (bench/notify.sh, $(date -u +%Y-%m-%d), $RUNS runs each, medians)"
-  echo
-  echo "Cold apply of one container on daemon 1 (no etcd, no LB), binary \`$(basename "$RECONCILE")\` ($RECONCILE)."
-  echo "Machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo "Generated on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $COMMIT, binary \`$RECONCILE\`; $RUNS runs of each scenario, alternating, medians."
+  echo "Cold apply of one container on daemon 1 (no etcd, no LB). Machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end."
   echo
   echo "| scenario | apply (median) | added | target |"
   echo "|---|---|---|---|"
   echo "| no notifications | $(ms "$M_NONE") ms | | |"
-  echo "| webhook (signed) + slack, receiver answers | $(ms "$M_OK") ms | $ADD_OK ms | ≤ 50 ms |"
+  echo "| webhook (signed) + slack, receiver answers ($GOT requests received) | $(ms "$M_OK") ms | $ADD_OK ms | ≤ 50 ms |"
   echo "| webhook, receiver hangs (timeout 1s) | $(ms "$M_HANG") ms | $ADD_HANG ms | ≤ 1000 ms |"
   echo
   echo "Samples (s): none:${SAMPLES[none]}; answers:${SAMPLES[answers]}; hangs:${SAMPLES[hangs]}"
-} | tee -a "$OUT"
+  echo "<!-- notify:end -->"
+} | replace_section notify "$OUT"

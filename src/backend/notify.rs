@@ -2,12 +2,14 @@
 //! target's timeout (retries with back-off inside it), never failing the caller.
 //! Failed deliveries are logged (without URL or token) and counted.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::notify::{Outgoing, Request};
@@ -61,70 +63,132 @@ pub struct Job {
     pub timeout: Duration,
 }
 
-/// Send every job at once; returns when all are done or timed out (so never later
-/// than the longest timeout). A 2xx answer is success; anything else is retried
-/// (0.2 s, 0.4 s, … doubling, at most 5 s apart) until the timeout.
+/// Send every job at once; returns when all are done or timed out: one deadline per
+/// timeout, all counted from the call, so the whole batch never takes longer than the
+/// longest timeout. A 2xx answer is success; anything else is retried (0.2 s, 0.4 s, …
+/// doubling, at most 5 s apart) until the timeout.
 pub async fn deliver_all(jobs: Vec<Job>) -> Vec<Delivery> {
-    // Each timeout counts from here: building the client (loading the system's CA
-    // certificates) is inside the budget, not added to it.
+    deliver_keeping_failed(jobs).await.0
+}
+
+/// [`deliver_all`], also handing back the jobs that failed and may succeed later
+/// (not those whose request cannot be made at all), each with its index in `jobs`,
+/// for a sender that retries them.
+pub async fn deliver_keeping_failed(jobs: Vec<Job>) -> (Vec<Delivery>, Vec<(usize, Job)>) {
     let start = tokio::time::Instant::now();
-    let client = match client() {
-        Ok(c) => c,
-        Err(e) => {
-            return jobs
-                .into_iter()
-                .map(|j| {
-                    FAILED[slot(j.kind)].fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(target = %j.target, error = %e, "notification not delivered");
-                    Delivery::Failed { target: j.target, error: e.clone() }
-                })
-                .collect();
-        }
-    };
-    let sends = jobs.into_iter().map(|Job { target, kind, request, timeout }| {
-        let client = client.clone();
+    let clients = Clients::default();
+    let sends = jobs.into_iter().enumerate().map(|(i, job)| {
+        let clients = &clients;
         async move {
-            let outcome = match tokio::time::timeout_at(start + timeout, retrying(&client, &request)).await {
-                Ok(Ok(status)) => Delivery::Sent { target, status },
-                Ok(Err(error)) => Delivery::Failed { target, error },
-                Err(_) => Delivery::Failed { target, error: format!("no answer within {timeout:?}") },
-            };
+            let (target, timeout) = (job.target.clone(), job.timeout);
+            let last = std::sync::Mutex::new(None);
+            let (outcome, again) =
+                match tokio::time::timeout_at(start + timeout, retrying(clients, &job.request, &last)).await {
+                    Ok(Ok(status)) => (Delivery::Sent { target, status }, false),
+                    Ok(Err(error)) => (Delivery::Failed { target, error }, false),
+                    Err(_) => {
+                        let last = last.lock().ok().and_then(|mut l| l.take());
+                        let why = last.map(|e| format!(" (last attempt: {e})")).unwrap_or_default();
+                        (Delivery::Failed { target, error: format!("no answer within {timeout:?}{why}") }, true)
+                    }
+                };
             match &outcome {
                 Delivery::Sent { .. } => {
-                    SENT[slot(kind)].fetch_add(1, Ordering::Relaxed);
+                    SENT[slot(job.kind)].fetch_add(1, Ordering::Relaxed);
                 }
                 Delivery::Failed { target, error } => {
-                    FAILED[slot(kind)].fetch_add(1, Ordering::Relaxed);
+                    FAILED[slot(job.kind)].fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(target = %target, error = %error, "notification not delivered");
                 }
             }
-            outcome
+            (outcome, again.then_some((i, job)))
         }
     });
-    futures::future::join_all(sends).await
+    let done = futures::future::join_all(sends).await;
+    let mut deliveries = Vec::with_capacity(done.len());
+    let mut failed = Vec::new();
+    for (d, job) in done {
+        deliveries.push(d);
+        failed.extend(job);
+    }
+    (deliveries, failed)
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+type Body = Full<Bytes>;
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
-fn client() -> Result<HttpClient, String> {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| format!("loading the system's CA certificates: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(https))
+/// The HTTPS connector (its TLS configuration holds the system's CA certificates),
+/// built once per process: loading and parsing the CA bundle is the expensive part of
+/// a client, so no delivery after the first pays for it. `Err` (no CA store) is kept
+/// too: it will not appear later in the same process.
+static HTTPS: OnceLock<Result<Https, String>> = OnceLock::new();
+
+fn https_connector() -> Result<&'static Https, String> {
+    HTTPS
+        .get_or_init(|| {
+            Ok(hyper_rustls::HttpsConnectorBuilder::new()
+                .with_native_roots()
+                .map_err(|e| format!("loading the system's CA certificates: {e}"))?
+                .https_only()
+                .enable_http1()
+                .build())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
-/// Attempts until one succeeds; the caller's timeout ends it. The last error is
-/// returned only for a request that cannot be made at all.
-async fn retrying(client: &HttpClient, req: &Request) -> Result<u16, String> {
+/// Load the CA certificates in the background, so that a later HTTPS delivery finds
+/// them ready (apply calls it when it starts, for an environment with an `https://`
+/// target): the load then overlaps the apply instead of following it.
+pub fn warm_up() {
+    if HTTPS.get().is_none() {
+        std::thread::spawn(|| {
+            let _ = https_connector();
+        });
+    }
+}
+
+/// The clients of one batch of deliveries (their connection pools live on the
+/// caller's runtime): plain HTTP needs no CA store, so it is never loaded for an
+/// `http://` URL; the HTTPS client is made on first use from [`HTTPS`].
+#[derive(Default)]
+struct Clients {
+    http: OnceLock<Client<HttpConnector, Body>>,
+    https: OnceLock<Result<Client<Https, Body>, String>>,
+}
+
+impl Clients {
+    async fn request(&self, request: hyper::Request<Body>) -> Result<hyper::Response<Incoming>, Attempt> {
+        let failed = |e: hyper_util::client::legacy::Error| Attempt::Retry(format!("request failed: {e}"));
+        if request.uri().scheme_str() == Some("https") {
+            let client = self
+                .https
+                .get_or_init(|| https_connector().map(|c| Client::builder(TokioExecutor::new()).build(c.clone())))
+                .as_ref()
+                .map_err(|e| Attempt::Fatal(e.clone()))?;
+            client.request(request).await.map_err(failed)
+        } else {
+            let client = self.http.get_or_init(|| Client::builder(TokioExecutor::new()).build_http());
+            client.request(request).await.map_err(failed)
+        }
+    }
+}
+
+/// Attempts until one succeeds; the caller's timeout ends it. An error is returned
+/// only for a request that cannot be made at all; the latest failed attempt's is kept
+/// in `last` for the caller's timeout message.
+async fn retrying(clients: &Clients, req: &Request, last: &std::sync::Mutex<Option<String>>) -> Result<u16, String> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match once(client, req).await {
+        match once(clients, req).await {
             Ok(status) => return Ok(status),
             Err(Attempt::Fatal(e)) => return Err(e),
-            Err(Attempt::Retry(e)) => tracing::debug!(error = %e, "notification attempt failed; retrying"),
+            Err(Attempt::Retry(e)) => {
+                tracing::debug!(error = %e, "notification attempt failed; retrying");
+                if let Ok(mut l) = last.lock() {
+                    *l = Some(e);
+                }
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
@@ -136,7 +200,7 @@ enum Attempt {
     Fatal(String),
 }
 
-async fn once(client: &HttpClient, req: &Request) -> Result<u16, Attempt> {
+async fn once(clients: &Clients, req: &Request) -> Result<u16, Attempt> {
     let uri: hyper::Uri =
         req.url.expose().parse().map_err(|_| Attempt::Fatal("the URL (from its secret) is not a valid URL".into()))?;
     let mut b = hyper::Request::builder().method(req.method).uri(uri);
@@ -147,7 +211,7 @@ async fn once(client: &HttpClient, req: &Request) -> Result<u16, Attempt> {
         .body(Full::new(Bytes::from(req.body.clone())))
         .map_err(|_| Attempt::Fatal("a header is not valid in HTTP".into()))?;
     // Errors name neither the URL nor the token; hyper's own messages do not carry them.
-    let resp = client.request(request).await.map_err(|e| Attempt::Retry(format!("request failed: {e}")))?;
+    let resp = clients.request(request).await?;
     let status = resp.status().as_u16();
     // Read the answer so the connection can be reused; its content is not needed.
     let _ = resp.into_body().collect().await;

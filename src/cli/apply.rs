@@ -85,6 +85,7 @@ pub fn run(args: &Args, kind: apply::HistoryKind) -> anyhow::Result<ExitCode> {
     // A saved plan is re-derived from its own commit.
     let reference = saved.as_ref().and_then(|p| p.origin.commit.clone().filter(|_| !p.origin.dirty));
     let target = load_target(&args.repo, &env_name, reference.as_deref())?;
+    super::notify::warm_up(&target.env, &target.secrets);
     let rt = runtime()?;
     let pinning = if kind == apply::HistoryKind::Rollback { apply::Pinning::Set } else { apply::Pinning::Refuse };
     let req = request(&args.observe, args.lock_timeout, kind, pinning);

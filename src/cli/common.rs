@@ -121,8 +121,10 @@ pub fn load_env(repo: &RepoArgs, env: &str, reference: Option<&str>) -> anyhow::
     tracing::debug!(env, elapsed = ?started.elapsed(), "loaded and validated");
     let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
     if !errors.is_empty() {
-        eprint!("{}", diag::render_text(&diags, &spec::sources(&snap), super::stderr_is_tty()));
-        bail!("environment `{env}` has {} error(s); nothing was contacted or changed", errors.len());
+        let sources = spec::sources(&snap);
+        eprint!("{}", diag::render_text(&diags, &sources, super::stderr_is_tty()));
+        let diagnostics = diag::render_text(&diags, &sources, false);
+        return Err(Invalid { env: env.to_string(), count: errors.len(), diagnostics }.into());
     }
     match loaded.envs.get(env) {
         Some(e) if e.spec.is_abstract => {
@@ -131,6 +133,17 @@ pub fn load_env(repo: &RepoArgs, env: &str, reference: Option<&str>) -> anyhow::
         Some(_) => Ok(Loaded1 { snap, loaded, env: env.to_string() }),
         None => bail!("environment `{env}` could not be loaded"),
     }
+}
+
+/// An environment that does not validate. Shown as its summary line (the CLI has
+/// printed the diagnostics on stderr already); `diagnostics` holds all of them as
+/// plain text, for `watch`'s status page.
+#[derive(Debug, thiserror::Error)]
+#[error("environment `{env}` has {count} error(s); nothing was contacted or changed")]
+pub struct Invalid {
+    pub env: String,
+    pub count: usize,
+    pub diagnostics: String,
 }
 
 /// Resolve every secret of the environment.

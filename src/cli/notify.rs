@@ -10,6 +10,7 @@ use crate::notify::{ApplyFacts, Event, EventKind, apply_events, pin_event};
 use crate::plan::Plan;
 use crate::secret::Secret;
 use crate::spec::Env;
+use crate::spec::types::NotifyKind;
 
 /// After an apply: one event per app with work (failed or applied) and one for the
 /// environment, and `pin` when a rollback pinned the environment; sent at once,
@@ -45,6 +46,19 @@ pub fn after_apply(
     let mut events = apply_events(&facts);
     events.extend(pinned.map(|p| pin_event(EventKind::Pin, &env.name, p, time.clone())));
     send(rt, env, secrets, &events);
+}
+
+/// At the start of an apply: when a target will be reached over HTTPS (an `https://`
+/// URL, or a commit status API), load the CA certificates in the background now, so
+/// that the deliveries after the apply find them ready.
+pub fn warm_up(env: &Env, secrets: &BTreeMap<String, Secret>) {
+    let https = crate::notify::targets(&env.spec.notifications, secrets).iter().any(|t| {
+        matches!(t.spec.kind, NotifyKind::GithubStatus | NotifyKind::GitlabStatus)
+            || t.url.as_ref().is_some_and(|u| u.expose().starts_with("https://"))
+    });
+    if https {
+        crate::backend::notify::warm_up();
+    }
 }
 
 /// After `rollback --release` ended a pin: `pin_released`.

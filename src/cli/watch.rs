@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::common::{ObserveArgs, load_env, parse_duration, resolve_secrets, runtime};
+use super::common::{Invalid, ObserveArgs, load_env, parse_duration, resolve_secrets, runtime};
 use super::{ExitCode, RepoArgs};
 use crate::watch::{self, Config, Snapshot};
 
@@ -59,7 +59,11 @@ pub fn exec(args: &Args) -> anyhow::Result<ExitCode> {
     let repo = args.repo.clone();
     let env = args.env.clone();
     let load: watch::Loader = Arc::new(move |commit: Option<String>| {
-        let l = load_env(&repo, &env, commit.as_deref())?;
+        // The whole of a validation failure, not only its summary: the status page shows it.
+        let l = load_env(&repo, &env, commit.as_deref()).map_err(|e| match e.downcast_ref::<Invalid>() {
+            Some(i) => anyhow::anyhow!("{i}:\n{}", i.diagnostics.trim_end()),
+            None => e,
+        })?;
         let secrets = resolve_secrets(l.env())?;
         Ok(Snapshot { env: l.env().clone(), files: l.files(), origin: l.snap.origin.clone(), secrets })
     });

@@ -190,6 +190,8 @@ pub struct RunError {
     pub time: String,
     /// `load`, `observe`, `plan`, `apply`, `lock`, …
     pub stage: String,
+    /// The whole error, every line (a load error carries all its diagnostics), secret
+    /// values masked; shown preformatted.
     pub message: String,
 }
 
@@ -311,6 +313,7 @@ ul.errors{list-style:none;margin:0;padding:0}
 ul.errors li{padding:8px 14px;border-bottom:1px solid var(--line);overflow-wrap:anywhere}
 ul.errors li:last-child{border-bottom:0}
 ul.errors .muted{font-size:13px}
+pre.message{margin:4px 0 0;white-space:pre-wrap;overflow-wrap:anywhere;font-size:12px;color:var(--muted)}
 footer{color:var(--muted);font-size:12px;text-align:center;padding:0 16px 24px}
 @media (max-width:640px){
  header{padding:12px 14px} main{padding:8px 12px 24px}
@@ -538,7 +541,7 @@ fn errors(o: &mut String, page: &StatusPage) {
     for e in &page.errors {
         let _ = writeln!(
             o,
-            "<li>{} <span class=\"muted\">{}</span><span class=\"detail\">{}</span></li>",
+            "<li>{} <span class=\"muted\">{}</span><pre class=\"message\">{}</pre></li>",
             badge("bad", &e.stage),
             escape(&e.time),
             escape(&e.message)
@@ -643,7 +646,7 @@ mod tests {
         // Every tag in the document is one the renderer writes.
         let allowed = [
             "html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h3", "span", "strong", "p",
-            "main", "section", "div", "code", "table", "thead", "tbody", "tr", "th", "td", "ul", "li", "footer",
+            "main", "section", "div", "code", "table", "thead", "tbody", "tr", "th", "td", "ul", "li", "footer", "pre",
         ];
         for tag in h.split('<').skip(1).map(|t| t.trim_start_matches('/')) {
             let name: String = tag.chars().take_while(char::is_ascii_alphanumeric).collect();
@@ -652,6 +655,16 @@ mod tests {
             }
             assert!(allowed.contains(&name.as_str()), "unexpected tag <{name}> in: {tag:.40}");
         }
+    }
+
+    #[test]
+    fn an_error_shows_every_line_escaped() {
+        let mut p = page();
+        let message = "environment `web` has 2 error(s):\n  × apps/web.yaml:4:11: <b>many</b> is not an integer\n  × apps/db.yaml:2:1: unknown field";
+        p.errors.push(RunError { time: "t".into(), stage: "load".into(), message: message.into() });
+        let h = html(&p, None);
+        let want = "<pre class=\"message\">environment `web` has 2 error(s):\n  × apps/web.yaml:4:11: &lt;b&gt;many&lt;/b&gt; is not an integer\n  × apps/db.yaml:2:1: unknown field</pre>";
+        assert!(h.contains(want), "{h}");
     }
 
     #[test]

@@ -133,6 +133,7 @@ impl Metrics {
             let _ = writeln!(o, "reconcile_watch_failures_total{{env=\"{env}\",stage=\"{stage}\"}} {n}");
         }
         notifications(&mut o, &env, &crate::backend::notify::counts());
+        crate::watch::notify::render_retries(&mut o, &env, crate::watch::notify::retry_counts());
         o
     }
 }

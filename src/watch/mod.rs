@@ -443,6 +443,7 @@ impl Watcher {
             Err(e) => return self.fail("load", e),
         };
         self.notes.targets(&snap);
+        page::secrets(&self.metrics, &snap.secrets);
         let progress: apply::Progress = Arc::new(|line: String| tracing::info!("{line}"));
         let mut opts = self.cfg.apply;
         opts.kind = apply::HistoryKind::Watch;

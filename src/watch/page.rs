@@ -15,10 +15,12 @@ use std::time::Duration;
 
 use super::RunResult;
 use super::metrics::Shared;
+use crate::apply::rollout::mask;
 use crate::backend::etcd;
 use crate::model::{ObservedState, Pin};
 use crate::page::{self, StatusPage};
 use crate::plan::Plan;
+use crate::secret::Secret;
 use crate::spec::{Env, Origin};
 
 /// What the last runs left for the page.
@@ -32,8 +34,10 @@ pub struct Recent {
     timeout: Duration,
     last_run: Option<page::LastRun>,
     last_sync: Option<String>,
-    /// Newest first, at most [`page::ERRORS_LIMIT`].
+    /// Newest first, at most [`page::ERRORS_LIMIT`]; secret values masked.
     errors: VecDeque<page::RunError>,
+    /// The secret values of the latest load, masked out of every error kept.
+    secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for Recent {
@@ -78,11 +82,20 @@ pub fn run_done(m: &Shared, result: RunResult) {
     }
 }
 
-/// A run failed at `stage`.
+/// The secrets of a fresh load: what errors must not show (a load that fails later
+/// is masked with the values of the last one that worked).
+pub fn secrets(m: &Shared, secrets: &BTreeMap<String, Secret>) {
+    if let Ok(mut m) = m.lock() {
+        m.page.secrets = secrets.values().map(|s| s.expose().to_string()).collect();
+    }
+}
+
+/// A run failed at `stage`; `error` is kept whole (every line), secret values masked.
 pub fn failed(m: &Shared, stage: &str, error: &str) {
     if let Ok(mut m) = m.lock() {
+        let message = mask(error, &m.page.secrets);
         let errors = &mut m.page.errors;
-        errors.push_front(page::RunError { time: etcd::now_rfc3339(), stage: stage.into(), message: error.into() });
+        errors.push_front(page::RunError { time: etcd::now_rfc3339(), stage: stage.into(), message });
         errors.truncate(page::ERRORS_LIMIT);
     }
 }
@@ -122,7 +135,11 @@ async fn gather(m: &Shared) -> StatusPage {
     };
     let mut errors: Vec<page::RunError> = Vec::new();
     let mut note = |stage: &str, e: String| {
-        errors.push(page::RunError { time: etcd::now_rfc3339(), stage: stage.into(), message: e });
+        errors.push(page::RunError {
+            time: etcd::now_rfc3339(),
+            stage: stage.into(),
+            message: mask(&e, &recent.secrets),
+        });
     };
     let mut apps = Vec::new();
     let (mut history, mut canaries) = (Vec::new(), Vec::new());
@@ -238,6 +255,16 @@ mod tests {
         assert_eq!(c.len(), 2, "{c:?}");
         assert_eq!((c[0].app.as_str(), &c[0].state), ("api", &serde_json::json!({"step": 1, "of": 3})));
         assert_eq!((c[1].app.as_str(), &c[1].state), ("web", &serde_json::json!("promoting")));
+    }
+
+    #[test]
+    fn an_error_is_kept_whole_with_the_last_load_s_secrets_masked() {
+        let m: Shared = Arc::new(std::sync::Mutex::new(super::super::metrics::Metrics::default()));
+        let values: BTreeMap<String, Secret> = [("db".to_string(), Secret::new("hunter22".into()))].into();
+        secrets(&m, &values);
+        failed(&m, "load", "environment `x` has 2 error(s):\n  a.yaml:3: bad\n  b.yaml:9: token hunter22 rejected");
+        let kept = m.lock().unwrap().page.errors[0].message.clone();
+        assert_eq!(kept, "environment `x` has 2 error(s):\n  a.yaml:3: bad\n  b.yaml:9: token (sensitive) rejected");
     }
 
     #[test]

@@ -15,11 +15,16 @@ use super::support::{
 /// The environment: daemon 1, etcd, no LB; a webhook (`IT_HOOK_URL`, reminders every
 /// 2s) and, with `hang`, a Slack target (`IT_HANG_URL`) with a 1s timeout.
 fn environment(t: &TestEnv, hang: bool) {
+    environment_with(t, hang, "repeat: 2s");
+}
+
+/// [`environment`] with the webhook's own fields (`repeat: 2s`, `timeout: 1s`, …).
+fn environment_with(t: &TestEnv, hang: bool, webhook: &str) {
     let slack = if hang { "  - {kind: slack, url: hang_url, timeout: 1s}\n" } else { "" };
     t.write(
         "environment.yaml",
         &format!(
-            "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nsecrets:\n  hook_url: {{from_env: IT_HOOK_URL}}\n  hang_url: {{from_env: IT_HANG_URL}}\nhosts:\n  - {{name: node-1, docker: '{d1}', address: 127.0.0.1, ports: 26950-26959}}\netcd: {{endpoints: ['{etcd}'], prefix: '{prefix}', registry_prefix: '{prefix}-reg'}}\nnotifications:\n  - {{kind: webhook, url: hook_url, repeat: 2s}}\n{slack}",
+            "apiVersion: reconcile/v1\nkind: Environment\nname: {env}\nsecrets:\n  hook_url: {{from_env: IT_HOOK_URL}}\n  hang_url: {{from_env: IT_HANG_URL}}\nhosts:\n  - {{name: node-1, docker: '{d1}', address: 127.0.0.1, ports: 26950-26959}}\netcd: {{endpoints: ['{etcd}'], prefix: '{prefix}', registry_prefix: '{prefix}-reg'}}\nnotifications:\n  - {{kind: webhook, url: hook_url, {webhook}}}\n{slack}",
             env = t.env,
             d1 = var("RECONCILE_TEST_DOCKER1"),
             etcd = etcd_endpoint(),
@@ -46,6 +51,11 @@ struct Watch {
 
 impl Watch {
     fn start(t: &TestEnv, hook: &Receiver, hang: Option<&Receiver>, extra: &[&str]) -> Self {
+        Self::start_to(t, &hook.url("/hook"), hang, extra)
+    }
+
+    /// [`Watch::start`] with the webhook's URL given (a receiver that is not up yet).
+    fn start_to(t: &TestEnv, hook_url: &str, hang: Option<&Receiver>, extra: &[&str]) -> Self {
         let log = t.root().join("watch.log");
         let file = std::fs::File::create(&log).unwrap();
         let repo = t.repo();
@@ -54,8 +64,8 @@ impl Watch {
             .args(extra)
             .env("RUST_LOG", "reconcile=info")
             .env("RECONCILE_LOCK_TTL", "3s")
-            .env("IT_HOOK_URL", hook.url("/hook"))
-            .env("IT_HANG_URL", hang.map(|h| h.url("/hang")).unwrap_or_else(|| hook.url("/unused")))
+            .env("IT_HOOK_URL", hook_url)
+            .env("IT_HANG_URL", hang.map(|h| h.url("/hang")).unwrap_or_else(|| format!("{hook_url}/unused")))
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -241,4 +251,34 @@ fn drift_in_a_dry_run_is_told_once_and_a_hanging_receiver_holds_nothing_up() {
     let drift = of(&rx, "drift");
     assert_eq!(drift.iter().filter(|(v, _)| v["status"] == "new").count(), 1, "{drift:#?}");
     assert_no_two_sends_within_repeat(&drift);
+}
+
+#[test]
+fn a_delivery_that_failed_is_kept_and_arrives_once_when_the_receiver_is_back() {
+    // Nothing listens on the webhook's port at first: the first run's news (in sync at
+    // the commit) fails within its 1s timeout and is kept for a later run.
+    let port = Receiver::free_port();
+    let t = TestEnv::new("notify", "nwretry");
+    environment_with(&t, false, "timeout: 1s");
+    job(&t, None);
+    let w = Watch::start_to(&t, &format!("http://127.0.0.1:{port}/hook"), None, &["--interval", "2s"]);
+    let queued = || w.metric("reconcile_notifications_queued", "");
+    let down = Receiver::start(false); // only for wait_for's report: receives nothing
+    wait_for("the failed delivery kept", Duration::from_secs(90), &w, &down, || queued() >= 1.0);
+    assert!(w.metric("reconcile_notifications_failed_total", ",kind=\"webhook\"") >= 1.0, "{}", w.metrics());
+    assert!(w.log().contains("notification not delivered"), "{}", w.log());
+
+    // The receiver comes up: a later run sends the kept delivery, once.
+    let rx = Receiver::start_at(port);
+    wait_for("the kept delivery to arrive", Duration::from_secs(60), &w, &rx, || !events(&rx).is_empty());
+    let runs = w.runs("ok");
+    wait_for("three more runs", Duration::from_secs(60), &w, &rx, || w.runs("ok") >= runs + 3.0);
+    let got = events(&rx);
+    assert_eq!(got.len(), 1, "the kept message, once; later runs in sync are quiet: {got:#?}");
+    let v = &got[0].0;
+    assert_eq!((v["event"].as_str(), v["status"].as_str()), (Some("apply_succeeded"), Some("new")), "{v}");
+    assert!(v["message"].as_str().unwrap().starts_with("in sync at "), "{v}");
+    assert!(w.metric("reconcile_notifications_retried_total", "") >= 1.0, "{}", w.metrics());
+    assert_eq!(queued(), 0.0, "{}", w.metrics());
+    assert_eq!(w.metric("reconcile_notifications_dropped_total", ""), 0.0, "{}", w.metrics());
 }

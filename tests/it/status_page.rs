@@ -242,13 +242,18 @@ fn watch_serves_the_status_page_and_status_writes_it_for_ci() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_eq!(errors[0]["stage"], "load", "{errors:?}");
-    // The load error's summary line (the diagnostics themselves are in watch's log).
-    assert!(
-        errors[0]["message"].as_str().unwrap().contains(&format!("environment `{}` has 1 error(s)", s.env)),
-        "{errors:?}"
-    );
+    // The whole load error: its summary line and then the diagnostic itself (which file,
+    // which field), as validate prints it.
+    let message = errors[0]["message"].as_str().unwrap();
+    let (summary, diagnostics) = message.split_once('\n').unwrap_or((message, ""));
+    assert!(summary.contains(&format!("environment `{}` has 1 error(s)", s.env)), "{message}");
+    assert!(diagnostics.contains("apps/web.yaml") && diagnostics.contains("replicas"), "{message}");
     let dom = dump_dom_showing(&url, "worker");
     assert!(dom.contains("<span class=\"badge bad\">load</span>"), "{dom}");
+    // Every line of it on the page, preformatted and escaped.
+    let pre = dom.split("<pre class=\"message\">").nth(1).and_then(|p| p.split("</pre>").next()).unwrap_or("");
+    assert!(pre.contains("has 1 error(s)") && pre.contains("apps/web.yaml") && pre.contains('\n'), "{dom}");
+    assert!(!pre.contains("<b>"), "{pre}");
     assert!(!dom.contains("No failed runs"), "{dom}");
     // The instances are still shown from the last good observation.
     assert_eq!(dom.matches("<tr class=\"instance\">").count(), 3, "{dom}");

@@ -754,7 +754,10 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(hang: bool) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::serve(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), hang)
+    }
+
+    fn serve(listener: std::net::TcpListener, hang: bool) -> Self {
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&got);
@@ -810,4 +813,20 @@ fn read_request(stream: &std::net::TcpStream) -> Option<Got> {
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;
     Some(Got { method, path, headers, body: String::from_utf8_lossy(&body).into_owned(), at: Instant::now() })
+}
+
+// ------------------------------------------------------------------ a receiver that comes up late
+// (tests/it/notify_watch.rs: a delivery kept across watch runs)
+
+impl Receiver {
+    /// A port on 127.0.0.1 where nothing listens (one the kernel just handed out and
+    /// took back), for a receiver that is down first and [`Receiver::start_at`] later.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// [`Receiver::start`] (answering) on `port`.
+    pub fn start_at(port: u16) -> Self {
+        Self::serve(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(), false)
+    }
 }
