@@ -830,3 +830,16 @@ impl Receiver {
         Self::serve(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(), false)
     }
 }
+
+// ---- comparing observations ----
+
+/// `o` without each container's status text: Docker's "Up Less than a second" becomes
+/// "Up 1 second" between two calls, so two observations of the same containers a moment
+/// apart are compared without it (state, ids, labels and everything else still count).
+pub fn without_status(o: &reconcile::model::HostObservation) -> reconcile::model::HostObservation {
+    let mut o = o.clone();
+    for i in &mut o.instances {
+        i.status.clear();
+    }
+    o
+}
