@@ -11,7 +11,7 @@
 # bench/results.md (OUT). Needs the test environment (scripts/test-env.sh up) and python3
 # (the receivers). Knobs (env): RUNS, RECONCILE (binary; default: builds
 # target/release/reconcile, under nice), NO_BUILD=1, OUT, KEEP_TMP=1. The answering
-# receiver counts what it got: every run of (2) must have delivered both messages.
+# receiver counts what it got: every run of (2) must have delivered all four messages (2 targets × the app's and the environment's apply_succeeded).
 # Only 127.0.0.1 is contacted. Everything it creates is removed at the end.
 set -euo pipefail
 
@@ -123,7 +123,7 @@ for r in $(seq "$RUNS"); do
   done
 done
 GOT=$(cat "$TMP/ok.log" 2>/dev/null | wc -l)
-[ "$GOT" -eq $((2 * RUNS)) ] || die "the answering receiver got $GOT requests, not $((2 * RUNS)) (2 per run): $(cat "$TMP/answers.err")"
+[ "$GOT" -eq $((4 * RUNS)) ] || die "the answering receiver got $GOT requests, not $((4 * RUNS)) (per run: 2 targets × 2 events, the app's apply_succeeded and the environment's): $(cat "$TMP/answers.err")"
 grep -q "not delivered" "$TMP/hangs.err" || die "the hanging receiver's delivery did not fail: $(cat "$TMP/hangs.err")"
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
