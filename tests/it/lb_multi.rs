@@ -31,29 +31,6 @@ const POOL: (u16, u16) = (24170, 24199);
 const HAPROXY_IMAGE: &str = "reconcile-test/haproxy:1";
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The internal LB's haproxy config: every instance binds its own `LB_BIND`.
-const HAPROXY_TEMPLATE: &str = r#"# managed by reconcile for {{ env.name }}
-global
-  maxconn 512
-defaults
-  mode http
-  retries 0
-  timeout connect 2s
-  timeout client 5s
-  timeout server 5s
-frontend fe
-  bind "${LB_BIND}"
-{% for app in apps %}
-  use_backend {{ app.name }} if { hdr(host) -i {{ app.lb.host }} }
-{% endfor %}
-{% for app in apps %}
-backend {{ app.name }}
-{% for i in app.instances %}
-  server {{ i.name }}_{{ i.port }} {{ i.address }}:{{ i.port }}
-{% endfor %}
-@EXTRA@{% endfor %}
-"#;
-
 /// The repo, the host's nginx, and clean-up (nginx first, then the environment).
 struct Multi {
     t: TestEnv,
@@ -123,7 +100,11 @@ impl Multi {
             "templates/nginx.conf.j2",
             &format!("{{% for app in apps %}}\nupstream {{{{ app.name }}}} {{\n{{% for i in app.instances %}}\n  server {{{{ i.address }}}}:{{{{ i.port }}}};\n{{% else %}}\n  server 127.0.0.1:1 down;\n{{% endfor %}}\n}}\nserver {{\n  listen 127.0.0.1:{NGINX_PORT};\n  location / {{ proxy_pass http://{{{{ app.name }}}}; proxy_next_upstream off; }}\n}}\n{{% endfor %}}\n"),
         );
-        self.write("templates/haproxy.cfg.j2", &HAPROXY_TEMPLATE.replace("@EXTRA@", extra));
+        // apply_haproxy's config, except that every instance binds its own `LB_BIND`.
+        self.write(
+            "templates/haproxy.cfg.j2",
+            &super::apply_haproxy::TEMPLATE.replace("127.0.0.1:@PORT@", "\"${LB_BIND}\"").replace("@EXTRA@", extra),
+        );
         self.write("templates/index.html.j2", INDEX_TEMPLATE);
         for (name, via) in [("web", "edge"), ("api", "internal")] {
             self.write(
