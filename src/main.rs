@@ -6,6 +6,8 @@ use reconcile::cli::{self, Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    // SAFETY: no other thread runs yet.
+    unsafe { reconcile::backend::git::init_without_ca_bundle() };
     let cli = Cli::parse();
     let default = match cli.verbose {
         0 => "warn",

@@ -41,6 +41,13 @@
 //! - Credentials for remote URLs: ssh-agent, then `~/.ssh/id_{ed25519,ecdsa,rsa}` without a
 //!   passphrase, then Git's credential helpers; ssh host keys are checked against
 //!   `~/.ssh/known_hosts` by libgit2.
+//! - *The system CA bundle is loaded only for https.* libgit2 parses the whole bundle
+//!   (about 140 certificates, some 25 ms of CPU with OpenSSL 3) when it initialises,
+//!   which every command would pay though only an https remote needs it. `main` calls
+//!   [`init_without_ca_bundle`] first; the first https fetch then loads the bundle
+//!   ([`load_ca_bundle`]: `SSL_CERT_FILE` if set, else the system's, found as
+//!   `openssl-probe` finds it). Without that call (library users, tests) libgit2 loads it
+//!   at initialisation as usual, and the second load adds nothing.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -54,6 +61,48 @@ use git2::{
 use sha2::{Digest, Sha256};
 
 use crate::spec::snapshot::{Origin, RepoSnapshot};
+
+/// Initialises libgit2 without loading the system CA bundle (see the module docs): it
+/// points `SSL_CERT_FILE` at `/dev/null` while libgit2 initialises, then restores it.
+///
+/// # Safety
+/// It changes the process environment: call it while no other thread runs (first
+/// thing in `main`).
+pub unsafe fn init_without_ca_bundle() {
+    const VAR: &str = "SSL_CERT_FILE";
+    let saved = std::env::var_os(VAR);
+    // SAFETY: the caller guarantees that no other thread reads the environment now.
+    unsafe { std::env::set_var(VAR, "/dev/null") };
+    // git2 has no public `init`; any of its option getters initialises libgit2 (once).
+    // SAFETY: no other thread uses libgit2 yet; the value read is not used.
+    let _ = unsafe { git2::opts::get_mwindow_size() };
+    match saved {
+        // SAFETY: as above.
+        Some(value) => unsafe { std::env::set_var(VAR, value) },
+        // SAFETY: as above.
+        None => unsafe { std::env::remove_var(VAR) },
+    }
+}
+
+/// Loads the CA bundle into libgit2's TLS context once per process, before the first
+/// https fetch (see [`init_without_ca_bundle`]). A bundle that cannot be loaded is only
+/// logged: the certificate directory still applies, and the fetch then fails with
+/// libgit2's certificate error if neither knows the server's CA.
+fn load_ca_bundle() {
+    static LOADED: std::sync::Once = std::sync::Once::new();
+    LOADED.call_once(|| {
+        let Some(file) = openssl_probe::probe().cert_file else {
+            tracing::debug!("no CA bundle found; https remotes are checked against the certificate directory only");
+            return;
+        };
+        // SAFETY: `Once` runs this before any https fetch of this process starts, and
+        // nothing else uses libgit2's TLS context meanwhile.
+        match unsafe { git2::opts::set_ssl_cert_file(&file) } {
+            Ok(()) => tracing::debug!(file = %file.display(), "loaded the CA bundle for https remotes"),
+            Err(e) => tracing::warn!(file = %file.display(), error = %e, "cannot load the CA bundle for https remotes"),
+        }
+    });
+}
 
 /// The largest file accepted under `environments/` (specs and templates are small).
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -765,6 +814,9 @@ fn open_or_init_cache(cache_dir: &Path, key: &str, url: &str) -> Result<Reposito
 /// remembers the remote's default branch as `refs/remotes/origin/HEAD`.
 fn fetch(cache: &Repository, url: &str) -> Result<(), GitError> {
     let fetch_err = |source| GitError::Fetch { url: url.to_string(), source };
+    if url.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://")) {
+        load_ca_bundle();
+    }
     let mut remote = cache.remote_anonymous(url).map_err(fetch_err)?;
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks()).download_tags(AutotagOption::None).prune(FetchPrune::On);

@@ -77,7 +77,7 @@ fn set(a: &SetArgs) -> anyhow::Result<ExitCode> {
     let cache = a.repo.cache_dir.clone().unwrap_or_else(git::default_cache_dir);
     let snap = git::snapshot(&a.repo.repo, a.repo.reference.as_deref(), &cache)
         .with_context(|| format!("cannot read config repo {}", a.repo.repo))?;
-    let loaded = crate::spec::load(&snap);
+    let loaded = crate::spec::load::load_only(&snap, Some(&a.env));
     let Some(env) = loaded.envs.get(&a.env) else {
         let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
         eprint!("{}", crate::diag::render_text(&errors, &crate::spec::sources(&snap), super::stderr_is_tty()));

@@ -124,6 +124,14 @@ impl Ctx<'_> {
 
 /// Load every environment of a snapshot.
 pub fn load(snap: &RepoSnapshot) -> Loaded {
+    load_only(snap, None)
+}
+
+/// Load the environment `only` and the ones it extends (every environment with `None`).
+/// Every environment file is still parsed, so `names` and `chains` are complete and the
+/// layout and `extends` diagnostics are the same; other environments' apps are neither
+/// parsed nor checked, and `envs` holds `only`'s chain alone.
+pub fn load_only(snap: &RepoSnapshot, only: Option<&str>) -> Loaded {
     let mut cx = Ctx { snap, diags: Vec::new() };
 
     // 1. Find environments and their files.
@@ -190,14 +198,26 @@ pub fn load(snap: &RepoSnapshot) -> Loaded {
         }
     }
 
-    // 2. Parse and check each file on its own.
+    // 2. Parse and check each environment file on its own, and resolve `extends` chains.
     let mut parsed: BTreeMap<String, Parsed> = BTreeMap::new();
     for (env, path) in &env_files {
         if let Some(p) = parse_file(&mut cx, path, Kind::Environment, env) {
             parsed.insert(path.clone(), p);
         }
     }
-    for (env, apps) in &app_files {
+    let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for env in env_files.keys() {
+        if let Some(chain) = resolve_chain(&mut cx, env, &env_files, &parsed) {
+            chains.insert(env.clone(), chain);
+        }
+    }
+    // With `only`, the rest is done for its chain alone.
+    let wanted: Option<BTreeSet<&str>> =
+        only.map(|o| chains.get(o).map_or_else(|| BTreeSet::from([o]), |c| c.iter().map(String::as_str).collect()));
+    let is_wanted = |env: &str| wanted.as_ref().is_none_or(|w| w.contains(env));
+
+    // 3. Parse and check each app file on its own.
+    for (env, apps) in app_files.iter().filter(|(env, _)| is_wanted(env)) {
         for (name, paths) in apps {
             if paths.len() > 1 {
                 cx.push(
@@ -218,17 +238,9 @@ pub fn load(snap: &RepoSnapshot) -> Loaded {
         }
     }
 
-    // 3. Resolve `extends` chains.
-    let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for env in env_files.keys() {
-        if let Some(chain) = resolve_chain(&mut cx, env, &env_files, &parsed) {
-            chains.insert(env.clone(), chain);
-        }
-    }
-
     // 4. Merge, validate merged documents, deserialise.
     let mut envs = BTreeMap::new();
-    for (name, chain) in &chains {
+    for (name, chain) in chains.iter().filter(|(name, _)| is_wanted(name)) {
         let chain_ok = chain.iter().all(|e| env_files.get(e).and_then(|p| parsed.get(p)).is_some_and(|p| p.ok));
         if !chain_ok {
             continue;

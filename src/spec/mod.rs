@@ -21,7 +21,7 @@ pub use snapshot::{Origin, RepoSnapshot};
 /// Everything `validate` reports for a snapshot: load + semantic checks of
 /// every deployable environment (or only `only`, and the files of its chain).
 pub fn validate(snap: &RepoSnapshot, only: Option<&str>) -> Result<(Loaded, Vec<Diagnostic>), UnknownEnv> {
-    let loaded = load(snap);
+    let loaded = load::load_only(snap, only);
     if let Some(e) = only
         && !loaded.names.contains(e)
     {

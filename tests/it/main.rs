@@ -26,6 +26,7 @@ mod etcd;
 mod etcd_cluster;
 mod etcd_lock;
 mod etcd_secure;
+mod git_https;
 mod history;
 mod import;
 mod lb;
