@@ -415,6 +415,15 @@ ensure_lb_images() {
 # --- 5. etcd -----------------------------------------------------------------
 etcd_healthy() { curl -fsS --max-time 2 "$ETCD/health" 2>/dev/null | grep -q '"health":"true"'; }
 
+# spawn_etcd LOG ARGS...: start etcd detached without the caller's ETCD_* variables
+# (etcd reads them as flags), print its pid.
+spawn_etcd() {
+  local log=$1; shift
+  local unset=() v
+  for v in $(compgen -e); do [[ $v == ETCD_* ]] && unset+=(-u "$v"); done
+  spawn "$log" env "${unset[@]}" etcd "$@"
+}
+
 ensure_etcd() {
   etcd_healthy && return 0
   local pid; pid=$(pid_from "$ETCD_PIDFILE")
@@ -430,12 +439,8 @@ ensure_etcd() {
   local data; data=$(mktemp -d "$LIB_DIR/etcd-XXXX")
   echo "$data" >"$ETCD_DATADIR_FILE"
   # Not 2379/2380: a package-started etcd could be there. Metrics stay on the
-  # client port. ETCD_* variables from the caller's environment would be read by
-  # etcd as well, so run it with them removed.
-  local unset=() v
-  for v in $(compgen -e); do [[ $v == ETCD_* ]] && unset+=(-u "$v"); done
-  pid=$(spawn "$LOG_DIR/etcd.log" env "${unset[@]}" \
-        etcd --name reconcile-test --data-dir "$data" \
+  # client port.
+  pid=$(spawn_etcd "$LOG_DIR/etcd.log" --name reconcile-test --data-dir "$data" \
         --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
         --listen-peer-urls "$ETCD_PEER" --initial-advertise-peer-urls "$ETCD_PEER" \
         --initial-cluster "reconcile-test=$ETCD_PEER" --initial-cluster-state new)
@@ -455,15 +460,6 @@ ETCD_SECURE_PEER=http://127.0.0.1:23801
 ETCD_SECURE_PIDFILE=$RUN_DIR/etcd-secure.pid
 ETCD_SECURE_DATA=$LIB_DIR/etcd-secure-data
 ETCD_CLUSTER_DIR=$LIB_DIR/etcd-cluster
-
-# spawn_etcd LOG ARGS...: start etcd detached without the caller's ETCD_* variables
-# (etcd reads them as flags), print its pid.
-spawn_etcd() {
-  local log=$1; shift
-  local unset=() v
-  for v in $(compgen -e); do [[ $v == ETCD_* ]] && unset+=(-u "$v"); done
-  spawn "$log" env "${unset[@]}" etcd "$@"
-}
 
 etcd_tls_cert() { # NAME CN CA: key + cert signed by CA (both usages, SAN 127.0.0.1)
   local name=$1 cn=$2 ca=$3

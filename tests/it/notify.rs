@@ -44,7 +44,12 @@ fn head(dir: &Path) -> String {
 }
 
 fn apply(dir: &Path, env: &str, rx: &Receiver) -> Output {
-    reconcile_cmd_in(dir, &["apply", "--env", env, "--yes", "--repo", &dir.to_string_lossy()])
+    run_notifying(dir, &["apply", "--env", env, "--yes", "--repo", &dir.to_string_lossy()], rx)
+}
+
+/// `reconcile ARGS` in `dir` with the targets' secrets (`IT_*`) pointing at `rx`.
+fn run_notifying(dir: &Path, args: &[&str], rx: &Receiver) -> Output {
+    reconcile_cmd_in(dir, args)
         .env("IT_HOOK_URL", rx.url("/hook"))
         .env("IT_SLACK_URL", rx.url("/slack"))
         .env("IT_SIGNING", SIGNING_KEY)
@@ -217,13 +222,7 @@ fn a_rollback_tells_its_pin_and_the_release_tells_pin_released() {
         let repo = dir.path().to_string_lossy().into_owned();
         let mut all = vec!["rollback", "--env", env.as_str(), "--repo", repo.as_str()];
         all.extend_from_slice(args);
-        reconcile_cmd_in(dir.path(), &all)
-            .env("IT_HOOK_URL", rx.url("/hook"))
-            .env("IT_SLACK_URL", rx.url("/slack"))
-            .env("IT_SIGNING", SIGNING_KEY)
-            .env("IT_TOKEN", TOKEN)
-            .output()
-            .unwrap()
+        run_notifying(dir.path(), &all, &rx)
     };
     let o = run(&["--to", "HEAD~1", "--yes"]);
     remove_env_containers(&env);
