@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::instance::{self, AppTemplates, Contexts, InstanceSpec, Slot, contexts};
 use super::{Desired, PlanError, template_error};
 use crate::placement::{Assignment, HostSlot};
-use crate::spec::load::Env;
+use crate::spec::load::{App, Env};
 use crate::spec::template::Templates;
 use crate::spec::units;
 
@@ -73,21 +73,36 @@ impl<'a> Context<'a> {
             .ok_or_else(|| PlanError::Placement(format!("placement chose host `{host}`, which the environment lacks")))
     }
 
+    /// The assignment's app, its prepared templates and its host's address.
+    fn prepared(&self, a: &Assignment) -> Result<(&App, &AppTemplates, &str), PlanError> {
+        let address = self.placed_address(&a.host)?;
+        match (self.env.apps.get(&a.app), self.prepared.get(&a.app)) {
+            (Some(app), Some(prepared)) => Ok((app, prepared, address)),
+            _ => Err(PlanError::Placement(format!("placement produced an instance of unknown app `{}`", a.app))),
+        }
+    }
+
     /// Render one instance of the assignment's app at `port`; `mask` as in
     /// [`instance::render`]. Returns the spec and its hash.
     ///
     /// # Errors
     /// A template fails, or the assignment names an unknown app or host.
     pub fn render(&self, a: &Assignment, port: Option<u16>, mask: bool) -> Result<(InstanceSpec, String), PlanError> {
-        let address = self.placed_address(&a.host)?;
-        let (Some(app), Some(prepared)) = (self.env.apps.get(&a.app), self.prepared.get(&a.app)) else {
-            return Err(PlanError::Placement(format!("placement produced an instance of unknown app `{}`", a.app)));
-        };
+        let (app, prepared, address) = self.prepared(a)?;
         let slot = Slot { ordinal: a.ordinal, host: &a.host, address, port };
         let spec = instance::render(app, &slot, prepared, &self.ctx, &self.templates, &self.env.name, mask)
             .map_err(|e| template_error(&a.app, e))?;
         let hash = spec.hash();
         Ok((spec, hash))
+    }
+
+    /// The spec-hash of the assignment's instance at its assigned port: what
+    /// [`render`](Self::render) gives, without building the spec.
+    fn hash(&self, a: &Assignment, buf: &mut Vec<u8>) -> Result<String, PlanError> {
+        let (app, prepared, address) = self.prepared(a)?;
+        let slot = Slot { ordinal: a.ordinal, host: &a.host, address, port: a.port };
+        instance::hash_at(app, &slot, prepared, &self.templates, &self.env.name, buf)
+            .map_err(|e| template_error(&a.app, e))
     }
 
     /// The spec-hash of every assignment at its assigned port, in order — the bulk of
@@ -101,7 +116,8 @@ impl<'a> Context<'a> {
                 .chunks(chunk)
                 .map(|part| {
                     scope.spawn(move || {
-                        part.iter().map(|a| self.render(a, a.port, false).map(|(_, h)| h)).collect::<Vec<_>>()
+                        let mut buf = Vec::new();
+                        part.iter().map(|a| self.hash(a, &mut buf)).collect::<Vec<_>>()
                     })
                 })
                 .collect();

@@ -2,7 +2,7 @@
 //! `watch`'s crash-looping instances) — from its placement, its primary container
 //! and the spec-hashes; then the removals of instances no longer desired.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::context::Context;
 use super::group::{Grouped, old_of};
@@ -83,76 +83,89 @@ pub struct Decided {
 
 /// Decide every assignment, then remove the primaries no assignment kept.
 ///
+/// `assignments` are in (app, ordinal) order, as placement returns them, and so are the
+/// primaries: one merge walk pairs them, with no lookup (or key built) per instance.
+///
 /// # Errors
 /// A template fails, or a rolling replacement finds no free port.
 pub fn decide_all(
     cx: &Context<'_>,
     grouped: &Grouped<'_>,
     assignments: &[Assignment],
-    ports: &mut Ports,
+    ports: &mut Ports<'_>,
     hold: &BTreeSet<InstanceId>,
 ) -> Result<Decided, PlanError> {
+    if !assignments.is_sorted_by(|x, y| (&x.app, x.ordinal) < (&y.app, y.ordinal)) {
+        return Err(PlanError::Placement("placement returned assignments out of (app, ordinal) order".into()));
+    }
     let mut out = Decided::default();
+    let mut kept = Vec::new();
+    let mut unplaced = Vec::new();
     let mut hashes = cx.hashes(assignments).into_iter();
-    // Borrowed (app, ordinal): no key cloned per instance.
-    let mut placed: HashSet<(&str, u32)> = HashSet::with_capacity(assignments.len());
+    let mut primaries = grouped.primary.iter().peekable();
+    let mut app: Option<(&str, &crate::spec::load::App)> = None; // the last one looked up
     for a in assignments {
-        let id = InstanceId::new(a.app.clone(), a.ordinal);
-        placed.insert((a.app.as_str(), a.ordinal));
+        let key = (a.app.as_str(), a.ordinal);
+        while let Some((_, o)) = primaries.next_if(|(id, _)| (id.app.as_str(), id.ordinal) < key) {
+            unplaced.push(*o);
+        }
+        let o = primaries.next_if(|(id, _)| (id.app.as_str(), id.ordinal) == key).map(|(_, o)| *o);
         let hash = hashes.next().unwrap_or_else(|| Err(PlanError::Placement("render results out of step".into())));
-        let o = grouped.primary.get(&id).copied();
-        let app = cx.env.apps.get(&a.app).ok_or_else(|| {
-            PlanError::Placement(format!("placement produced an instance of unknown app `{}`", a.app))
-        })?;
+        let app = match app {
+            Some((name, spec)) if name == a.app => spec,
+            _ => {
+                let spec = cx.env.apps.get(&a.app).ok_or_else(|| {
+                    PlanError::Placement(format!("placement produced an instance of unknown app `{}`", a.app))
+                })?;
+                app.insert((a.app.as_str(), spec)).1
+            }
+        };
         let strategy = app.spec.update.strategy;
         let same_hash = matches!((o, &hash), (Some(o), Ok(h)) if o.spec_hash == *h);
         let new_digest = match (o, app.spec.pull) {
             (Some(o), PullPolicy::Always) => digest::stale(o, &app.spec.image, &cx.digests),
             _ => None,
         };
+        let id = InstanceId::new(a.app.clone(), a.ordinal);
         let facts = Facts { same_hash, held: hold.contains(&id), new_digest: new_digest.as_deref() };
         let decision = decide(a, o, facts, strategy);
         if decision == Decision::Hold {
             continue;
         }
-        out.apply(cx, ports, a, id, o, hash?, decision, strategy)?;
-    }
-    for (id, o) in &grouped.primary {
-        if !placed.contains(&(id.app.as_str(), id.ordinal)) {
-            let reason = if cx.env.apps.contains_key(&id.app) { Reason::ScaledDown } else { Reason::NotInSpec };
-            out.actions.push(Action::Remove {
-                app: o.app.clone(),
-                instance: o.instance.clone(),
-                reason,
-                old: old_of(o),
-            });
+        if let Some(name) = out.apply(cx, ports, a, &id, o, hash?, decision, strategy)? {
+            kept.push((id, name));
         }
+    }
+    // In key order: the map is built without searching.
+    out.kept = kept.into_iter().collect();
+    for o in unplaced.into_iter().chain(primaries.map(|(_, o)| *o)) {
+        let reason = if cx.env.apps.contains_key(&o.app) { Reason::ScaledDown } else { Reason::NotInSpec };
+        out.actions.push(Action::Remove { app: o.app.clone(), instance: o.instance.clone(), reason, old: old_of(o) });
     }
     Ok(out)
 }
 
 impl Decided {
-    /// Record one decision: its action, its final placement, and whether its container stays.
+    /// Record one decision: its action and its final placement. Returns the name of
+    /// the container when it stays as it is (kept).
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
         cx: &Context<'_>,
-        ports: &mut Ports,
+        ports: &mut Ports<'_>,
         a: &Assignment,
-        id: InstanceId,
+        id: &InstanceId,
         o: Option<&ObservedInstance>,
         hash: String,
         decision: Decision,
         strategy: Strategy,
-    ) -> Result<(), PlanError> {
+    ) -> Result<Option<String>, PlanError> {
         match (decision, o) {
             (Decision::Hold, _) => {}
-            (Decision::HoldStopped, Some(o)) => {
-                self.kept.insert(id, o.name.clone());
-            }
+            (Decision::HoldStopped, Some(o)) => return Ok(Some(o.name.clone())),
             (Decision::Keep, Some(o)) => {
-                self.kept.insert(id, o.name.clone());
                 self.finals.push(a.clone());
+                return Ok(Some(o.name.clone()));
             }
             (Decision::Start, Some(o)) => {
                 self.actions.push(Action::Start {
@@ -161,8 +174,8 @@ impl Decided {
                     reason: Reason::NotRunning,
                     old: old_of(o),
                 });
-                self.kept.insert(id, o.name.clone());
                 self.finals.push(a.clone());
+                return Ok(Some(o.name.clone()));
             }
             (Decision::Create, _) => {
                 let (spec, _) = cx.render(a, a.port, true)?;
@@ -176,7 +189,7 @@ impl Decided {
                 self.finals.push(a.clone());
             }
             (Decision::Replace { reason, side_by_side }, Some(o)) => {
-                let port = if side_by_side { Some(ports.fresh(cx, &a.host, &id)?) } else { a.port };
+                let port = if side_by_side { Some(ports.fresh(cx, &a.host, id)?) } else { a.port };
                 let hash = if port == a.port { hash } else { cx.render(a, port, false)?.1 };
                 let (spec, _) = cx.render(a, port, true)?;
                 let changes = changes(o.spec.as_ref(), &spec);
@@ -200,7 +213,7 @@ impl Decided {
                 return Err(PlanError::Placement(format!("decided {d:?} for `{id}`, which has no container")));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The container to create for `a` at `port` (spec-hash `hash`) from its spec

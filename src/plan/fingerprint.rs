@@ -1,12 +1,10 @@
 //! Phase 7: the fingerprint of the observation a plan was made against (a saved
 //! plan is refused when the world moved since).
 
-use std::io::Write as _;
-
 use sha2::{Digest, Sha256};
 
 use super::instance::hex;
-use crate::model::ObservedState;
+use crate::model::{ContainerState, ObservedState};
 
 /// A stable digest of what was observed (ids, states, hashes, ports, etcd values,
 /// the LB file), ignoring what changes by itself (status text, uptime).
@@ -25,9 +23,7 @@ pub fn fingerprint(o: &ObservedState) -> String {
         rows.clear();
         for i in &obs.instances {
             let start = buf.len();
-            // Writing into a Vec cannot fail.
-            let _ =
-                write!(buf, "{}|{}|{}|{:?}|{}|{:?}", i.container_id, i.app, i.instance, i.state, i.spec_hash, i.port);
+            row(&mut buf, i);
             rows.push((start, buf.len()));
         }
         rows.sort_unstable_by(|a, b| buf[a.0..a.1].cmp(&buf[b.0..b.1]));
@@ -57,6 +53,45 @@ pub fn fingerprint(o: &ObservedState) -> String {
         }
     }
     hex(&h.finalize())
+}
+
+/// `id|app|instance|{state:?}|hash|{port:?}`, written byte by byte (no formatter per
+/// container): `Running`, `Some(20000)`, `None` as `Debug` writes them.
+fn row(buf: &mut Vec<u8>, i: &crate::model::ObservedInstance) {
+    for field in [&i.container_id, &i.app, &i.instance] {
+        buf.extend_from_slice(field.as_bytes());
+        buf.push(b'|');
+    }
+    buf.extend_from_slice(state_name(i.state).as_bytes());
+    buf.push(b'|');
+    buf.extend_from_slice(i.spec_hash.as_bytes());
+    buf.push(b'|');
+    match i.port {
+        None => buf.extend_from_slice(b"None"),
+        Some(p) => {
+            buf.extend_from_slice(b"Some(");
+            let digits = p.checked_ilog10().unwrap_or(0) + 1;
+            for d in (0..digits).rev() {
+                // A digit: below 10, so the cast is exact.
+                buf.push(b'0' + (p / 10u16.pow(d) % 10) as u8);
+            }
+            buf.push(b')');
+        }
+    }
+}
+
+/// The variant's name, as `Debug` writes it.
+fn state_name(s: ContainerState) -> &'static str {
+    match s {
+        ContainerState::Created => "Created",
+        ContainerState::Running => "Running",
+        ContainerState::Paused => "Paused",
+        ContainerState::Restarting => "Restarting",
+        ContainerState::Removing => "Removing",
+        ContainerState::Exited => "Exited",
+        ContainerState::Dead => "Dead",
+        ContainerState::Unknown => "Unknown",
+    }
 }
 
 #[cfg(test)]
@@ -180,5 +215,32 @@ mod tests {
         let mut o = observed();
         o.lbs.insert("edge".into(), Some("lb".into()));
         assert_ne!(fingerprint(&o), base, "another LB with the same content");
+    }
+
+    #[test]
+    fn rows_are_the_bytes_the_formatter_wrote() {
+        use std::io::Write as _;
+        let states = [
+            ContainerState::Created,
+            ContainerState::Running,
+            ContainerState::Paused,
+            ContainerState::Restarting,
+            ContainerState::Removing,
+            ContainerState::Exited,
+            ContainerState::Dead,
+            ContainerState::Unknown,
+        ];
+        let ports = [None, Some(0), Some(9), Some(10), Some(20000), Some(65535)];
+        let o = observed();
+        let mut i = o.hosts.values().flat_map(|h| h.instances.iter()).next().unwrap().clone();
+        for (state, port) in states.iter().flat_map(|s| ports.iter().map(move |p| (*s, *p))) {
+            (i.state, i.port) = (state, port);
+            let mut want = Vec::new();
+            write!(want, "{}|{}|{}|{:?}|{}|{:?}", i.container_id, i.app, i.instance, i.state, i.spec_hash, i.port)
+                .unwrap();
+            let mut got = Vec::new();
+            row(&mut got, &i);
+            assert_eq!(String::from_utf8(got).unwrap(), String::from_utf8(want).unwrap());
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! (leftovers of an interrupted replace) and containers whose labels name no
 //! instance are unrecognised — both are removed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{Action, OldInstance, Reason};
 use crate::model::{InstanceId, ObservedInstance, ObservedState};
@@ -22,10 +22,7 @@ pub struct Grouped<'o> {
 /// Group `observed`; `registered(container)` tells whether its address is in the
 /// etcd registry (so it is the one serving traffic).
 pub fn group<'o>(observed: &'o ObservedState, registered: impl Fn(&ObservedInstance) -> bool) -> Grouped<'o> {
-    let mut all: Vec<&ObservedInstance> = observed.hosts.values().flat_map(|h| h.instances.iter()).collect();
-    all.sort_by(|a, b| {
-        (&a.app, a.ordinal, &a.host, &a.container_id).cmp(&(&b.app, b.ordinal, &b.host, &b.container_id))
-    });
+    let all = sorted(observed);
     // Sorted by (app, ordinal), so the containers of one instance are adjacent: group
     // them in one pass instead of a map of lists.
     let mut removals = Vec::new();
@@ -70,6 +67,46 @@ pub fn group<'o>(observed: &'o ObservedState, registered: impl Fn(&ObservedInsta
     // Already in key order: the map is built without searching.
     let primary: BTreeMap<InstanceId, &ObservedInstance> = primary.into_iter().collect();
     Grouped { all, primary, removals }
+}
+
+/// Every observed container, sorted by (app, ordinal, host, container id) as a stable
+/// sort would. By numbers: each app name is ranked once, so the sort compares integers
+/// held in one array, not 100,000 scattered strings; only containers that share an
+/// instance (rare) are compared by host and id.
+fn sorted(observed: &ObservedState) -> Vec<&ObservedInstance> {
+    let all: Vec<&ObservedInstance> = observed.hosts.values().flat_map(|h| h.instances.iter()).collect();
+    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    let seen: Vec<usize> = all
+        .iter()
+        .map(|o| {
+            let next = first_seen.len();
+            *first_seen.entry(o.app.as_str()).or_insert(next)
+        })
+        .collect();
+    let mut names: Vec<(&str, usize)> = first_seen.into_iter().collect();
+    names.sort_unstable();
+    let mut rank = vec![0; names.len()];
+    for (r, (_, seen)) in names.iter().enumerate() {
+        rank[*seen] = r;
+    }
+    // (app rank, ordinal with `None` first, position): distinct, so an unstable sort is stable.
+    let mut keys: Vec<(usize, u64, usize)> = all
+        .iter()
+        .zip(&seen)
+        .enumerate()
+        .map(|(i, (o, s))| (rank[*s], o.ordinal.map_or(0, |n| u64::from(n) + 1), i))
+        .collect();
+    keys.sort_unstable();
+    let mut out: Vec<&ObservedInstance> = keys.iter().map(|k| all[k.2]).collect();
+    let mut start = 0;
+    for run in keys.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+        let end = start + run.len();
+        if run.len() > 1 {
+            out[start..end].sort_by(|a, b| (&a.host, &a.container_id).cmp(&(&b.host, &b.container_id)));
+        }
+        start = end;
+    }
+    out
 }
 
 fn remove(o: &ObservedInstance, reason: Reason) -> Action {
@@ -176,5 +213,39 @@ mod tests {
         let pa = group(&a, |_| false).primary[&InstanceId::new("api", 0)].container_id.clone();
         let pb = group(&b, |_| false).primary[&InstanceId::new("api", 0)].container_id.clone();
         assert_eq!((pa.as_str(), pb.as_str()), ("x1", "x1"));
+    }
+
+    mod order {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// The order `sorted` must give: the stable sort by the four keys it replaces.
+        fn reference(o: &ObservedState) -> Vec<String> {
+            let mut all: Vec<&ObservedInstance> = o.hosts.values().flat_map(|h| h.instances.iter()).collect();
+            all.sort_by(|a, b| {
+                (&a.app, a.ordinal, &a.host, &a.container_id).cmp(&(&b.app, b.ordinal, &b.host, &b.container_id))
+            });
+            all.iter().map(|c| format!("{}/{}", c.host, c.container_id)).collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+            #[test]
+            fn sorted_matches_the_stable_sort_by_app_ordinal_host_and_id(
+                rows in proptest::collection::vec((0u8..4, 0u8..4, 0u8..3, 0u8..6, 0u32..4), 0..40)
+            ) {
+                // Few apps, ordinals, hosts and ids: many duplicates of one instance, ids
+                // repeated across hosts, apps without an instance label (no ordinal).
+                let containers = rows.into_iter().map(|(app, ord, host, id, created)| {
+                    let app = ["api", "web", "api-x", ""][usize::from(app)];
+                    let instance = if ord == 3 { String::new() } else { format!("{app}-{ord}") };
+                    container(&format!("c{id}"), &format!("h{host}"), app, &instance, i64::from(created))
+                });
+                let o = observed(containers.collect());
+                let got: Vec<String> = sorted(&o).iter().map(|c| format!("{}/{}", c.host, c.container_id)).collect();
+                prop_assert_eq!(got, reference(&o));
+            }
+        }
     }
 }

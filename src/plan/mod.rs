@@ -335,7 +335,7 @@ pub fn plan_mode(
     let mut grouped = group::group(observed, |o| registered(&cx, observed, o));
     let live = canary::regroup(&cx, &mut grouped, &records, mode);
     let assignments = place::place(&cx, &grouped.primary)?;
-    let mut ports = place::Ports::taken(&cx, &assignments, &grouped.all);
+    let mut ports = place::Ports::taken(&assignments, &grouped.all);
     let hold: BTreeSet<InstanceId> = hold.iter().filter_map(|h| InstanceId::parse(h).ok()).collect();
     let mut decided = decide::decide_all(&cx, &grouped, &assignments, &mut ports, &hold)?;
     let prefix = env.spec.etcd.as_ref().map(|s| s.prefix.as_str());
@@ -367,7 +367,11 @@ pub fn plan_mode(
                 reload_pending.insert(*lb);
             }
         }
-        let staying = decided.kept.values().chain(&canaries.staying).map(String::as_str).collect();
+        // Only the marks' containers are looked up in it: no set of every kept name without marks.
+        let staying = match marks.is_empty() {
+            true => BTreeSet::new(),
+            false => decided.kept.values().chain(&canaries.staying).map(String::as_str).collect(),
+        };
         actions.extend(etcd::diff(desired, obs, &etcd::Carried { staying, marks: &marks, pending }));
     }
     for (name, spec) in &lbs {

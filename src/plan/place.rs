@@ -31,17 +31,26 @@ pub fn place(
 }
 
 /// Pool ports taken per address (hosts sharing an address share ports: host networking).
-#[derive(Debug, Default)]
-pub struct Ports {
+/// Built on the first request for a fresh port: a plan that replaces nothing side by
+/// side (a no-op) never builds it.
+#[derive(Debug)]
+pub struct Ports<'p> {
+    assignments: &'p [Assignment],
+    observed: &'p [&'p ObservedInstance],
     /// Only looked up by address (never iterated), so hashed.
-    used: HashMap<String, BTreeSet<u16>>,
+    used: Option<HashMap<String, BTreeSet<u16>>>,
 }
 
-impl Ports {
+impl<'p> Ports<'p> {
     /// Every assigned port and every port an observed container holds.
-    pub fn taken(cx: &Context<'_>, assignments: &[Assignment], observed: &[&ObservedInstance]) -> Self {
+    pub fn taken(assignments: &'p [Assignment], observed: &'p [&'p ObservedInstance]) -> Self {
+        Self { assignments, observed, used: None }
+    }
+
+    fn build(&self, cx: &Context<'_>) -> HashMap<String, BTreeSet<u16>> {
         let mut used: HashMap<String, BTreeSet<u16>> = HashMap::new();
-        let held = assignments.iter().map(|a| (&a.host, a.port)).chain(observed.iter().map(|o| (&o.host, o.port)));
+        let held =
+            self.assignments.iter().map(|a| (&a.host, a.port)).chain(self.observed.iter().map(|o| (&o.host, o.port)));
         for (host, port) in held {
             if let (Some(address), Some(p)) = (cx.address(host), port) {
                 // No key allocated per port: one per address.
@@ -55,7 +64,7 @@ impl Ports {
                 }
             }
         }
-        Self { used }
+        used
     }
 
     /// Take the lowest free port of `host`'s pool, for a new instance that must run
@@ -66,7 +75,10 @@ impl Ports {
     pub fn fresh(&mut self, cx: &Context<'_>, host: &str, instance: &InstanceId) -> Result<u16, PlanError> {
         let address = cx.placed_address(host)?;
         let pool = cx.slots.iter().find(|s| s.name == host).map(|s| s.pool);
-        let taken = self.used.entry(address.to_string()).or_default();
+        if self.used.is_none() {
+            self.used = Some(self.build(cx));
+        }
+        let taken = self.used.get_or_insert_default().entry(address.to_string()).or_default();
         let free = pool.and_then(|p| (p.start..=p.end).find(|x| !taken.contains(x)));
         match free {
             Some(f) => {

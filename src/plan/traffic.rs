@@ -2,6 +2,7 @@
 //! all but those `watch` marked unhealthy — unless every instance of an app is
 //! marked (fail open).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{InstanceId, keys};
@@ -38,11 +39,11 @@ pub fn out_of_traffic(
 }
 
 /// The final instances that serve, given the kept containers and the health marks.
-pub fn serving(
-    finals: &[Assignment],
+pub fn serving<'f>(
+    finals: &'f [Assignment],
     kept: &BTreeMap<InstanceId, String>,
     marks: &BTreeMap<String, String>,
-) -> Vec<Assignment> {
+) -> Cow<'f, [Assignment]> {
     // Only marked containers matter: the rest cannot be excluded.
     let marked: BTreeMap<(String, u32), String> = kept
         .iter()
@@ -50,7 +51,7 @@ pub fn serving(
         .map(|(id, c)| ((id.app.clone(), id.ordinal), c.clone()))
         .collect();
     if marked.is_empty() {
-        return finals.to_vec(); // nothing to exclude: no key built per instance
+        return Cow::Borrowed(finals); // nothing to exclude: no key built, nothing copied
     }
     let excluded = out_of_traffic(finals, &marked, marks);
     finals.iter().filter(|a| !excluded.contains(&(a.app.clone(), a.ordinal))).cloned().collect()
@@ -87,7 +88,7 @@ mod tests {
         let mark = |names: &[&str]| -> BTreeMap<String, String> {
             names.iter().map(|n| (n.to_string(), format!("/r/t/health/{n}"))).collect()
         };
-        let names = |v: Vec<Assignment>| v.into_iter().map(|a| format!("{}-{}", a.app, a.ordinal)).collect::<Vec<_>>();
+        let names = |v: Cow<'_, [Assignment]>| v.iter().map(|a| format!("{}-{}", a.app, a.ordinal)).collect::<Vec<_>>();
         assert_eq!(names(serving(&finals, &kept, &mark(&["c-api-0"]))), ["api-1", "web-0"]);
         // web's only instance is marked: it keeps serving (fail open).
         assert_eq!(names(serving(&finals, &kept, &mark(&["c-api-0", "c-web-0"]))), ["api-1", "web-0"]);

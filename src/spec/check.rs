@@ -8,7 +8,7 @@
 //!
 //! Invariant: pure; secrets are never resolved here (templates see a placeholder).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -866,10 +866,15 @@ pub fn base_context(env: &Env) -> Value {
 
 /// The LB template's `apps`: apps with `lb`, sorted by name, with their instances.
 pub fn lb_apps(env: &Env, hosts: &[HostSlot], assignments: &[Assignment]) -> Value {
-    let address: BTreeMap<&str, &str> = hosts.iter().map(|h| (h.name.as_str(), h.address.as_str())).collect();
-    let mut by_app: BTreeMap<&str, Vec<&Assignment>> = BTreeMap::new();
+    // Looked up only (the output follows `env.apps`' order), so hashed; and only the apps
+    // behind an LB collect their instances (a fleet has many more that are not).
+    let address: HashMap<&str, &str> = hosts.iter().map(|h| (h.name.as_str(), h.address.as_str())).collect();
+    let mut by_app: HashMap<&str, Vec<&Assignment>> =
+        env.apps.values().filter(|a| a.spec.lb.is_some()).map(|a| (a.spec.name.as_str(), Vec::new())).collect();
     for a in assignments {
-        by_app.entry(a.app.as_str()).or_default().push(a);
+        if let Some(list) = by_app.get_mut(a.app.as_str()) {
+            list.push(a);
+        }
     }
     let apps: Vec<Value> = env
         .apps
