@@ -19,7 +19,9 @@
 # Replaces the section between the `dr:begin`/`dr:end` markers of bench/results.md.
 # Needs the test environment (scripts/test-env.sh up) and nginx; contacts only
 # 127.0.0.1/127.0.0.2. Removes every container and etcd key it made at the end.
-# Knobs: RUNS, NO_BUILD=1, BIN=path (default target/release/reconcile), KEEP_TMP=1.
+# Knobs: RUNS, NO_BUILD=1, BIN=path (default target/release/reconcile), KEEP_TMP=1 (keeps
+# the temporary directory; its runs/ holds every run's `--report` JSON and stderr, e.g.
+# for `RUST_LOG=reconcile=debug` timestamps).
 set -euo pipefail
 
 RUNS=${RUNS:-5}
@@ -143,6 +145,7 @@ SAMPLES=$TMP/samples.tsv   # key \t wall µs \t peak RSS KiB (lib.sh's run)
 RTOS=$TMP/rtos.tsv         # key \t rto ms \t time to serving ms
 : >"$SAMPLES"
 : >"$RTOS"
+mkdir -p "$TMP/runs"
 answers() { # APP: the distinct answers of REPLICAS requests through nginx
   local _
   for _ in $(seq "$REPLICAS"); do
@@ -176,7 +179,11 @@ dr() { # KEY: the fleet runs; lose it and rebuild it on the spare host
   rto "$1"
   serving bench-dr spare-1
 }
-rto() { # KEY: the RTO and time to serving of the last --report
+rto() { # KEY: the RTO and time to serving of the last --report (kept in runs/ with its stderr)
+  local n
+  n=$(grep -c . "$RTOS" || true)
+  cp "$TMP/report.json" "$TMP/runs/$n-$1.json"
+  cp "$TMP/err" "$TMP/runs/$n-$1.log"
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["outcome"]=="complete", r["outcome"]; print(sys.argv[2], r["rto_ms"], r["time_to_serving_ms"], sep="\t")' \
     "$TMP/report.json" "$1" >>"$RTOS"
 }

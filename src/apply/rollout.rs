@@ -172,7 +172,12 @@ impl<E: Effects> Shared<'_, E> {
             if stop.load(Ordering::SeqCst) {
                 return None;
             }
-            let r = self.bring_up(app, i, n).await;
+            // Registered as soon as it is healthy, inside its own future: awaiting etcd in
+            // the loop below would stop polling the bring-ups still in flight.
+            let r = match self.bring_up(app, i, n).await {
+                Ok((asg, _)) => self.register(&asg, true).await.map(|()| asg),
+                Err(e) => Err(e),
+            };
             if r.is_err() {
                 stop.store(true, Ordering::SeqCst);
             }
@@ -183,8 +188,7 @@ impl<E: Effects> Shared<'_, E> {
         while let Some(r) = ups.next().await {
             match r {
                 None => {}
-                Some(Ok((asg, _))) => {
-                    self.register(&asg, true).await?;
+                Some(Ok(asg)) => {
                     let id = InstanceId::new(asg.app.clone(), asg.ordinal);
                     done.push(format!("{}: created {id}", asg.host));
                 }
@@ -204,9 +208,7 @@ impl<E: Effects> Shared<'_, E> {
             .collect::<Result<_, _>>()?;
         if recreate {
             // Cannot run twice: old out of traffic and stopped first.
-            for asg in &olds {
-                self.register(asg, false).await?;
-            }
+            self.register_all(&olds, false).await?;
             self.leave_traffic(app).await?;
             for (_, old, _, _) in chunk {
                 self.take_down(app, old).await?;
@@ -222,9 +224,8 @@ impl<E: Effects> Shared<'_, E> {
             }
         }
         // Healthy new instances take traffic first…
-        for (asg, ..) in &up {
-            self.register(asg, true).await?;
-        }
+        let news: Vec<Assignment> = up.iter().map(|(asg, ..)| asg.clone()).collect();
+        self.register_all(&news, true).await?;
         if let Err(e) = self.lb_update(app).await {
             // The LB refused the config with the new instances (its file is unchanged):
             // undo as for a failed health check — the new ones leave the registry and
@@ -242,9 +243,8 @@ impl<E: Effects> Shared<'_, E> {
         }
         // …then the old ones leave traffic, and only then stop.
         if !recreate {
-            for (.., old_asg) in &up {
-                self.register(old_asg, false).await?;
-            }
+            let leaving: Vec<Assignment> = up.iter().map(|(.., old_asg)| (*old_asg).clone()).collect();
+            self.register_all(&leaving, false).await?;
             self.leave_traffic(app).await?;
             for (_, _, _, old, _) in &up {
                 self.take_down(app, old).await?;
