@@ -237,7 +237,8 @@ def one(k):
         try:
             with socket.create_connection(("127.0.0.2", port), timeout=1) as s:
                 s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-                if s.recv(12)[9:12] == b"200":
+                status = s.recv(12)
+                if status[9:12] == b"200" or (not files and status.startswith(b"HTTP/")):  # no files: 404 for /
                     return
         except OSError:
             pass
