@@ -287,6 +287,12 @@ impl<E: Effects> Shared<'_, E> {
         let id = InstanceId::parse_of(app, instance).ok_or_else(|| bad_instance(app, instance))?;
         let spec =
             self.specs.get(&new.spec_hash).ok_or_else(|| StepError::MissingSpec { instance: instance.to_string() })?;
+        // The host's daemon gets at most `parallelism` of these calls at once (see
+        // `Shared::docker_slots`); the health wait below holds no slot.
+        let slot = match self.docker_slots.get(&new.host) {
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        };
         self.locked()?;
         self.fx.ensure_image(&new.host, &spec.image, &self.progress).await?;
         let labels = plan::container_labels(&self.env.name, app, instance, new, self.plan.origin.commit.as_deref());
@@ -296,7 +302,9 @@ impl<E: Effects> Shared<'_, E> {
         let health = async {
             self.seed_lbs(app, &new.host, &cid).await?;
             self.locked()?;
-            self.fx.start(&new.host, &cid).await?;
+            let started = self.fx.start(&new.host, &cid).await;
+            drop(slot);
+            started?;
             self.mark(Milestone::Created, &asg);
             match &spec.health {
                 Some(h) => {
