@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, OnceCell};
 
 use super::{ApplyError, Progress, StepError};
 use crate::backend::{docker, etcd, lb, probe};
@@ -106,6 +108,9 @@ pub trait Effects: Sync {
     fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send;
 }
 
+/// Per `(host, image)`: set once the image is known to be there.
+type Present = BTreeMap<(String, String), Arc<OnceCell<()>>>;
+
 /// The real world: Docker daemons, etcd, the LB file and commands.
 pub struct Backends<'a> {
     clients: BTreeMap<String, Result<docker::Client, String>>,
@@ -117,6 +122,9 @@ pub struct Backends<'a> {
     env: String,
     /// [`Backends::pull`]'s failures, by app.
     pull_failed: BTreeMap<String, String>,
+    /// Per `(host, image)`, set once this apply found (or pulled) the image there: every
+    /// instance's [`Effects::ensure_image`] after the first costs no daemon request.
+    present: std::sync::Mutex<Present>,
 }
 
 impl<'a> Backends<'a> {
@@ -157,7 +165,16 @@ impl<'a> Backends<'a> {
             clients.insert(h.name.clone(), docker::connect(h, timeout).await.map_err(|e| e.to_string()));
         }
         let records = env.spec.etcd.as_ref().map(|s| (s.prefix.clone(), env.name.clone()));
-        Ok(Self { clients, etcd, records, lock, lbs, env: env.name.clone(), pull_failed: BTreeMap::new() })
+        Ok(Self {
+            clients,
+            etcd,
+            records,
+            lock,
+            lbs,
+            env: env.name.clone(),
+            pull_failed: BTreeMap::new(),
+            present: std::sync::Mutex::new(BTreeMap::new()),
+        })
     }
 
     /// Every image the plan's new containers need, on their hosts, at once (`pull:
@@ -217,8 +234,18 @@ impl Effects for Backends<'_> {
     }
 
     async fn ensure_image(&self, host: &str, image: &str, progress: &Progress) -> Result<(), StepError> {
-        let mut say = |line: String| progress(line);
-        docker::ensure_image(self.client(host)?, host, image, &mut say).await?;
+        let client = self.client(host)?;
+        let cell = match self.present.lock() {
+            Ok(mut p) => Arc::clone(p.entry((host.to_string(), image.to_string())).or_default()),
+            Err(_) => Arc::new(OnceCell::new()),
+        };
+        // Concurrent callers for the same image wait for the first one's answer; a
+        // failure is not kept, so the next caller asks again.
+        cell.get_or_try_init(|| async {
+            let mut say = |line: String| progress(line);
+            docker::ensure_image(client, host, image, &mut say).await.map(|_| ())
+        })
+        .await?;
         Ok(())
     }
 

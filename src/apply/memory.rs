@@ -40,6 +40,17 @@ struct Inner {
     /// Instances whose existing (observed) containers fail their health check once
     /// started again, with their output.
     unhealthy_restarted: BTreeMap<String, String>,
+    /// An LB reload lets the other tasks run before it is done.
+    slow_lb: bool,
+    /// Every reload: the number of calls recorded once it was done, the LB, what it loaded.
+    reloads: Vec<(usize, String, Option<String>)>,
+}
+
+impl Inner {
+    /// LB `lb`'s config as observed before the apply.
+    fn state_lb(&self, lb: &str) -> Option<String> {
+        self.state.lbs.get(lb).cloned().flatten()
+    }
 }
 
 /// The in-memory [`Effects`].
@@ -103,6 +114,22 @@ impl Memory {
     /// The LB's check command rejects any config containing `text`.
     pub fn lb_rejects(self, text: &str) -> Self {
         self.with(|i| i.lb_rejects = Some(text.to_string()))
+    }
+
+    /// An LB reload takes a moment (it yields once before it is done), so apps that
+    /// finish together find the LB busy, as with a real reload.
+    pub fn slow_lb(self) -> Self {
+        self.with(|i| i.slow_lb = true)
+    }
+
+    /// What LB `lb` ran once `calls` calls were recorded (the content of its last reload by
+    /// then; the observed file before any).
+    pub fn lb_live_at(&self, lb: &str, calls: usize) -> Option<String> {
+        let i = self.lock();
+        match i.reloads.iter().rev().find(|(at, l, _)| *at <= calls && l == lb) {
+            Some((_, _, content)) => content.clone(),
+            None => i.state_lb(lb),
+        }
     }
 
     fn with(self, f: impl FnOnce(&mut Inner)) -> Self {
@@ -328,9 +355,15 @@ impl Effects for Memory {
     }
 
     async fn lb_reload(&self, lb: &str) -> Result<(), StepError> {
+        let slow = self.lock().slow_lb;
+        if slow {
+            tokio::task::yield_now().await;
+        }
         self.write(Self::lb_call(lb, "reload"));
         let mut i = self.lock();
         let file = i.lb_files.get(lb).cloned().flatten();
+        let at = i.calls.len();
+        i.reloads.push((at, lb.to_string(), file.clone()));
         i.lb_live.insert(lb.to_string(), file);
         Ok(())
     }

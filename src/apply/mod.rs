@@ -159,6 +159,11 @@ struct Shared<'a, E> {
     lb_reloaded: std::sync::Mutex<BTreeSet<String>>,
     /// Where the instances' milestones are recorded (`apply --report`).
     timeline: Option<Arc<report::Timeline>>,
+    /// Per host, `parallelism` permits for a new container's Docker calls (image check,
+    /// create with its files, start): apps of a level run at once and each creates up to
+    /// `parallelism` instances, so without this a host's daemon got up to `parallelism`²
+    /// of them at once. Not held during the health wait.
+    docker_slots: BTreeMap<String, tokio::sync::Semaphore>,
 }
 
 /// Apply `plan` (made against `observed`, while holding `guard` from [`lock`]) with
@@ -230,6 +235,12 @@ pub async fn execute_recorded<E: Effects>(
         drain,
         lb_reloaded: std::sync::Mutex::new(BTreeSet::new()),
         timeline,
+        docker_slots: env
+            .spec
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), tokio::sync::Semaphore::new(opts.parallelism.max(1))))
+            .collect(),
     };
     let mut report = Report::default();
 

@@ -155,9 +155,9 @@ impl<E: Effects> Shared<'_, E> {
         None
     }
 
-    /// Put `key` (or delete it) in the registry, fenced.
-    pub(super) async fn registry_write(&self, write: etcd::Write) -> Result<(), StepError> {
-        self.fx.etcd_write(&[write]).await.map_err(|e| e.during("registry"))
+    /// Registry entries put or deleted in one transaction, fenced.
+    pub(super) async fn registry_write(&self, writes: &[etcd::Write]) -> Result<(), StepError> {
+        self.fx.etcd_write(writes).await.map_err(|e| e.during("registry"))
     }
 }
 

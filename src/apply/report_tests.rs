@@ -172,3 +172,45 @@ fn nothing_executed_is_reported_as_no_changes() {
     assert_eq!((r.rto_ms, r.finished_ms), (None, 42));
     assert_eq!(schema_errors(&r), Vec::<String>::new());
 }
+
+/// [`repo`] plus `n` LB-backed apps `lb1`…`lbn` without dependencies (2 replicas, http
+/// check): with db and worker, one dependency level of `n` + 2 apps.
+fn with_lb_apps(n: usize) -> RepoSnapshot {
+    let mut snap = repo(2, "", "a");
+    for k in 1..=n {
+        let app = format!(
+            "apiVersion: reconcile/v1\nkind: App\nname: lb{k}\nimage: img/lb{k}:1\nport: 8080\nregistry: true\n\
+             replicas: 2\nlb: {{host: lb{k}.test}}\nhealth: {{http: /healthz}}\n"
+        );
+        snap.files.insert(format!("environments/t/apps/lb{k}.yaml"), app.into_bytes());
+    }
+    snap
+}
+
+#[tokio::test]
+async fn apps_that_finish_together_share_lb_reloads_and_each_serves_only_once_the_lb_has_it() {
+    let (p, fx, done, r) = run_timed(&with_lb_apps(4), &empty(), Memory::slow_lb).await;
+    assert!(done.ok(), "{done:?}");
+    let calls = fx.calls();
+    // The four lb apps came up together (db and worker beside them, web after db).
+    let web_first_create =
+        creates(&p, "web").iter().map(|n| pos(&calls, &format!("create {}", n.container_name))).min();
+    let level_one = &calls[..web_first_create.unwrap()];
+    let reloads = level_one.iter().filter(|c| *c == "lb reload").count();
+    assert!((1..4).contains(&reloads), "4 apps, {reloads} reloads: {level_one:#?}");
+    // Yet an instance is reported serving only once the LB runs a config with it.
+    for k in 1..=4 {
+        let app = &r.apps[&format!("lb{k}")];
+        assert_eq!(app.status, AppStatus::Serving, "lb{k}: {app:?}");
+        for (name, i) in &app.instances {
+            let serving = usize::try_from(i.serving_ms.unwrap()).unwrap();
+            let live = fx.lb_live_at("default", serving).unwrap_or_default();
+            let at = format!("{}:{}", address(&i.host), i.port.unwrap());
+            assert!(live.contains(&at), "{name} ({at}) reported serving at {serving}, the LB ran:\n{live}");
+        }
+    }
+    // And the end is what the model says.
+    let model = simulate(&p, &empty(), "");
+    assert_eq!(running(&fx.observed()), running(&model));
+    assert_eq!(fx.lb_live(), model.lbs.get("default").cloned().flatten(), "the LB serves the final file");
+}

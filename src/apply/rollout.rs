@@ -172,7 +172,12 @@ impl<E: Effects> Shared<'_, E> {
             if stop.load(Ordering::SeqCst) {
                 return None;
             }
-            let r = self.bring_up(app, i, n).await;
+            // Registered as soon as it is healthy, inside its own future: awaiting etcd in
+            // the loop below would stop polling the bring-ups still in flight.
+            let r = match self.bring_up(app, i, n).await {
+                Ok((asg, _)) => self.register(&asg, true).await.map(|()| asg),
+                Err(e) => Err(e),
+            };
             if r.is_err() {
                 stop.store(true, Ordering::SeqCst);
             }
@@ -183,8 +188,7 @@ impl<E: Effects> Shared<'_, E> {
         while let Some(r) = ups.next().await {
             match r {
                 None => {}
-                Some(Ok((asg, _))) => {
-                    self.register(&asg, true).await?;
+                Some(Ok(asg)) => {
                     let id = InstanceId::new(asg.app.clone(), asg.ordinal);
                     done.push(format!("{}: created {id}", asg.host));
                 }
@@ -204,9 +208,7 @@ impl<E: Effects> Shared<'_, E> {
             .collect::<Result<_, _>>()?;
         if recreate {
             // Cannot run twice: old out of traffic and stopped first.
-            for asg in &olds {
-                self.register(asg, false).await?;
-            }
+            self.register_all(&olds, false).await?;
             self.leave_traffic(app).await?;
             for (_, old, _, _) in chunk {
                 self.take_down(app, old).await?;
@@ -222,9 +224,8 @@ impl<E: Effects> Shared<'_, E> {
             }
         }
         // Healthy new instances take traffic first…
-        for (asg, ..) in &up {
-            self.register(asg, true).await?;
-        }
+        let news: Vec<Assignment> = up.iter().map(|(asg, ..)| asg.clone()).collect();
+        self.register_all(&news, true).await?;
         if let Err(e) = self.lb_update(app).await {
             // The LB refused the config with the new instances (its file is unchanged):
             // undo as for a failed health check — the new ones leave the registry and
@@ -242,9 +243,8 @@ impl<E: Effects> Shared<'_, E> {
         }
         // …then the old ones leave traffic, and only then stop.
         if !recreate {
-            for (.., old_asg) in &up {
-                self.register(old_asg, false).await?;
-            }
+            let leaving: Vec<Assignment> = up.iter().map(|(.., old_asg)| (*old_asg).clone()).collect();
+            self.register_all(&leaving, false).await?;
             self.leave_traffic(app).await?;
             for (_, _, _, old, _) in &up {
                 self.take_down(app, old).await?;
@@ -287,6 +287,12 @@ impl<E: Effects> Shared<'_, E> {
         let id = InstanceId::parse_of(app, instance).ok_or_else(|| bad_instance(app, instance))?;
         let spec =
             self.specs.get(&new.spec_hash).ok_or_else(|| StepError::MissingSpec { instance: instance.to_string() })?;
+        // The host's daemon gets at most `parallelism` of these calls at once (see
+        // `Shared::docker_slots`); the health wait below holds no slot.
+        let slot = match self.docker_slots.get(&new.host) {
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        };
         self.locked()?;
         self.fx.ensure_image(&new.host, &spec.image, &self.progress).await?;
         let labels = plan::container_labels(&self.env.name, app, instance, new, self.plan.origin.commit.as_deref());
@@ -296,7 +302,9 @@ impl<E: Effects> Shared<'_, E> {
         let health = async {
             self.seed_lbs(app, &new.host, &cid).await?;
             self.locked()?;
-            self.fx.start(&new.host, &cid).await?;
+            let started = self.fx.start(&new.host, &cid).await;
+            drop(slot);
+            started?;
             self.mark(Milestone::Created, &asg);
             match &spec.health {
                 Some(h) => {

@@ -14,6 +14,10 @@ use crate::placement::Assignment;
 use crate::plan::{self, Action, Plan};
 use crate::spec::Env;
 
+/// The most registry writes in one etcd transaction (etcd refuses more than its
+/// `--max-txn-ops`, 128 by default).
+pub(super) const REGISTRY_TXN: usize = 100;
+
 /// Instances that receive traffic before anything changes: the observed running
 /// containers the plan keeps or replaces (not duplicates or unrecognised ones).
 pub(super) fn initial_serving(env: &Env, plan: &Plan, observed: &ObservedState) -> BTreeSet<Assignment> {
@@ -66,26 +70,46 @@ impl<E: Effects> Shared<'_, E> {
     /// next LB update renders). An app removed from the repo has its entries deleted
     /// too, before its instances stop.
     pub(super) async fn register(&self, a: &Assignment, on: bool) -> Result<(), StepError> {
+        self.register_all(std::slice::from_ref(a), on).await
+    }
+
+    /// [`Shared::register`] for several instances at once: their registry entries in one
+    /// etcd transaction (at most [`REGISTRY_TXN`] writes each), then the serving set.
+    pub(super) async fn register_all(&self, all: &[Assignment], on: bool) -> Result<(), StepError> {
         self.locked()?;
-        let registry = match self.env.apps.get(&a.app) {
-            Some(x) => x.spec.registry,
-            None => !on,
-        };
-        if let (true, Some(spec), Some(port)) = (registry, &self.env.spec.etcd, a.port) {
-            let ip = self.address_of(&a.host)?;
-            let key = keys::registry(&spec.registry_prefix, &a.app, &self.env.name, ip, port);
-            let write =
-                if on { etcd::Write::Put { key, value: format!("{ip}:{port}") } } else { etcd::Write::Delete { key } };
-            self.registry_write(write).await?;
-            if on {
+        let mut writes = Vec::new();
+        let mut registered = Vec::new();
+        for a in all {
+            let registry = match self.env.apps.get(&a.app) {
+                Some(x) => x.spec.registry,
+                None => !on,
+            };
+            if let (true, Some(spec), Some(port)) = (registry, &self.env.spec.etcd, a.port) {
+                let ip = self.address_of(&a.host)?;
+                let key = keys::registry(&spec.registry_prefix, &a.app, &self.env.name, ip, port);
+                writes.push(if on {
+                    etcd::Write::Put { key, value: format!("{ip}:{port}") }
+                } else {
+                    etcd::Write::Delete { key }
+                });
+                registered.push(a);
+            }
+        }
+        for chunk in writes.chunks(REGISTRY_TXN) {
+            self.registry_write(chunk).await?;
+        }
+        if on {
+            for a in registered {
                 self.mark(Milestone::Registered, a);
             }
         }
         let mut s = self.serving.lock().await;
-        if on {
-            s.insert(a.clone());
-        } else {
-            s.remove(a);
+        for a in all {
+            if on {
+                s.insert(a.clone());
+            } else {
+                s.remove(a);
+            }
         }
         Ok(())
     }
@@ -115,22 +139,24 @@ impl<E: Effects> Shared<'_, E> {
 
     /// [`Shared::lb_update`]; with `unsure`, also reload an unchanged config unless this
     /// apply reloaded that LB already. The LBs that were reloaded.
+    ///
+    /// Apps finishing at once (a cold start or a DR brings every app of a level up
+    /// together) share reloads: LB writes are serialised, and an app that gets the LB
+    /// after another one rendered a serving set with its instances in finds the same
+    /// content in place and reloads nothing. Only the instances in the rendered set
+    /// are marked serving (`apply --report`), not ones registered meanwhile.
     async fn lb_update_with(&self, app: &str, unsure: bool) -> Result<Vec<String>, StepError> {
         let mut reloaded = Vec::new();
-        let routing = self.lbs_routing(app);
-        if routing.is_empty() {
-            return Ok(reloaded);
-        }
-        for lb in routing {
+        for lb in self.lbs_routing(app) {
             self.locked()?;
             let _one_at_a_time = self.lb_lock.lock().await;
-            let content = self.serving_lb_content(&lb).await?;
+            let (content, rendered) = self.serving_lb_content_for(&lb).await?;
             let force = unsure && !self.reloaded(&lb);
             if self.lb_write_and_reload(&lb, content, force).await? {
                 reloaded.push(lb);
             }
+            self.served(&rendered);
         }
-        self.served().await;
         Ok(reloaded)
     }
 
@@ -139,20 +165,25 @@ impl<E: Effects> Shared<'_, E> {
         self.lb_reloaded.lock().is_ok_and(|s| s.contains(lb))
     }
 
-    /// The LBs run a config with what serves now (`apply --report`).
-    async fn served(&self) {
+    /// These instances are served by the LBs (`apply --report`).
+    fn served(&self, serving: &[Assignment]) {
         if let Some(t) = &self.timeline {
-            let serving: Vec<Assignment> = self.serving.lock().await.iter().cloned().collect();
-            t.serving(&serving);
+            t.serving(serving);
         }
     }
 
     /// LB `lb`'s config for the instances serving now.
     async fn serving_lb_content(&self, lb: &str) -> Result<String, StepError> {
+        Ok(self.serving_lb_content_for(lb).await?.0)
+    }
+
+    /// LB `lb`'s config for the instances serving now, and those instances.
+    async fn serving_lb_content_for(&self, lb: &str) -> Result<(String, Vec<Assignment>), StepError> {
         let serving: Vec<Assignment> =
             self.serving.lock().await.iter().filter(|a| self.env.apps.contains_key(&a.app)).cloned().collect();
         let canaries = super::canary::serving_canaries(self.plan);
-        Ok(plan::lb_content_with(self.env, Arc::clone(&self.files), lb, &serving, &canaries)?)
+        let content = plan::lb_content_with(self.env, Arc::clone(&self.files), lb, &serving, &canaries)?;
+        Ok((content, serving))
     }
 
     /// A new container of an app that hosts LBs (`container: {app}`): before it starts,
@@ -217,7 +248,8 @@ impl<E: Effects> Shared<'_, E> {
         let force =
             self.plan.actions.iter().any(|a| matches!(a, Action::ReloadLb { lb: l } if l == lb)) && !self.reloaded(lb);
         self.lb_write_and_reload(lb, content, force).await.map_err(|e| e.to_string())?;
-        self.served().await;
+        let serving: Vec<Assignment> = self.serving.lock().await.iter().cloned().collect();
+        self.served(&serving);
         Ok(())
     }
 
