@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use super::support::{git, reconcile_cmd_in, stderr, stdout, var, write_one_host_env};
+use super::support::{git, git_rev, reconcile_cmd_in, stderr, stdout, var, write_one_host_env};
 
 /// Serves the bare repos under `argv[1]` over https on 127.0.0.1 (a free port, printed
 /// first) at `/<repo>`, each request answered by `git http-backend` (CGI variables in
@@ -85,8 +85,7 @@ fn serve(dir: &Path, env: &str) -> Server {
     git(&work, &["init", "-q"]);
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-qm", "config"]);
-    let commit = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&work).output().unwrap();
-    let commit = String::from_utf8(commit.stdout).unwrap().trim().to_string();
+    let commit = git_rev(&work, "HEAD");
     let repos = dir.join("repos");
     std::fs::create_dir_all(&repos).unwrap();
     git(dir, &["clone", "-q", "--bare", "work", "repos/cfg.git"]);

@@ -4,6 +4,7 @@
 
 use super::apply::Stack;
 use super::apply_chaos::{etcd_get, managed};
+use super::support::git_rev;
 use super::{stderr, stdout};
 
 #[test]
@@ -25,12 +26,7 @@ fn rollback_applies_an_earlier_commit_and_history_records_it() {
     assert!(s.get().unwrap().starts_with("version=1"), "{:?}", s.get());
 
     // The rollback pinned the environment to v1's commit.
-    let v1 = String::from_utf8(
-        std::process::Command::new("git").args(["-C", &repo, "rev-parse", "HEAD~1"]).output().unwrap().stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let v1 = git_rev(std::path::Path::new(&repo), "HEAD~1");
     let pin_key = format!("{}/{}/pin", s.prefix, s.env);
     let pin: serde_json::Value = serde_json::from_str(&etcd_get(&pin_key)).expect("a pin in etcd");
     assert_eq!((pin["reference"].as_str(), pin["commit"].as_str()), (Some("HEAD~1"), Some(v1.as_str())), "{pin}");

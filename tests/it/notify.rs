@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use super::support::{Got, Receiver, git, reconcile_cmd_in, remove_env_containers, stderr, stdout, var};
+use super::support::{Got, Receiver, git, git_rev, reconcile_cmd_in, remove_env_containers, stderr, stdout, var};
 
 const SIGNING_KEY: &str = "whsec-test-signing-key";
 const TOKEN: &str = "tok-very-secret-123";
@@ -36,11 +36,6 @@ fn repo(dir: &Path, env: &str, command: &str, notifications: &str) {
     git(dir, &["init", "-q"]);
     git(dir, &["add", "-A"]);
     git(dir, &["commit", "-qm", "notify test"]);
-}
-
-fn head(dir: &Path) -> String {
-    let o = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(dir).output().unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 fn apply(dir: &Path, env: &str, rx: &Receiver) -> Output {
@@ -89,7 +84,7 @@ fn every_target_kind_hears_of_an_apply_with_signature_and_commit() {
     let o = apply(dir.path(), &env, &rx);
     remove_env_containers(&env);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-    let commit = head(dir.path());
+    let commit = git_rev(dir.path(), "HEAD");
     let got = rx.requests();
     let all = format!("{got:#?}");
     for secret in [SIGNING_KEY, TOKEN] {
@@ -209,7 +204,7 @@ fn a_rollback_tells_its_pin_and_the_release_tells_pin_released() {
     );
     std::fs::write(&file, text).unwrap();
     git(dir.path(), &["commit", "-qam", "v1 with etcd"]);
-    let v1 = head(dir.path());
+    let v1 = git_rev(dir.path(), "HEAD");
     let app = dir.path().join("environments").join(&env).join("apps/job.yaml");
     let text = std::fs::read_to_string(&app).unwrap().replace("'3600'", "'3601'");
     std::fs::write(&app, text).unwrap();

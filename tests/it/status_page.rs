@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::apply::Stack;
-use super::support::{http_exchange, reconcile_cmd, split_response};
+use super::support::{git_rev, http_exchange, reconcile_cmd, split_response};
 use super::{git, stderr, stdout};
 
 /// Outside the other watch tests' metrics ports (28191–28199).
@@ -137,12 +137,7 @@ fn watch_serves_the_status_page_and_status_writes_it_for_ci() {
     git(&repo_dir, &["init", "-q"]);
     git(&repo_dir, &["add", "-A"]);
     git(&repo_dir, &["commit", "-qm", "v1"]);
-    let commit = String::from_utf8(
-        Command::new("git").arg("-C").arg(&repo_dir).args(["rev-parse", "HEAD"]).output().unwrap().stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let commit = git_rev(&repo_dir, "HEAD");
     let log = s.root().join("watch.log");
     let file = std::fs::File::create(&log).unwrap();
     let addr = format!("127.0.0.1:{METRICS_PORT}");

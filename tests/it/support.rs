@@ -108,6 +108,13 @@ pub fn git(dir: &Path, args: &[&str]) {
     assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// The commit `rev` (`HEAD`, `HEAD~1`, …) names in the repo at `dir`, as full hex.
+pub fn git_rev(dir: &Path, rev: &str) -> String {
+    let o = Command::new("git").args(["rev-parse", rev]).current_dir(dir).output().unwrap();
+    assert!(o.status.success(), "git rev-parse {rev}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
 // ------------------------------------------------------------------ config repos
 
 /// An app running `command` (a YAML list) in `image`, with more fields in `extra`.
