@@ -6,9 +6,9 @@ use reconcile::cli::{self, Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    // SAFETY: no other thread runs yet.
+    let cli = Cli::parse(); // `--help` and `--version` exit here, before libgit2 starts
+    // SAFETY: no other thread runs yet (parsing the flags starts none).
     unsafe { reconcile::backend::git::init_without_ca_bundle() };
-    let cli = Cli::parse();
     let default = match cli.verbose {
         0 => "warn",
         1 => "info",

@@ -484,3 +484,62 @@ fn validate_merged(cx: &mut Ctx<'_>, kind: Kind, doc: &Merged) -> bool {
     }
     violations.is_empty()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTS: &str = "hosts:\n  - {name: n1, docker: 'unix:///x.sock', address: 127.0.0.1, ports: 20000-20099}\n";
+
+    /// `base` (abstract) ← `prod` with app `api`; `other` with a broken app `bad`.
+    fn snapshot() -> RepoSnapshot {
+        let env = |name: &str, extra: &str| {
+            format!("apiVersion: reconcile/v1\nkind: Environment\nname: {name}\n{extra}").into_bytes()
+        };
+        let files = BTreeMap::from([
+            ("environments/base/environment.yaml".to_string(), env("base", &format!("abstract: true\n{HOSTS}"))),
+            ("environments/prod/environment.yaml".to_string(), env("prod", "extends: base\n")),
+            (
+                "environments/prod/apps/api.yaml".to_string(),
+                b"apiVersion: reconcile/v1\nkind: App\nname: api\nimage: img:1\n".to_vec(),
+            ),
+            ("environments/other/environment.yaml".to_string(), env("other", HOSTS)),
+            (
+                "environments/other/apps/bad.yaml".to_string(),
+                b"apiVersion: reconcile/v1\nkind: App\nname: bad\nimage: [not, a, string]\n".to_vec(),
+            ),
+        ]);
+        RepoSnapshot { files, origin: Default::default() }
+    }
+
+    fn in_dir<'a>(diags: &'a [Diagnostic], dir: &str) -> Vec<&'a Diagnostic> {
+        diags.iter().filter(|d| d.file.as_deref().is_some_and(|f| f.starts_with(dir))).collect()
+    }
+
+    #[test]
+    fn load_only_builds_the_chain_alone_and_skips_other_environments_apps() {
+        let snap = snapshot();
+        let full = load(&snap);
+        assert!(!in_dir(&full.diagnostics, "environments/other/").is_empty(), "{:#?}", full.diagnostics);
+
+        let only = load_only(&snap, Some("prod"));
+        assert_eq!(only.envs.keys().collect::<Vec<_>>(), ["base", "prod"]);
+        assert_eq!(only.envs["prod"].apps.keys().collect::<Vec<_>>(), ["api"]);
+        assert!(in_dir(&only.diagnostics, "environments/other/").is_empty(), "{:#?}", only.diagnostics);
+        // Every environment is still known, with its chain.
+        assert_eq!(only.names, full.names);
+        assert_eq!(only.chains, full.chains);
+        // What `--env prod` keeps is what a full load has for the chain's directories.
+        for dir in ["environments/base/", "environments/prod/"] {
+            let (a, b) = (in_dir(&only.diagnostics, dir), in_dir(&full.diagnostics, dir));
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "{dir}");
+        }
+    }
+
+    #[test]
+    fn load_only_of_an_unknown_environment_builds_nothing() {
+        let only = load_only(&snapshot(), Some("nope"));
+        assert!(only.envs.is_empty());
+        assert!(only.names.contains("prod") && only.names.contains("other"));
+    }
+}
