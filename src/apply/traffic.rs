@@ -240,16 +240,17 @@ impl<E: Effects> Shared<'_, E> {
                 _ => None,
             })
             .filter(|_| all_ok);
-        let content = match planned {
-            Some(c) => c,
-            None => self.serving_lb_content(lb).await.map_err(|e| e.to_string())?,
+        // The instances the written config serves: with the plan's content, every one
+        // serving now (all apps are done: that is the plan's final set).
+        let (content, rendered) = match planned {
+            Some(c) => (c, self.serving.lock().await.iter().cloned().collect()),
+            None => self.serving_lb_content_for(lb).await.map_err(|e| e.to_string())?,
         };
         // The plan asks for a reload without a write when an earlier apply left one pending.
         let force =
             self.plan.actions.iter().any(|a| matches!(a, Action::ReloadLb { lb: l } if l == lb)) && !self.reloaded(lb);
         self.lb_write_and_reload(lb, content, force).await.map_err(|e| e.to_string())?;
-        let serving: Vec<Assignment> = self.serving.lock().await.iter().cloned().collect();
-        self.served(&serving);
+        self.served(&rendered);
         Ok(())
     }
 
