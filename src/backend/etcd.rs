@@ -379,7 +379,7 @@ async fn read_ranges(
         })
         .collect();
     let txn = Txn::new().and_then(ops);
-    let response = fresh_auth(client, || {
+    let response = fresh_auth(client, Resend::Idempotent, || {
         let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
         let txn = txn.clone();
         async move { kv.txn(txn).await }
@@ -409,7 +409,7 @@ async fn read_ranges(
 /// # Errors
 /// [`EtcdError::Write`] naming the key (unreachable etcd, timeout, refused request).
 pub async fn put(client: &mut Client, key: &str, value: &str) -> Result<(), EtcdError> {
-    fresh_auth(client, || {
+    fresh_auth(client, Resend::Idempotent, || {
         let mut c = client.clone();
         async move { c.put(key, value, None).await }
     })
@@ -423,7 +423,7 @@ pub async fn put(client: &mut Client, key: &str, value: &str) -> Result<(), Etcd
 /// # Errors
 /// [`EtcdError::Write`] naming the key.
 pub async fn delete(client: &mut Client, key: &str) -> Result<(), EtcdError> {
-    fresh_auth(client, || {
+    fresh_auth(client, Resend::Idempotent, || {
         let mut c = client.clone();
         async move { c.delete(key, None).await }
     })
@@ -462,11 +462,10 @@ pub async fn batch_fenced(client: &mut Client, writes: &[Write], fence: Option<&
         })
         .collect();
     let when: Vec<Compare> = fence.iter().map(|f| Compare::lease(f.key.as_str(), CompareOp::Equal, f.lease)).collect();
-    let response = txn_fresh(client, Txn::new().when(when).and_then(ops)).await.map_err(|e| EtcdError::Batch {
-        count: writes.len(),
-        first: first.key().into(),
-        cause: describe(&e),
-    })?;
+    // Puts and deletes, made twice, leave the same keys (the fence compares our lease).
+    let response = txn_fresh(client, Resend::Idempotent, Txn::new().when(when).and_then(ops))
+        .await
+        .map_err(|e| EtcdError::Batch { count: writes.len(), first: first.key().into(), cause: describe(&e) })?;
     match fence {
         Some(f) if !response.succeeded() => Err(EtcdError::Fenced { lock: f.key.clone(), key: first.key().into() }),
         _ => Ok(()),
@@ -622,7 +621,8 @@ impl LockGuard {
     pub async fn release(self) -> Result<(), EtcdError> {
         self.lease.task.abort();
         let id = self.lease.id;
-        let revoked = fresh_auth(&self.client, || {
+        // Revoked twice: the second answer is NOT_FOUND, taken as released below.
+        let revoked = fresh_auth(&self.client, Resend::Idempotent, || {
             let mut c = self.client.clone();
             async move { c.lease_revoke(id).await }
         })
@@ -721,9 +721,18 @@ pub async fn acquire_lock_key(
     let deadline = started + wait;
     let mut client = client.clone();
     let write_error = |cause: String| EtcdError::Write { key: key.clone(), cause };
-    let mut lease = Lease::grant(&mut client, ttl)
-        .await
-        .map_err(|e| write_error(format!("cannot grant the lock's lease: {}", describe(&e))))?;
+    // A member down or an election under way fails the grant for a moment: like the lock
+    // request below, a waiting apply asks again until its wait is over.
+    let mut lease = loop {
+        match Lease::grant(&mut client, ttl).await {
+            Ok(lease) => break lease,
+            Err(e) if is_transient(&e) && Instant::now() < deadline => {
+                tracing::debug!(key, error = %describe(&e), "etcd did not grant the lock's lease; trying again");
+                tokio::time::sleep(LOCK_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+            }
+            Err(e) => return Err(write_error(format!("cannot grant the lock's lease: {}", describe(&e)))),
+        }
+    };
     let mut shown: Option<Holder> = None;
     let outcome = loop {
         if lease.state.lost() {
@@ -750,7 +759,7 @@ pub async fn acquire_lock_key(
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease.id)))])
             .or_else([TxnOp::get(key.as_str(), None)]);
-        let response = match txn_fresh(&client, txn).await {
+        let response = match txn_fresh(&client, Resend::Undelivered, txn).await {
             Ok(r) => r,
             // A member down or a leader election: a waiting apply keeps waiting (the
             // client's next request may go to a member that answers). Refusals end it.
@@ -859,7 +868,7 @@ impl Lease {
     async fn grant(client: &mut Client, ttl: Duration) -> Result<Lease, etcd_client::Error> {
         let asked = i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).unwrap_or(i64::MAX).max(1);
         let sent = Instant::now();
-        let granted = fresh_auth(client, || {
+        let granted = fresh_auth(client, Resend::Idempotent, || {
             let mut c = client.clone();
             async move { c.lease_grant(asked, None).await }
         })
@@ -995,8 +1004,9 @@ async fn append_history(
             ops.push(TxnOp::put(applied.as_str(), value.as_str(), None));
         }
         let txn = Txn::new().when(when).and_then(ops);
-        let response =
-            txn_fresh(client, txn).await.map_err(|e| EtcdError::Write { key: named.clone(), cause: describe(&e) })?;
+        let response = txn_fresh(client, Resend::Undelivered, txn)
+            .await
+            .map_err(|e| EtcdError::Write { key: named.clone(), cause: describe(&e) })?;
         if response.succeeded() {
             tracing::debug!(key = named, history = entry_key, "recorded in the history");
             return Ok(());
@@ -1095,23 +1105,100 @@ fn is_old_auth_revision(e: &etcd_client::Error) -> bool {
 /// re-authenticates only on an invalid token. The retry is not a retry of a refusal: it
 /// asks again with the user's current permissions, so a revoked permission is then
 /// "permission denied" (not retried; see README "etcd TLS and RBAC").
-async fn fresh_auth<T, Fut>(client: &Client, call: impl Fn() -> Fut) -> Result<T, etcd_client::Error>
+///
+/// A request that failed on its way to a member is sent again, with a short back-off,
+/// for up to [`RESEND_BUDGET`], as `resend` allows ([`Resend`]): etcd-client balances
+/// over every endpoint it connected to and goes on picking a member that died since, so
+/// in a cluster with one member down a share of the requests fail that way although the
+/// others answer.
+async fn fresh_auth<T, Fut>(client: &Client, resend: Resend, call: impl Fn() -> Fut) -> Result<T, etcd_client::Error>
 where
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
-    match call().await {
-        Err(e) if is_old_auth_revision(&e) => {
-            tracing::debug!("etcd's auth store changed since this client authenticated; authenticating again");
-            client.refresh_token().await?;
-            call().await
+    resend_failed(resend, RESEND_BUDGET, || async {
+        match call().await {
+            Err(e) if is_old_auth_revision(&e) => {
+                tracing::debug!("etcd's auth store changed since this client authenticated; authenticating again");
+                client.refresh_token().await?;
+                call().await
+            }
+            other => other,
         }
-        other => other,
+    })
+    .await
+}
+
+/// Which failed requests [`fresh_auth`] sends again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Only one that reached no member ([`is_undelivered`]): for a request whose second
+    /// success would differ from the first (create-if-absent: the lock, a history entry).
+    Undelivered,
+    /// Also one whose connection broke after it was sent ([`is_connection_lost`]): for a
+    /// request made twice with the same result (reads, puts, deletes, a lease grant,
+    /// whose extra lease only expires).
+    Idempotent,
+}
+
+/// `call`, made again with a short back-off while its failure is one `resend` allows and
+/// less than `budget` has passed; any other outcome is returned as it is.
+async fn resend_failed<T, Fut>(
+    resend: Resend,
+    budget: Duration,
+    call: impl Fn() -> Fut,
+) -> Result<T, etcd_client::Error>
+where
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(20);
+    let allowed = |e: &etcd_client::Error| is_undelivered(e) || (resend == Resend::Idempotent && is_connection_lost(e));
+    loop {
+        match call().await {
+            Err(e) if allowed(&e) && started.elapsed() + pause < budget => {
+                tracing::debug!(error = %describe(&e), "the etcd member etcd-client picked is unreachable; sending again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(400));
+            }
+            other => return other,
+        }
     }
 }
 
+/// How long [`fresh_auth`] goes on sending a request again.
+const RESEND_BUDGET: Duration = Duration::from_secs(3);
+
+/// Whether the request failed before it reached any member: the connection to the member
+/// could not be made (refused, no route) or was still being made again after the member
+/// went away. tonic reports the first as UNAVAILABLE "tcp connect error" with the OS
+/// error as its source, the second as CANCELLED "connection was not ready".
+fn is_undelivered(e: &etcd_client::Error) -> bool {
+    const CANCELLED: i32 = 1;
+    const UNAVAILABLE: i32 = 14;
+    let etcd_client::Error::GRpcStatus(s) = e else { return false };
+    if !matches!(s.code() as i32, CANCELLED | UNAVAILABLE) {
+        return false;
+    }
+    let text = describe(e).to_ascii_lowercase();
+    ["connect error", "connection refused", "connection was not ready"].iter().any(|m| text.contains(m))
+}
+
+/// Whether the connection to the member broke under the request (the member died or
+/// restarted): the request may or may not have been acted on.
+fn is_connection_lost(e: &etcd_client::Error) -> bool {
+    const UNKNOWN: i32 = 2;
+    const UNAVAILABLE: i32 = 14;
+    let etcd_client::Error::GRpcStatus(s) = e else { return false };
+    if !matches!(s.code() as i32, UNKNOWN | UNAVAILABLE) {
+        return false;
+    }
+    let text = describe(e).to_ascii_lowercase();
+    ["connection reset", "broken pipe", "connection error", "connection closed"].iter().any(|m| text.contains(m))
+}
+
 /// A transaction through [`fresh_auth`].
-async fn txn_fresh(client: &Client, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
-    fresh_auth(client, || {
+async fn txn_fresh(client: &Client, resend: Resend, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+    fresh_auth(client, resend, || {
         let mut c = client.clone();
         let txn = txn.clone();
         async move { c.txn(txn).await }
@@ -1125,7 +1212,7 @@ async fn get_fresh(
     key: &str,
     options: Option<GetOptions>,
 ) -> Result<etcd_client::GetResponse, etcd_client::Error> {
-    fresh_auth(client, || {
+    fresh_auth(client, Resend::Idempotent, || {
         let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
         let options = options.clone();
         async move { kv.get(key, options).await }
@@ -1163,7 +1250,10 @@ fn is_timeout(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(s) => {
             let code = s.code() as i32;
-            code == DEADLINE_EXCEEDED || (code == CANCELLED && s.message().to_ascii_lowercase().contains("timeout"))
+            code == DEADLINE_EXCEEDED
+                || (code == CANCELLED && s.message().to_ascii_lowercase().contains("timeout"))
+                // A member's own deadline (forwarding to a leader being elected), as UNKNOWN.
+                || s.message().contains("context deadline exceeded")
         }
         _ => false,
     }
@@ -1192,6 +1282,116 @@ fn describe(e: &etcd_client::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod resend_tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use etcd_client::Error;
+
+    fn refused() -> Error {
+        Error::GRpcStatus(tonic::Status::unavailable("tcp connect error"))
+    }
+
+    #[test]
+    fn only_a_failed_connection_is_undelivered() {
+        assert!(super::is_undelivered(&refused()));
+        let reconnecting =
+            tonic::Status::cancelled("operation was canceled: transport error: connection was not ready");
+        assert!(super::is_undelivered(&Error::GRpcStatus(reconnecting)));
+        // Reached a member (which may have acted on it): never sent again.
+        for delivered in [
+            tonic::Status::unavailable("etcdserver: leader changed"),
+            tonic::Status::unavailable("etcdserver: request timed out"),
+            tonic::Status::deadline_exceeded("context deadline exceeded"),
+            tonic::Status::permission_denied("etcdserver: permission denied"),
+            tonic::Status::cancelled("Timeout expired"),
+        ] {
+            assert!(!super::is_undelivered(&Error::GRpcStatus(delivered.clone())), "{delivered:?}");
+        }
+        assert!(!super::is_undelivered(&Error::InvalidArgs("x".into())));
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_is_sent_again_until_it_is_answered() {
+        let calls = AtomicU32::new(0);
+        let got = super::resend_failed(super::Resend::Undelivered, Duration::from_secs(3), || async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 3 { Err(refused()) } else { Ok(7) }
+        })
+        .await;
+        assert_eq!(got.ok(), Some(7));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn a_broken_connection_is_lost_not_undelivered() {
+        let reset = Error::GRpcStatus(tonic::Status::unknown("transport error: connection error: connection reset"));
+        assert!(super::is_connection_lost(&reset));
+        assert!(!super::is_undelivered(&reset));
+        assert!(!super::is_connection_lost(&refused()), "refused before sending is undelivered, not lost");
+        let denied = Error::GRpcStatus(tonic::Status::permission_denied("connection reset"));
+        assert!(!super::is_connection_lost(&denied), "only UNKNOWN and UNAVAILABLE");
+    }
+
+    /// A lost connection is sent again only for an idempotent request.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_connection_is_sent_again_only_when_idempotent() {
+        for (resend, calls_made) in [(super::Resend::Idempotent, 2), (super::Resend::Undelivered, 1)] {
+            let calls = AtomicU32::new(0);
+            let got = super::resend_failed(resend, Duration::from_secs(3), || async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(Error::GRpcStatus(tonic::Status::unknown(
+                        "transport error: connection error: connection reset",
+                    )))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+            assert_eq!(got.is_ok(), resend == super::Resend::Idempotent, "{resend:?}");
+            assert_eq!(calls.load(Ordering::SeqCst), calls_made, "{resend:?}");
+        }
+    }
+
+    #[test]
+    fn a_members_own_deadline_is_a_timeout() {
+        let e = Error::GRpcStatus(tonic::Status::unknown("context deadline exceeded"));
+        assert!(super::is_timeout(&e) && super::is_transient(&e));
+    }
+
+    #[tokio::test]
+    async fn a_delivered_failure_is_returned_at_once() {
+        let calls = AtomicU32::new(0);
+        let got: Result<(), Error> =
+            super::resend_failed(super::Resend::Undelivered, Duration::from_secs(3), || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(Error::GRpcStatus(tonic::Status::unavailable("etcdserver: leader changed")))
+            })
+            .await;
+        assert!(got.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// On tokio's paused clock: pauses of 20, 40 and 80 ms, then the next (160 ms) would
+    /// end past the 300 ms budget, so the fourth refusal is returned.
+    #[tokio::test(start_paused = true)]
+    async fn sending_again_stops_within_the_budget() {
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let got: Result<(), Error> =
+            super::resend_failed(super::Resend::Undelivered, Duration::from_millis(300), || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(refused())
+            })
+            .await;
+        assert!(got.is_err_and(|e| super::is_undelivered(&e)));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        assert_eq!(started.elapsed(), Duration::from_millis(140));
+    }
 }
 
 #[cfg(test)]
