@@ -49,7 +49,7 @@
 //!   `openssl-probe` finds it). Without that call (library users, tests) libgit2 loads it
 //!   at initialisation as usual, and the second load adds nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -432,10 +432,11 @@ fn read_work_tree(
     };
 
     let index = git.index().map_err(files.git_err("the index"))?;
-    let repo = files.repo;
+    let status = work_tree_status(git, &join(prefix, ENV_DIR)).map_err(files.git_err("the status"))?;
     let mut keep = |key: &str, is_dir: bool| -> Result<bool, GitError> {
         let rel = join(prefix, key);
-        if !git.is_path_ignored(&rel).map_err(git_err_for(repo.to_string(), "the ignore rules"))? {
+        let ignored = if is_dir { status.ignored.contains(&format!("{rel}/")) } else { status.ignored.contains(&rel) };
+        if !ignored {
             return Ok(true);
         }
         // Ignored, but Git still tracks what is in the index.
@@ -446,26 +447,47 @@ fn read_work_tree(
         })
     };
     read_dir_files(dir, &mut keep, files)?;
-    origin.dirty = is_dirty(git, &join(prefix, ENV_DIR)).map_err(files.git_err("the status"))?;
+    origin.dirty = status.dirty;
     Ok(())
 }
 
-/// True when `git status` shows any change under the work-tree relative dir `env_rel`.
-fn is_dirty(git: &Repository, env_rel: &str) -> Result<bool, git2::Error> {
+/// What one `git status` of the work-tree relative dir `env_rel` says.
+struct WorkTreeStatus {
+    /// Something is modified, staged, deleted, renamed or untracked (not ignored).
+    dirty: bool,
+    /// The ignored, untracked files, each by its path (Git is asked to list the files in
+    /// ignored directories one by one: libgit2 otherwise leaves out the untracked files of
+    /// an ignored directory that also holds a tracked one). A directory listed whole (its
+    /// path and a trailing `/`) is not entered.
+    ignored: HashSet<String>,
+}
+
+/// One status walk answers both questions of [`read_work_tree`]: whether the config is
+/// dirty, and which paths are ignored (asking Git path by path re-reads the ignore files
+/// of every parent directory for each file: with 300 files, most of the read's time).
+fn work_tree_status(git: &Repository, env_rel: &str) -> Result<WorkTreeStatus, git2::Error> {
     let mut opts = StatusOptions::new();
     opts.pathspec(env_rel)
         .disable_pathspec_match(true)
         .include_untracked(true)
         .recurse_untracked_dirs(true)
-        .include_ignored(false)
+        .include_ignored(true)
+        .recurse_ignored_dirs(true)
         .include_unmodified(false)
         .exclude_submodules(true);
     let statuses = git.statuses(Some(&mut opts))?;
-    let dirty = statuses.iter().any(|s| {
-        let st = s.status();
-        st != Status::CURRENT && !st.contains(Status::IGNORED)
-    });
-    Ok(dirty)
+    let mut out = WorkTreeStatus { dirty: false, ignored: HashSet::new() };
+    for entry in statuses.iter() {
+        let st = entry.status();
+        if st.contains(Status::IGNORED) {
+            if let Ok(path) = entry.path() {
+                out.ignored.insert(path.to_string());
+            }
+        } else if st != Status::CURRENT {
+            out.dirty = true;
+        }
+    }
+    Ok(out)
 }
 
 /// Reads `<root>/environments/` recursively from disk, without following symlinks,
@@ -514,7 +536,7 @@ fn read_dir_files(
                 if keep(&key, false)? {
                     let size = entry.metadata().map_err(read_err(&path))?.len();
                     files.admit(&key, size)?;
-                    let bytes = read_limited(&path, &key, files)?;
+                    let bytes = read_limited(&path, &key, size, files)?;
                     files.map.insert(key, bytes);
                 }
             } else {
@@ -526,9 +548,11 @@ fn read_dir_files(
 }
 
 /// Reads a file, failing if it grew over the limit since its size was checked.
-fn read_limited(path: &Path, key: &str, files: &Files<'_>) -> Result<Vec<u8>, GitError> {
+/// The file at `path`, at most [`MAX_FILE_BYTES`] + 1 bytes; `size` (from its metadata,
+/// possibly stale) sizes the buffer, so a small file takes one read and one to see the end.
+fn read_limited(path: &Path, key: &str, size: u64, files: &Files<'_>) -> Result<Vec<u8>, GitError> {
     let file = fs::File::open(path).map_err(read_err(path))?;
-    let mut bytes = Vec::new();
+    let mut bytes = Vec::with_capacity(usize::try_from(size.min(MAX_FILE_BYTES)).unwrap_or(0) + 1);
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(read_err(path))?;
     files.admit(key, bytes.len() as u64)?;
     Ok(bytes)
@@ -1048,9 +1072,29 @@ mod tests {
         commit_all(&dir, "ignore rules");
         write(&dir, "environments/staging/db.secret", "hidden\n");
         write(&dir, "environments/staging/scratch/tmp.yaml", "hidden\n");
+        write(&dir, "environments/staging/scratch/deeper/tmp.yaml", "hidden\n");
         let s = snap(&dir, None).unwrap();
         assert_eq!(keys(&s), ["environments/staging/apps/api.yaml", "environments/staging/forced.secret"]);
         assert!(!s.origin.dirty);
+        // An ignored directory with a tracked file in it: that file is read, the rest not.
+        write(&dir, "environments/prod/scratch/kept.yaml", "tracked\n");
+        git(&dir, &["add", "-f", "environments/prod/scratch/kept.yaml"]);
+        commit_all(&dir, "a tracked file in an ignored dir");
+        write(&dir, "environments/prod/scratch/tmp.yaml", "hidden\n");
+        write(&dir, "environments/prod/scratch/sub/x.secret", "hidden\n");
+        let s = snap(&dir, None).unwrap();
+        assert_eq!(
+            keys(&s),
+            [
+                "environments/prod/scratch/kept.yaml",
+                "environments/staging/apps/api.yaml",
+                "environments/staging/forced.secret"
+            ]
+        );
+        assert!(!s.origin.dirty);
+        // Modifying the tracked file in the ignored dir makes the config dirty.
+        write(&dir, "environments/prod/scratch/kept.yaml", "changed\n");
+        assert!(snap(&dir, None).unwrap().origin.dirty);
     }
 
     #[test]
