@@ -1173,27 +1173,33 @@ const RESEND_BUDGET: Duration = Duration::from_secs(3);
 /// went away. tonic reports the first as UNAVAILABLE "tcp connect error" with the OS
 /// error as its source, the second as CANCELLED "connection was not ready".
 fn is_undelivered(e: &etcd_client::Error) -> bool {
-    const CANCELLED: i32 = 1;
-    const UNAVAILABLE: i32 = 14;
-    let etcd_client::Error::GRpcStatus(s) = e else { return false };
-    if !matches!(s.code() as i32, CANCELLED | UNAVAILABLE) {
-        return false;
-    }
-    let text = describe(e).to_ascii_lowercase();
-    ["connect error", "connection refused", "connection was not ready"].iter().any(|m| text.contains(m))
+    status_says(e, &[CANCELLED, UNAVAILABLE], &["connect error", "connection refused", "connection was not ready"])
 }
 
 /// Whether the connection to the member broke under the request (the member died or
 /// restarted): the request may or may not have been acted on.
 fn is_connection_lost(e: &etcd_client::Error) -> bool {
-    const UNKNOWN: i32 = 2;
-    const UNAVAILABLE: i32 = 14;
+    status_says(
+        e,
+        &[UNKNOWN, UNAVAILABLE],
+        &["connection reset", "broken pipe", "connection error", "connection closed"],
+    )
+}
+
+// gRPC status codes (tonic's `Code` is not re-exported by etcd-client).
+const CANCELLED: i32 = 1;
+const UNKNOWN: i32 = 2;
+const UNAVAILABLE: i32 = 14;
+
+/// A gRPC status with one of `codes` whose text (message and causes, lowercased)
+/// contains one of `words`.
+fn status_says(e: &etcd_client::Error, codes: &[i32], words: &[&str]) -> bool {
     let etcd_client::Error::GRpcStatus(s) = e else { return false };
-    if !matches!(s.code() as i32, UNKNOWN | UNAVAILABLE) {
+    if !codes.contains(&(s.code() as i32)) {
         return false;
     }
     let text = describe(e).to_ascii_lowercase();
-    ["connection reset", "broken pipe", "connection error", "connection closed"].iter().any(|m| text.contains(m))
+    words.iter().any(|w| text.contains(w))
 }
 
 /// A transaction through [`fresh_auth`].
@@ -1225,7 +1231,6 @@ async fn get_fresh(
 /// "request timed out, possibly due to previous leader failure"), or it timed out. Never
 /// a refusal (permission denied, a wrong password, a bad request).
 fn is_transient(e: &etcd_client::Error) -> bool {
-    const UNAVAILABLE: i32 = 14;
     match e {
         etcd_client::Error::GRpcStatus(s) => {
             s.code() as i32 == UNAVAILABLE || s.message().contains("leader") || is_timeout(e)
@@ -1245,7 +1250,6 @@ fn is_not_found(e: &etcd_client::Error) -> bool {
 /// as a status with gRPC code CANCELLED ("Timeout expired"), the server a
 /// DEADLINE_EXCEEDED. (tonic's `Code` is not re-exported, hence the numeric gRPC codes.)
 fn is_timeout(e: &etcd_client::Error) -> bool {
-    const CANCELLED: i32 = 1;
     const DEADLINE_EXCEEDED: i32 = 4;
     match e {
         etcd_client::Error::GRpcStatus(s) => {
