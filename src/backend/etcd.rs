@@ -651,6 +651,17 @@ impl LockGuard {
         self.lease.state.lost()
     }
 
+    /// Resolves once [`LockGuard::lost`] is true (checked every 100 ms), for a holder that
+    /// must step down as soon as that happens, not only at its next step.
+    pub fn when_lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let state = Arc::clone(&self.lease.state);
+        async move {
+            while !state.lost() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
     /// The fence for writes made under this lock ([`batch_fenced`], [`record_apply`]).
     pub fn fence(&self) -> Fence {
         Fence { key: self.key.clone(), lease: self.lease.id }

@@ -283,11 +283,30 @@ impl Watcher {
                 self.notes.clone(),
             )));
         }
+        // The leader gauge (and the status page) says "standing by" as soon as the lease is
+        // lost, even in the middle of a run; another watcher may lead from then on.
+        if let Some(g) = leader {
+            let (lost, shared) = (g.when_lost(), Arc::clone(&self.metrics));
+            tasks.push(tokio::spawn(async move {
+                lost.await;
+                if let Ok(mut m) = shared.lock() {
+                    m.leader = false;
+                }
+            }));
+        }
         let mut wake: Option<tokio::task::JoinHandle<()>> = None;
         loop {
+            let lost = async {
+                match leader {
+                    Some(g) => g.when_lost().await,
+                    None => std::future::pending().await,
+                }
+            };
             let batch = tokio::select! {
                 b = schedule::next_batch(&mut rx, self.cfg.debounce, self.cfg.max_delay) => b,
                 _ = stop.wait_for(|s| *s) => None,
+                // Waiting for work while the lease runs out: step down now, not at the next trigger.
+                () = lost => None,
             };
             let Some(batch) = batch else { break };
             if leader.is_some_and(etcd::LockGuard::lost) {

@@ -369,6 +369,24 @@ async fn a_revoked_lease_is_reported_lost() {
     guard.release().await.unwrap(); // an expired lease is not an error
 }
 
+/// `when_lost` stays pending while the lease lives and resolves once it is lost (what
+/// `watch` waits on to step down between runs).
+#[tokio::test]
+async fn when_lost_resolves_only_once_the_lease_is_lost() {
+    let p = unique_prefix("lock", "whenlost");
+    let _cleanup = EtcdCleanup::new(&[&format!("{p}/")]);
+    let mut c = etcd_client(&etcd_spec("", "")).await;
+    let guard = acquire(&c, &p, &holder("alice"), Duration::from_secs(3), Duration::ZERO).await.unwrap();
+    let lost = guard.when_lost();
+    tokio::pin!(lost);
+    // Held past its TTL: the keep-alive renews it, so it never resolves.
+    assert!(tokio::time::timeout(Duration::from_secs(4), &mut lost).await.is_err(), "resolved while held");
+    c.lease_revoke(guard.lease_id()).await.unwrap(); // as if it had expired
+    tokio::time::timeout(Duration::from_secs(8), &mut lost).await.expect("not resolved within TTL + 5 s of the revoke");
+    assert!(guard.lost());
+    guard.release().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_longer_than_the_ttl_keeps_the_waiters_lease_alive() {
     let p = unique_prefix("lock", "longwait");
