@@ -92,10 +92,9 @@ die() { echo "test-env: ERROR: $*" >&2; exit 1; }
 CHANGED=0   # set to 1 whenever this run installs/starts/imports anything
 
 # pid_alive PID COMM: true if PID runs and its command name is COMM (guards
-# against acting on a pid that was recycled for an unrelated process).
-# Alive: the process exists, runs `$2`, and is not a zombie (a killed daemon reparented to
-# a PID 1 that reaps late keeps its /proc entry and comm for a while; it must count as
-# dead, or a killed etcd member is never restarted).
+# against acting on a pid that was recycled for an unrelated process), and it is not a
+# zombie (a killed daemon reparented to a PID 1 that reaps late keeps its /proc entry and
+# comm for a while; it must count as dead, or a killed etcd member is never restarted).
 pid_alive() {
   [[ -n ${1:-} && -r /proc/$1/comm ]] && [[ $(cat "/proc/$1/comm" 2>/dev/null) == "$2" ]] || return 1
   local stat; stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1

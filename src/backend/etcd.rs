@@ -483,6 +483,26 @@ pub async fn batch(client: &mut Client, writes: &[Write]) -> Result<(), EtcdErro
     batch_fenced(client, writes, None).await
 }
 
+/// A lease for a lock being waited for: a grant that a member down or an election leaves
+/// unanswered is asked again until `deadline`, as the lock request itself is. Returns a
+/// transient error only once `deadline` has passed.
+async fn grant_waiting(
+    client: &mut Client,
+    key: &str,
+    ttl: Duration,
+    deadline: Instant,
+) -> Result<Lease, etcd_client::Error> {
+    loop {
+        match Lease::grant(client, ttl).await {
+            Err(e) if is_transient(&e) && Instant::now() < deadline => {
+                tracing::debug!(key, error = %describe(&e), "etcd did not grant the lock's lease; trying again");
+                tokio::time::sleep(LOCK_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// How often a waiting [`acquire_lock`] tries again.
 const LOCK_POLL: Duration = Duration::from_millis(500);
 
@@ -732,18 +752,9 @@ pub async fn acquire_lock_key(
     let deadline = started + wait;
     let mut client = client.clone();
     let write_error = |cause: String| EtcdError::Write { key: key.clone(), cause };
-    // A member down or an election under way fails the grant for a moment: like the lock
-    // request below, a waiting apply asks again until its wait is over.
-    let mut lease = loop {
-        match Lease::grant(&mut client, ttl).await {
-            Ok(lease) => break lease,
-            Err(e) if is_transient(&e) && Instant::now() < deadline => {
-                tracing::debug!(key, error = %describe(&e), "etcd did not grant the lock's lease; trying again");
-                tokio::time::sleep(LOCK_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
-            }
-            Err(e) => return Err(write_error(format!("cannot grant the lock's lease: {}", describe(&e)))),
-        }
-    };
+    let mut lease = grant_waiting(&mut client, &key, ttl, deadline)
+        .await
+        .map_err(|e| write_error(format!("cannot grant the lock's lease: {}", describe(&e))))?;
     let mut shown: Option<Holder> = None;
     let outcome = loop {
         if lease.state.lost() {
@@ -752,11 +763,11 @@ pub async fn acquire_lock_key(
                 break Err(write_error("the lock's lease expired while waiting (its keep-alive failed)".into()));
             }
             tracing::debug!(key, lease = lease.id, "the waiting lease was lost; granting a new one");
-            match Lease::grant(&mut client, ttl).await {
+            match grant_waiting(&mut client, &key, ttl, deadline).await {
                 Ok(new) => lease = new,
+                // Transient failures are asked again until the wait is over: it is over.
                 Err(e) if is_transient(&e) => {
-                    tokio::time::sleep(LOCK_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
-                    continue;
+                    break Err(write_error("the lock's lease expired while waiting (its keep-alive failed)".into()));
                 }
                 Err(e) => break Err(write_error(format!("cannot grant the lock's lease: {}", describe(&e)))),
             }

@@ -547,9 +547,9 @@ fn read_dir_files(
     Ok(())
 }
 
-/// Reads a file, failing if it grew over the limit since its size was checked.
-/// The file at `path`, at most [`MAX_FILE_BYTES`] + 1 bytes; `size` (from its metadata,
-/// possibly stale) sizes the buffer, so a small file takes one read and one to see the end.
+/// Reads a file, failing if it grew over the limit since its size was checked. `size`
+/// (from its metadata, possibly stale) sizes the buffer, so a small file takes one read
+/// and one more to see the end.
 fn read_limited(path: &Path, key: &str, size: u64, files: &Files<'_>) -> Result<Vec<u8>, GitError> {
     let file = fs::File::open(path).map_err(read_err(path))?;
     let mut bytes = Vec::with_capacity(usize::try_from(size.min(MAX_FILE_BYTES)).unwrap_or(0) + 1);
